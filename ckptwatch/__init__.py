@@ -1,0 +1,3 @@
+"""ckptwatch: verify TensorFlow checkpoints the moment they are written."""
+
+__version__ = "0.1.0"

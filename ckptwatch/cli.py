@@ -1,0 +1,197 @@
+"""The `ckptwatch` command line: parse, call the engine, format, map to exit codes.
+
+Exit codes (verify): 0 pass or warn, 1 fail, 2 error (usage, missing path,
+unreadable reference). Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ckptwatch import __version__
+from ckptwatch.errors import CkptwatchError, UsageError
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+class _Group(click.Group):
+    """Turns our errors (and anything unexpected) into one line and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CkptwatchError as e:
+            click.echo(f"ckptwatch: error: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("ckptwatch: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as e:  # noqa: BLE001 - the user gets one line, developers can ask for more
+            if os.environ.get("CKPTWATCH_DEBUG"):
+                raise
+            click.echo(f"ckptwatch: internal error: {type(e).__name__}: {e} (CKPTWATCH_DEBUG=1 shows the traceback)", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _emit_json(doc: dict) -> None:
+    click.echo(json.dumps(doc, indent=2, allow_nan=False))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="ckptwatch", message="%(prog)s %(version)s")
+def main() -> None:
+    """Verify TensorFlow checkpoints: integrity, non-finite values, structure, drift."""
+
+
+def _options(threads: int | None):
+    from ckptwatch.verify.engine import Options
+
+    return Options(threads=threads) if threads else Options()
+
+
+_threads = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Tensors read in parallel.")
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_threads
+def inspect(path: str, as_json: bool, threads: int | None) -> None:
+    """List every tensor of PATH with dtype, shape, size and statistics."""
+    from ckptwatch.verify.engine import inspect_path
+    from ckptwatch.verify.render import render_inspect
+
+    report = inspect_path(path, _options(threads))
+    if as_json:
+        d = report.to_dict()
+        _emit_json(
+            {
+                "schema": "ckptwatch.inspect/v1",
+                "checkpoint": d["checkpoint"],
+                "findings": d["findings"],
+                "tensors": [{k: t[k] for k in ("name", "display", "kind", "dtype", "shape", "bytes", "stats")} for t in d["tensors"]],
+            }
+        )
+    else:
+        click.echo(render_inspect(report))
+    sys.exit(EXIT_FAIL if report.verdict == "fail" else EXIT_OK)
+
+
+@main.command()
+@click.argument("path")
+@click.option("--previous", metavar="REF", help="The previous checkpoint of the same run (or its fingerprint).")
+@click.option("--golden", metavar="REF", help="A known-good reference checkpoint (or its fingerprint).")
+@click.option("--profile", type=click.Choice(["training", "replica"]), default=None, help="Policy profile [training].")
+@click.option("--policy", "policy_file", metavar="FILE.toml", help="Thresholds, excludes and per-tensor overrides.")
+@click.option("--include-optimizer", is_flag=True, default=None, help="Check optimizer state for drift and structure too.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Tensors not to compare (repeatable).")
+@click.option("--frozen", multiple=True, metavar="GLOB", help="Tensors expected not to change (repeatable).")
+@click.option("--model", metavar="MODULE:FUNCTION", help="Model factory for model-aware checks.")
+@click.option("--probe", metavar="FILE.npz", help="Probe batch for the functional check.")
+@click.option("--write-fingerprint", metavar="FILE", help="Also write the candidate's fingerprint (same single read).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
+@_threads
+def verify(
+    path: str,
+    previous: str | None,
+    golden: str | None,
+    profile: str | None,
+    policy_file: str | None,
+    include_optimizer: bool | None,
+    exclude: tuple[str, ...],
+    frozen: tuple[str, ...],
+    model: str | None,
+    probe: str | None,
+    write_fingerprint: str | None,
+    as_json: bool,
+    threads: int | None,
+) -> None:
+    """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
+    from ckptwatch.config import load_policy
+    from ckptwatch.verify.engine import verify_paths
+    from ckptwatch.verify.policy import Policy
+    from ckptwatch.verify.render import render_verify
+
+    if model or probe:
+        raise UsageError("model-aware checks (--model/--probe) are not available in this version yet")
+    policy = load_policy(policy_file) if policy_file else Policy()
+    updates: dict = {}
+    if profile:
+        updates["profile"] = profile
+    if include_optimizer:
+        updates["include_optimizer"] = True
+    if exclude:
+        updates["exclude"] = [*policy.exclude, *exclude]
+    if frozen:
+        updates["frozen"] = [*policy.frozen, *frozen]
+    policy = policy.model_copy(update=updates)
+    options = _options(threads)
+    options.sketch = bool(write_fingerprint)
+    report, prints = verify_paths(path, previous, golden, policy, options)
+    if write_fingerprint and prints:
+        from ckptwatch.formats.fingerprint import write_fingerprint as write_fp
+
+        write_fp(write_fingerprint, report.checkpoint, prints)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(render_verify(report))
+    sys.exit(EXIT_FAIL if report.verdict == "fail" else EXIT_OK)
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--top", type=click.IntRange(1), default=None, help="Only the N tensors that drifted most.")
+@click.option("--json", "as_json", is_flag=True, help="ckptwatch.diff/v1 JSON.")
+@_threads
+def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None) -> None:
+    """Per-tensor drift of checkpoint A against B, worst first."""
+    from ckptwatch.verify.engine import diff_paths
+    from ckptwatch.verify.render import render_diff
+
+    result = diff_paths(a, b, top, _options(threads))
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(render_diff(result))
+
+
+@main.command()
+@click.argument("path")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write it (.gz compresses).")
+@_threads
+def fingerprint(path: str, output: str, threads: int | None) -> None:
+    """Write a compact fingerprint of PATH usable as --previous/--golden."""
+    from ckptwatch.formats.fingerprint import write_fingerprint
+    from ckptwatch.verify.engine import verify_paths
+    from ckptwatch.verify.render import human_bytes
+
+    options = _options(threads)
+    options.sketch = True
+    report, prints = verify_paths(path, options=options)
+    if report.verdict == "fail":
+        bad = "; ".join(f"{f.tensor or '-'}: {f.message}" for f in report.findings if f.severity == "fail")
+        raise CkptwatchError(f"{path}: not fingerprinted, the checkpoint is broken ({bad[:300]})")
+    try:
+        size = write_fingerprint(output, report.checkpoint, prints)
+    except OSError as e:
+        raise UsageError(f"{output}: {e.strerror}") from None
+    total = report.checkpoint.get("bytes") or 0
+    ratio = f" ({100 * size / total:.2f}% of the checkpoint)" if total else ""
+    click.echo(f"wrote {output}: {len(prints)} tensors, {human_bytes(size)}{ratio}")
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the generated checkpoints and print where they are.")
+def demo(keep: bool) -> None:
+    """Generate checkpoints (good, corrupt, drifted) and verify them, step by step."""
+    from ckptwatch.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))

@@ -1,0 +1,28 @@
+"""Exceptions raised by ckptwatch.
+
+    CkptwatchError                 base; str() is one line meant for the user
+    ├── UsageError                 bad arguments or options          -> exit 2
+    ├── CheckpointNotFound         a path that holds no checkpoint    -> exit 2
+    └── CheckpointUnreadable       a checkpoint we cannot open at all
+        └── (formats.base.IntegrityError lives next to the readers: it is a
+            *verdict* about the candidate, not an error of the tool)
+
+The CLI maps every CkptwatchError to one line on stderr and exit 2; a broken
+candidate is never an error but a `fail` verdict with findings.
+"""
+
+
+class CkptwatchError(Exception):
+    """Base class: the message is one line, shown to the user as is."""
+
+
+class UsageError(CkptwatchError):
+    """Arguments or options that cannot work together."""
+
+
+class CheckpointNotFound(CkptwatchError):
+    """The path does not exist or holds nothing we recognise as a checkpoint."""
+
+
+class CheckpointUnreadable(CkptwatchError):
+    """A reference could not be opened (for a candidate this becomes a finding)."""

@@ -1,0 +1,146 @@
+"""The reader protocol every checkpoint format implements.
+
+A *source* lists its tensors from metadata alone (no tensor data is read) and
+then streams one tensor at a time, in chunks, so peak memory never depends on
+the size of the checkpoint or of its largest tensor.
+
+Readers never trust what a file claims: a shape, a size or an offset is checked
+against the file before anything is allocated from it, and a problem is raised
+as `IntegrityError` naming the tensor, never as a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+# Tensor kinds: what a name is, so policies can treat them differently.
+WEIGHT = "weight"  # a model variable
+OPTIMIZER = "optimizer"  # optimizer slots (m, v, ...) and optimizer state (iterations, lr)
+METRIC = "metric"  # Keras metric accumulators
+COUNTER = "counter"  # save_counter, global_step: change by design, never drift-checked
+META = "meta"  # non-numeric entries: the object graph, strings; never compared
+
+# Elements per chunk handed to the checks (~4 MB of float32). Small enough to
+# stay in cache while several passes run over it.
+CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str  # the key exactly as stored in the file
+    dtype: str  # numpy-style name: float32, bfloat16, int64, string, ...
+    shape: tuple[int, ...]
+    nbytes: int  # bytes on disk (0 if unknown)
+    kind: str = WEIGHT
+    display: str = ""  # a friendlier name for people; defaults to `name`
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind != META and self.dtype in NUMERIC_DTYPES
+
+    @property
+    def label(self) -> str:
+        return self.display or self.name
+
+
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """Something wrong with the file itself, found at open or while reading."""
+
+    check: str  # e.g. "integrity.checksum"
+    message: str
+    tensor: str | None = None
+
+
+class IntegrityError(Exception):
+    """Raised by readers; carries the problem so the engine can report it."""
+
+    def __init__(self, check: str, message: str, tensor: str | None = None):
+        super().__init__(message)
+        self.problem = IntegrityProblem(check, message, tensor)
+
+
+class CheckpointSource(Protocol):
+    """What the verification engine needs from a checkpoint (or fingerprint)."""
+
+    path: str  # resolved path (prefix for bundles)
+    format: str  # "tf-bundle", "savedmodel", "keras-h5", "keras-weights-h5", "keras-archive", "fingerprint"
+    step: int | None
+    problems: list[IntegrityProblem]  # found while opening: missing shards, leftover temp files ...
+
+    def tensors(self) -> list[TensorInfo]: ...
+
+    def read(self, name: str, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
+        """Yield the tensor's values as 1-D arrays in storage (C) order.
+
+        Raises IntegrityError when the data cannot be read or fails its checksum
+        (the checksum is checked once the last chunk has been read).
+        """
+        ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# numpy dtype for each dtype name a reader may report; names absent here are non-numeric.
+def _numeric_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes
+
+    table = {
+        name: np.dtype(name)
+        for name in (
+            "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+            "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
+        )
+    }  # fmt: skip
+    table["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
+    for name in ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz"):
+        if hasattr(ml_dtypes, name):
+            table[name] = np.dtype(getattr(ml_dtypes, name))
+    return table
+
+
+NUMERIC_DTYPES: dict[str, np.dtype] = _numeric_dtypes()
+
+
+def checked_size(shape: tuple[int, ...], itemsize: int, limit: int) -> int:
+    """Number of bytes a shape needs, refusing negative dims or sizes above `limit`."""
+    n = itemsize
+    for d in shape:
+        if d < 0:
+            raise ValueError(f"negative dimension in shape {list(shape)}")
+        n *= d
+        if n > limit:
+            raise ValueError(f"shape {list(shape)} needs more bytes than the file holds")
+    return n
+
+
+@dataclass
+class FileSet:
+    """Files that make up one checkpoint, for byte counts."""
+
+    paths: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        total = 0
+        for p in self.paths:
+            try:
+                total += os.path.getsize(p)
+            except OSError:
+                pass
+        return total

@@ -1,0 +1,131 @@
+"""Fingerprint files: a checkpoint's metadata, statistics and sketches, without its data.
+
+Written by `ckptwatch fingerprint PATH -o FILE` (and by the daemon for each
+checkpoint it verifies), accepted wherever a reference is: CheckpointManager may
+delete the previous checkpoint, and golden checkpoints are often not mounted.
+JSON (gzip when the name ends in .gz); samples are base64 little-endian floats.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.verify.sketch import TensorSketch
+from ckptwatch.verify.stats import TensorStats
+
+SCHEMA = "ckptwatch.fingerprint/v1"
+MAX_FINGERPRINT_BYTES = 256 << 20
+_SMALL_FLOATS = {"float32", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "bool"}
+
+
+def looks_like_fingerprint(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(4096)
+        except (OSError, EOFError):
+            return False
+    return head.lstrip()[:1] == b"{" and SCHEMA.encode() in head
+
+
+def _encode_sample(values: np.ndarray, dtype: str) -> dict:
+    store = np.float32 if dtype in _SMALL_FLOATS else np.float64
+    return {"dtype": np.dtype(store).name, "data": base64.b64encode(values.astype("<" + np.dtype(store).str[1:]).tobytes()).decode()}
+
+
+def _decode_sample(d: dict) -> np.ndarray:
+    dt = {"float32": "<f4", "float64": "<f8"}[d["dtype"]]
+    return np.frombuffer(base64.b64decode(d["data"]), dtype=dt).astype(np.float64)
+
+
+def write_fingerprint(
+    path: str, checkpoint: dict, entries: list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]
+) -> int:
+    """Write atomically (temp file + rename); return the size in bytes."""
+    doc = {
+        "schema": SCHEMA,
+        "checkpoint": checkpoint,
+        "tensors": [
+            {
+                "name": info.name,
+                "display": info.display,
+                "kind": info.kind,
+                "dtype": info.dtype,
+                "shape": list(info.shape),
+                "bytes": info.nbytes,
+                "stats": stats.to_dict() if stats else None,
+                "hash": sketch.hash if sketch else None,
+                "sample": _encode_sample(sketch.sample, info.dtype) if sketch else None,
+            }
+            for info, stats, sketch in entries
+        ],
+    }
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    if path.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+class FingerprintSource:
+    """A fingerprint file as a reference: metadata, stats and sketches; no data."""
+
+    format = "fingerprint"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[IntegrityProblem] = []
+        try:
+            if os.path.getsize(path) > MAX_FINGERPRINT_BYTES:
+                raise ValueError("too large for a fingerprint")
+            opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+            with opener(path, "rb") as f:
+                doc = json.loads(f.read(MAX_FINGERPRINT_BYTES * 8))
+            if doc.get("schema") != SCHEMA:
+                raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
+            self.checkpoint: dict = doc.get("checkpoint") or {}
+            self._infos, self._stats, self._sketches = [], {}, {}
+            for t in doc["tensors"]:
+                info = TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["bytes"], t["kind"], t.get("display", ""))
+                self._infos.append(info)
+                if t.get("stats"):
+                    self._stats[info.name] = TensorStats.from_dict(t["stats"])
+                if t.get("hash") and t.get("sample"):
+                    self._sketches[info.name] = TensorSketch(t["hash"], _decode_sample(t["sample"]), info.size)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint ({e})") from None
+        self.step = self.checkpoint.get("step")
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def stats(self, name: str) -> TensorStats | None:
+        return self._stats.get(name)
+
+    def sketch(self, name: str) -> TensorSketch | None:
+        return self._sketches.get(name)
+
+    def read(self, name: str, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
+        raise IntegrityError("integrity.fingerprint", "a fingerprint holds no tensor data", name)
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.checkpoint.get("bytes") or 0)
+
+    def close(self) -> None:
+        pass

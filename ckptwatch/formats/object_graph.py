@@ -1,0 +1,87 @@
+"""Friendly names from the TrackableObjectGraph stored in TF2 checkpoints.
+
+TF keys a variable by the *first* path breadth-first search finds. With Keras 3,
+`tf.train.Checkpoint(model=m, optimizer=opt)` therefore stores the model's
+kernels as `optimizer/_trainable_variables/0/...`. The object graph (the
+`_CHECKPOINTABLE_OBJECT_GRAPH` entry) lists every path to every variable, so we
+can name each key by a path that does not go through the optimizer, and
+classify it correctly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ckptwatch.formats.bundle import _fields
+from ckptwatch.formats.table import TableError, read_varint
+
+_OPTIMIZER_EDGES = {"optimizer", "_optimizer"}
+MAX_PATHS_PER_NODE = 8
+
+
+def decode_scalar_string(raw: bytes) -> bytes:
+    """The bytes of a scalar string tensor as a bundle stores it: varint length,
+    4-byte checksum of the lengths, then the bytes."""
+    view = memoryview(raw)
+    length, pos = read_varint(view, 0)
+    pos += 4
+    if pos + length > len(raw):
+        raise TableError("string tensor shorter than its length prefix")
+    return bytes(view[pos : pos + length])
+
+
+def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
+    """checkpoint key -> the object paths (tuples of edge names) that reach it,
+    shortest first. Slot variables get a path ending in `[slot <name>]`."""
+    nodes: list[tuple[list[tuple[int, str]], list[str], list[tuple[int, str, int]]]] = []
+    for number, _, value in _fields(memoryview(graph)):
+        if number != 1:
+            continue
+        children, keys, slots = [], [], []
+        for n2, _, v2 in _fields(value):  # type: ignore[arg-type]
+            if n2 == 1:  # ObjectReference
+                ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
+            elif n2 == 2:  # SerializedTensor
+                ser = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                keys.append(bytes(ser.get(3, b"")).decode("utf-8", "replace"))
+            elif n2 == 3:  # SlotVariableReference
+                ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                slots.append(
+                    (int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace"), int(ref.get(3, 0)))
+                )
+        nodes.append((children, keys, slots))
+    if not nodes:
+        return {}
+    paths: dict[int, list[tuple[str, ...]]] = {0: [()]}
+    queue = deque([0])
+    while queue:
+        node = queue.popleft()
+        for child, name in nodes[node][0]:
+            if not 0 <= child < len(nodes):
+                raise TableError(f"object graph refers to node {child} of {len(nodes)}")
+            known = paths.setdefault(child, [])
+            fresh = not known
+            for p in paths[node]:
+                if len(known) < MAX_PATHS_PER_NODE:
+                    known.append(p + (name,))
+            if fresh:
+                queue.append(child)
+    for _, _, slots in nodes:
+        for original, slot_name, slot_node in slots:
+            if 0 <= slot_node < len(nodes) and original in paths:
+                paths.setdefault(slot_node, []).extend(p + (f"[slot {slot_name}]",) for p in paths[original][:2])
+    result: dict[str, list[tuple[str, ...]]] = {}
+    for node, (_, keys, _) in enumerate(nodes):
+        for key in keys:
+            if key and node in paths:
+                result[key] = sorted(paths[node], key=len)
+    return result
+
+
+def preferred_path(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], bool]:
+    """(the path to show, whether the value belongs to the optimizer only)."""
+    outside = [p for p in paths if not (set(p) & _OPTIMIZER_EDGES) and not any(e.startswith("[slot") for e in p)]
+    if outside:
+        return outside[0], False
+    return paths[0], True

@@ -1,0 +1,376 @@
+"""The verification engine: stream a candidate and its references through the checks.
+
+    verify_paths(candidate, previous=None, golden=None, policy=Policy()) -> Report
+    inspect_path(path) -> Report          (statistics only)
+    diff_paths(a, b) -> dict               (ckptwatch.diff/v1)
+
+One tensor at a time, in chunks: the candidate's chunks and the matching
+reference chunks are re-sliced to common boundaries and fed to the statistics,
+drift and sketch accumulators together, so each file is read once and memory
+stays flat. Tensors run on a small thread pool (the kernels release the GIL).
+Everything here is pure computation over readers: no TensorFlow, no processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
+from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint
+from ckptwatch.formats.base import CHUNK_ELEMENTS, TensorInfo
+from ckptwatch.formats.fingerprint import FingerprintSource
+from ckptwatch.verify import structure
+from ckptwatch.verify.drift import Drift, PairSums
+from ckptwatch.verify.policy import Policy, evaluate
+from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats
+from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
+from ckptwatch.verify.stats import StatsAccumulator, TensorStats
+
+DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    threads: int = DEFAULT_THREADS
+    chunk_elements: int = CHUNK_ELEMENTS
+    sketch: bool = False  # also build the candidate's fingerprint sketches
+    progress: Progress | None = None  # called with each tensor name before it is read
+
+
+@dataclass
+class _Ref:
+    role: str
+    source: CheckpointSource
+    infos: dict[str, TensorInfo]
+    pairs: dict[str, str] = field(default_factory=dict)  # candidate name -> reference name
+
+    @property
+    def is_fingerprint(self) -> bool:
+        return isinstance(self.source, FingerprintSource)
+
+
+@dataclass
+class _TensorOutcome:
+    result: TensorResult
+    sums: dict[str, PairSums] = field(default_factory=dict)
+    ref_stats: dict[str, TensorStats] = field(default_factory=dict)
+    sketch: TensorSketch | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+
+class _StreamFailed(Exception):
+    def __init__(self, index: int, error: IntegrityError):
+        self.index, self.error = index, error
+
+
+def _tagged(index: int, stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    try:
+        yield from stream
+    except IntegrityError as e:
+        raise _StreamFailed(index, e) from None
+
+
+def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """Re-slice several chunk streams of equal total length to common boundaries.
+
+    Each stream is advanced only once its current chunk is used up (readers may
+    reuse their buffer), and every stream is driven to its end, so readers run
+    their end-of-tensor checks (checksums).
+    """
+    current: list[np.ndarray | None] = [None] * len(streams)
+    pos = [0] * len(streams)
+    while True:
+        for i, it in enumerate(streams):
+            while current[i] is None or pos[i] >= len(current[i]):  # type: ignore[arg-type]
+                current[i] = next(it, None)
+                pos[i] = 0
+                if current[i] is None:
+                    for other in streams:  # finish the others: their checks run at the end
+                        for _ in other:
+                            pass
+                    return
+        k = min(len(c) - p for c, p in zip(current, pos, strict=True))  # type: ignore[arg-type]
+        yield [c[p : p + k] for c, p in zip(current, pos, strict=True)]  # type: ignore[index]
+        pos = [p + k for p in pos]
+
+
+def _source_meta(source: CheckpointSource) -> dict:
+    infos = source.tensors()
+    return {
+        "path": source.path,
+        "format": source.format,
+        "step": source.step,
+        "tensors": len(infos),
+        "bytes": source.total_bytes,
+    }
+
+
+def _problem_findings(source: CheckpointSource, role: str | None) -> list[Finding]:
+    out = []
+    for p in source.problems:
+        severity = {"integrity.incomplete": "warn", "integrity.sliced": "info"}.get(p.check, "fail")
+        if role is not None:
+            severity = "warn" if severity == "fail" else severity
+        out.append(Finding(severity, p.check, p.message, p.tensor, role))
+    return out
+
+
+class Engine:
+    def __init__(self, policy: Policy | None = None, options: Options | None = None):
+        self.policy = policy or Policy()
+        self.options = options or Options()
+        self._wants_sketch = self.options.sketch  # set per run: fingerprint references need sketches too
+
+    # -- one tensor --------------------------------------------------------------
+
+    def _tensor(self, cand: CheckpointSource, info: TensorInfo, refs: list[_Ref]) -> _TensorOutcome:
+        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes)
+        out = _TensorOutcome(result)
+        if self.options.progress:
+            self.options.progress(info.name)
+        if not info.numeric:  # read it only for its checksum
+            try:
+                for _ in cand.read(info.name, self.options.chunk_elements):
+                    pass
+            except IntegrityError as e:
+                out.findings.append(Finding("fail", e.problem.check, str(e), info.name))
+            return out
+        s = self.policy.settings_for(info.name, info.label)
+        live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
+        while True:
+            try:
+                self._stream(cand, info, live, s, out)
+                break
+            except _StreamFailed as failed:
+                if failed.index == 0:
+                    out.result.stats = None
+                    out.sums.clear()
+                    out.result.error = Finding("fail", failed.error.problem.check, str(failed.error), info.name)
+                    out.findings.append(out.result.error)
+                    return out
+                bad = live.pop(failed.index - 1)
+                out.findings.append(
+                    Finding("warn", failed.error.problem.check, f"{bad.role} unreadable here: {failed.error}", info.name, bad.role)
+                )
+        for ref in refs:
+            if ref.is_fingerprint and info.name in ref.pairs:
+                self._estimate(info, ref, s, out)
+        stats = out.result.stats
+        for role, sums in out.sums.items():
+            rs = out.ref_stats.get(role)
+            mean_diff = stats.mean - rs.mean if stats and rs else 0.0
+            std_diff = stats.std - rs.std if stats and rs else 0.0
+            out.result.drift[role] = sums.drift(mean_diff, std_diff)
+        return out
+
+    def _stream(self, cand: CheckpointSource, info: TensorInfo, live: list[_Ref], s: dict, out: _TensorOutcome) -> None:
+        ch = self.options.chunk_elements
+        streams = [_tagged(0, cand.read(info.name, ch))]
+        streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch)) for i, r in enumerate(live)]
+        acc = StatsAccumulator()
+        ref_accs = [StatsAccumulator() for _ in live]
+        sums = [PairSums() for _ in live]
+        sketch = SketchBuilder(info.size) if self._wants_sketch else None
+        atol, rtol = s["atol"], s["rtol"]
+        for chunks in aligned(streams):
+            c = chunks[0]
+            acc.update(c)
+            if sketch is not None:
+                sketch.update(c)
+            for j in range(len(live)):
+                ref_accs[j].update(chunks[j + 1])
+                sums[j].update(c, chunks[j + 1], atol, rtol)
+        out.result.stats = acc.result()
+        out.sketch = sketch.result() if sketch is not None else None
+        for r, ra, sm in zip(live, ref_accs, sums, strict=True):
+            out.ref_stats[r.role] = ra.result()
+            out.sums[r.role] = sm
+
+    def _estimate(self, info: TensorInfo, ref: _Ref, s: dict, out: _TensorOutcome) -> None:
+        fp: FingerprintSource = ref.source  # type: ignore[assignment]
+        ref_name = ref.pairs[info.name]
+        ref_stats, ref_sketch = fp.stats(ref_name), fp.sketch(ref_name)
+        if out.result.stats is None or out.sketch is None or ref_stats is None or ref_sketch is None:
+            return
+        sums, _ = estimate_sums(out.result.stats, out.sketch, ref_stats, ref_sketch, s["atol"], s["rtol"])
+        out.sums[ref.role] = sums
+        out.ref_stats[ref.role] = ref_stats
+
+    # -- a whole checkpoint ----------------------------------------------------------
+
+    def run(
+        self, cand: CheckpointSource, previous: CheckpointSource | None = None, golden: CheckpointSource | None = None
+    ) -> tuple[Report, list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]]:
+        t0 = time.perf_counter()
+        policy = self.policy
+        infos = cand.tensors()
+        findings = _problem_findings(cand, None)
+        refs: list[_Ref] = []
+        compared = policy.compared_kinds()
+        severity = "fail" if policy.profile == "replica" else "warn"
+
+        def structural(ts: list[TensorInfo]) -> list[TensorInfo]:
+            return [
+                t for t in ts if t.kind in compared and not policy.settings_for(t.name, t.label)["exclude"]
+            ]  # fmt: skip
+
+        for role, src in (("previous", previous), ("golden", golden)):
+            if src is None:
+                continue
+            ref = _Ref(role, src, {t.name: t for t in src.tensors()})
+            findings += _problem_findings(src, role)
+            st = structure.compare(structural(infos), structural(list(ref.infos.values())), role, severity)
+            findings += st.findings
+            ref.pairs = st.pairs
+            # tensors outside the structural set (optimizer state, metrics) are still compared by name
+            for t in infos:
+                r = ref.infos.get(t.name)
+                if t.name not in ref.pairs and r and r.numeric and (r.shape, r.dtype) == (t.shape, t.dtype):
+                    ref.pairs[t.name] = t.name
+            refs.append(ref)
+        if policy.profile == "replica" and golden is None:
+            from ckptwatch.errors import UsageError
+
+            raise UsageError("profile 'replica' needs a golden reference (--golden)")
+        self._wants_sketch = self.options.sketch or any(r.is_fingerprint for r in refs)
+        t_open = time.perf_counter()
+        threads = max(1, self.options.threads)
+        if threads > 1 and len(infos) > 1:
+            with ThreadPoolExecutor(threads, thread_name_prefix="ckptwatch-verify") as pool:
+                outcomes = list(pool.map(lambda i: self._tensor(cand, i, refs), infos))
+        else:
+            outcomes = [self._tensor(cand, i, refs) for i in infos]
+        t_read = time.perf_counter()
+        results = [o.result for o in outcomes]
+        for o in outcomes:
+            findings += o.findings
+        global_drift: dict[str, Drift | None] = {}
+        for ref in refs:
+            total = PairSums()
+            for o in outcomes:
+                r = o.result
+                if ref.role in o.sums and r.kind in compared and not policy.settings_for(r.name, r.display)["exclude"]:
+                    total.add(o.sums[ref.role])
+            global_drift[ref.role] = total.drift() if total.count else None
+        previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
+        findings += evaluate(policy, results, global_drift, previous_stats)
+        t_end = time.perf_counter()
+        report = Report(
+            checkpoint=_source_meta(cand),
+            findings=findings,
+            tensors=results,
+            drift={role: global_drift.get(role) for role in ROLES},
+            references={role: (src.path if src is not None else None) for role, src in (("previous", previous), ("golden", golden))},
+            timings={
+                "open_seconds": round(t_open - t0, 4),
+                "read_seconds": round(t_read - t_open, 4),
+                "total_seconds": round(t_end - t0, 4),
+            },
+        )
+        prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
+        return report, prints
+
+
+
+# -- path-level entry points (what the CLI and the worker call) ----------------------------
+
+
+def open_reference(path: str, role: str) -> CheckpointSource:
+    """Open a previous/golden reference; any failure is a tool error (exit 2)."""
+    try:
+        return open_checkpoint(path)
+    except CheckpointNotFound as e:
+        raise CheckpointNotFound(f"{role} reference {e}") from None
+    except IntegrityError as e:
+        raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({e})") from None
+    except OSError as e:
+        raise CheckpointUnreadable(f"{role} reference {path}: {e.strerror or e}") from None
+
+
+def failed_open_report(path: str, error: IntegrityError) -> Report:
+    return Report(
+        checkpoint={"path": os.path.abspath(path), "format": None, "step": None, "tensors": 0, "bytes": 0},
+        findings=[Finding("fail", error.problem.check, str(error), error.problem.tensor)],
+        tensors=[],
+        drift={role: None for role in ROLES},
+        references={role: None for role in ROLES},
+        timings={},
+    )
+
+
+def verify_paths(
+    candidate: str,
+    previous: str | None = None,
+    golden: str | None = None,
+    policy: Policy | None = None,
+    options: Options | None = None,
+) -> tuple[Report, list]:
+    """Verify a candidate path; a broken candidate is a `fail` report, a missing
+    one or an unreadable reference raises CkptwatchError."""
+    opened: list[CheckpointSource] = []
+    try:
+        refs = {}
+        for role, path in (("previous", previous), ("golden", golden)):
+            if path:
+                refs[role] = open_reference(path, role)
+                opened.append(refs[role])
+        try:
+            cand = open_checkpoint(candidate)
+        except IntegrityError as e:
+            return failed_open_report(candidate, e), []
+        except OSError as e:
+            raise CheckpointNotFound(f"{candidate}: {e.strerror or e}") from None
+        opened.append(cand)
+        report, prints = Engine(policy, options).run(cand, refs.get("previous"), refs.get("golden"))
+        report.references = {role: (refs[role].path if role in refs else None) for role in ROLES}
+        return report, prints
+    finally:
+        for s in opened:
+            s.close()
+
+
+def inspect_path(path: str, options: Options | None = None) -> Report:
+    report, _ = verify_paths(path, options=options)
+    return report
+
+
+def diff_paths(a: str, b: str, top: int | None = None, options: Options | None = None) -> dict:
+    """Per-tensor drift of A against B (B is the reference), worst first."""
+    policy = Policy(include_optimizer=True)
+    src_b = open_reference(b, "B")
+    try:
+        try:
+            src_a = open_checkpoint(a)
+        except IntegrityError as e:
+            raise CheckpointUnreadable(f"{a}: unreadable ({e})") from None
+        try:
+            report, _ = Engine(policy, options).run(src_a, previous=src_b)
+        finally:
+            src_a.close()
+    finally:
+        src_b.close()
+    rows = []
+    for t in report.tensors:
+        d = t.drift.get("previous")
+        rows.append({"name": t.name, "display": t.display, "kind": t.kind, "shape": list(t.shape), **(d.to_dict() if d else {"relative_l2": None})})
+    rows.sort(key=lambda r: (r["relative_l2"] is None, -(r["relative_l2"] or 0.0)))
+    if top:
+        rows = rows[:top]
+    structural = [f.to_dict() for f in report.findings if f.check.startswith(("structure.", "integrity.", "nonfinite"))]
+    return clean_floats(
+        {
+            "schema": DIFF_SCHEMA,
+            "a": report.checkpoint,
+            "b": {"path": src_b.path, "format": src_b.format, "step": src_b.step},
+            "drift": report.drift["previous"].to_dict() if report.drift.get("previous") else None,
+            "findings": structural,
+            "tensors": rows,
+        }
+    )

@@ -1,0 +1,159 @@
+"""Fused numeric loops over one chunk, compiled with numba.
+
+numpy would need ~10 passes (and temporaries) per chunk for the moments; these
+loops do it in two passes and release the GIL, so chunks of different tensors
+run on several cores. Each kernel has a fast path that assumes finite values
+and a masked path taken only when the fast result is not finite.
+"""
+
+from __future__ import annotations
+
+import os
+
+# numba caches compiled kernels next to the module by default; that directory
+# may be read-only (site-packages in a container), so keep the cache in a
+# user-writable place unless the operator chose one.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ckptwatch", "numba"))
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+# Reassociation lets LLVM vectorise the reductions; no 'nnan'/'ninf': we rely on NaN/Inf propagating.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def moments_finite(x):  # pragma: no cover - compiled
+    """(sum, min, max, zeros, M2, M3, M4) assuming every value is finite."""
+    n = x.size
+    s = 0.0
+    mn = np.inf
+    mx = -np.inf
+    zeros = 0
+    for i in range(n):
+        v = np.float64(x[i])
+        s += v
+        mn = min(mn, v)
+        mx = max(mx, v)
+        zeros += v == 0.0
+    mean = s / n
+    m2 = 0.0
+    m3 = 0.0
+    m4 = 0.0
+    for i in range(n):
+        d = np.float64(x[i]) - mean
+        d2 = d * d
+        m2 += d2
+        m3 += d2 * d
+        m4 += d2 * d2
+    return s, mn, mx, zeros, m2, m3, m4
+
+
+@njit(nogil=True, cache=True)
+def moments_masked(x):  # pragma: no cover - compiled
+    """(finite count, nan, +inf, -inf, sum, min, max, zeros, M2, M3, M4) over finite values."""
+    n = 0
+    nan = 0
+    pinf = 0
+    ninf = 0
+    s = 0.0
+    mn = np.inf
+    mx = -np.inf
+    zeros = 0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        if v != v:
+            nan += 1
+        elif v == np.inf:
+            pinf += 1
+        elif v == -np.inf:
+            ninf += 1
+        else:
+            n += 1
+            s += v
+            mn = min(mn, v)
+            mx = max(mx, v)
+            zeros += v == 0.0
+    mean = s / n if n else 0.0
+    m2 = 0.0
+    m3 = 0.0
+    m4 = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        if v - v == 0.0:  # finite
+            d = v - mean
+            d2 = d * d
+            m2 += d2
+            m3 += d2 * d
+            m4 += d2 * d2
+    return n, nan, pinf, ninf, s, mn, mx, zeros, m2, m3, m4
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def pair_finite(c, r, atol, rtol):  # pragma: no cover - compiled
+    """(sum (c-r)^2, sum c*r, sum c^2, sum r^2, max |c-r|, changed, not-close) for equal-length chunks."""
+    ss = 0.0
+    dot = 0.0
+    cc = 0.0
+    rr = 0.0
+    mx = 0.0
+    changed = 0
+    far = 0
+    for i in range(c.size):
+        a = np.float64(c[i])
+        b = np.float64(r[i])
+        d = a - b
+        ad = abs(d)
+        ss += d * d
+        dot += a * b
+        cc += a * a
+        rr += b * b
+        mx = max(mx, ad)
+        changed += a != b
+        far += ad > atol + rtol * abs(b)
+    return ss, dot, cc, rr, mx, changed, far
+
+
+@njit(nogil=True, cache=True)
+def pair_masked(c, r, atol, rtol):  # pragma: no cover - compiled
+    """Like pair_finite, over positions where both values are finite. A position
+    where either is non-finite counts as changed (and not close) unless both hold
+    the same non-finite value."""
+    ss = 0.0
+    dot = 0.0
+    cc = 0.0
+    rr = 0.0
+    mx = 0.0
+    changed = 0
+    far = 0
+    for i in range(c.size):
+        a = np.float64(c[i])
+        b = np.float64(r[i])
+        if a - a == 0.0 and b - b == 0.0:
+            d = a - b
+            ad = abs(d)
+            ss += d * d
+            dot += a * b
+            cc += a * a
+            rr += b * b
+            mx = max(mx, ad)
+            changed += a != b
+            far += ad > atol + rtol * abs(b)
+        elif not (a == b or (a != a and b != b)):
+            changed += 1
+            far += 1
+    return ss, dot, cc, rr, mx, changed, far
+
+
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float(chunk: np.ndarray) -> np.ndarray:
+    """A 1-D float32/float64 view or copy the kernels accept."""
+    if chunk.dtype in _NATIVE:
+        return chunk
+    if chunk.dtype.kind == "c":  # complex: real and imaginary parts as separate values
+        return chunk.view(np.float32 if chunk.dtype.itemsize == 8 else np.float64)
+    if chunk.dtype.byteorder == ">":
+        return chunk.astype(chunk.dtype.newbyteorder("=")).astype(np.float64)
+    return chunk.astype(np.float64)

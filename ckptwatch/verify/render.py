@@ -1,0 +1,157 @@
+"""Human-readable rendering of reports: pure functions, strings out."""
+
+from __future__ import annotations
+
+from ckptwatch.verify.report import ROLES, Report, TensorResult
+
+MAX_FINDINGS = 40
+MAX_TENSORS = 20
+
+
+def human_bytes(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
+    """Columns padded to their widest cell; numbers (columns in `right`) aligned right."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def checkpoint_line(report: Report) -> str:
+    c = report.checkpoint
+    step = f", step {c['step']}" if c.get("step") is not None else ""
+    return f"{c.get('path')}  ({c.get('format') or 'unknown format'}{step}, {c.get('tensors', 0)} tensors, {human_bytes(c.get('bytes'))})"
+
+
+def findings_block(report: Report) -> str:
+    if not report.findings:
+        return "no findings"
+    display = {t.name: t.display for t in report.tensors}
+    rows = [
+        [f.severity, f.check, shorten(display.get(f.tensor, f.tensor) if f.tensor else "-", 48), f.reference or "-", f.message]
+        for f in report.findings[:MAX_FINDINGS]
+    ]
+    more = len(report.findings) - MAX_FINDINGS
+    text = table(["SEVERITY", "CHECK", "TENSOR", "REF", "MESSAGE"], rows)
+    return text + (f"\n... and {more} more findings (use --json for all)" if more > 0 else "")
+
+
+def drift_block(report: Report) -> str:
+    rows = []
+    for role in ROLES:
+        d = report.drift.get(role)
+        ref = report.references.get(role)
+        if ref is None:
+            continue
+        if d is None:
+            rows.append([role, "-", "-", "-", "-", shorten(ref, 60)])
+            continue
+        est = " (est.)" if d.estimated else ""
+        rows.append([role, num(d.relative_l2) + est, num(d.max_abs), num(d.cosine, 6), pct(d.changed_fraction), shorten(ref, 60)])
+    if not rows:
+        return ""
+    return table(["REFERENCE", "REL L2", "MAX ABS", "COSINE", "CHANGED", "PATH"], rows, right={1, 2, 3, 4})
+
+
+def _tensor_rows(tensors: list[TensorResult], roles: list[str]) -> list[list[str]]:
+    rows = []
+    for t in tensors:
+        s = t.stats
+        nonfinite = str(s.nonfinite) if s else "-"
+        drift_cells = [num(t.drift[r].relative_l2) if r in t.drift else "-" for r in roles]
+        rows.append(
+            [shorten(t.display, 56), "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
+             num(s.mean if s else None), num(s.std if s else None), nonfinite]
+        )  # fmt: skip
+    return rows
+
+
+def worst_tensors(report: Report, limit: int = MAX_TENSORS) -> str:
+    roles = [r for r in ROLES if report.references.get(r)]
+    tensors = [t for t in report.tensors if t.stats is not None]
+    failing = {f.tensor for f in report.findings if f.severity == "fail"}
+    tensors.sort(key=lambda t: (t.name not in failing, -(t.stats.nonfinite if t.stats else 0), -t.worst_drift()))
+    headers = ["TENSOR", "SHAPE", "DTYPE", *[f"REL L2 {r.upper()}" for r in roles], "MEAN", "STD", "NONFINITE"]
+    rows = _tensor_rows(tensors[:limit], roles)
+    right = set(range(3, len(headers)))
+    more = len(tensors) - limit
+    return table(headers, rows, right) + (f"\n... {more} more tensors (use --json)" if more > 0 else "")
+
+
+def render_verify(report: Report) -> str:
+    parts = [f"checkpoint  {checkpoint_line(report)}", f"verdict     {report.verdict.upper()}", "", findings_block(report)]
+    drift = drift_block(report)
+    if drift:
+        parts += ["", drift]
+    if report.tensors:
+        parts += ["", worst_tensors(report)]
+    return "\n".join(parts)
+
+
+def render_inspect(report: Report) -> str:
+    rows = []
+    for t in report.tensors:
+        s = t.stats
+        rows.append(
+            [shorten(t.display, 60), t.kind, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.nbytes),
+             num(s.mean if s else None), num(s.std if s else None), num(s.min if s else None), num(s.max if s else None),
+             str(s.nonfinite) if s else "-"]
+        )  # fmt: skip
+    parts = [
+        f"checkpoint  {checkpoint_line(report)}",
+        "",
+        table(["TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES", "MEAN", "STD", "MIN", "MAX", "NONFINITE"], rows, {4, 5, 6, 7, 8, 9}),
+    ]
+    problems = [f for f in report.findings if f.severity != "info"]
+    if problems:
+        parts += ["", findings_block(report)]
+    return "\n".join(parts)
+
+
+def render_diff(diff: dict) -> str:
+    rows = [
+        [shorten(t["display"], 60), "x".join(map(str, t["shape"])) or "scalar", num(t.get("relative_l2")),
+         num(t.get("max_abs")), num(t.get("cosine"), 6), pct(t.get("changed_fraction"))]
+        for t in diff["tensors"]
+    ]  # fmt: skip
+    d = diff.get("drift") or {}
+    head = [
+        f"A  {diff['a']['path']}",
+        f"B  {diff['b']['path']}",
+        f"overall: relative L2 {num(d.get('relative_l2'))}, max abs {num(d.get('max_abs'))}, "
+        f"cosine {num(d.get('cosine'), 6)}, changed {pct(d.get('changed_fraction'))}",
+        "",
+    ]
+    body = table(["TENSOR", "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"], rows, {2, 3, 4, 5})
+    notes = [f"{f['severity']:5} {f['check']:22} {f['tensor'] or '-'}  {f['message']}" for f in diff.get("findings", [])]
+    return "\n".join(head + [body] + ([""] + notes if notes else []))

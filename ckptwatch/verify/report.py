@@ -1,0 +1,116 @@
+"""The verification report: findings, drift, per-tensor figures, and its JSON form.
+
+The JSON form (`ckptwatch.report/v1`) is a contract (see DESIGN.md): top-level
+keys schema, checkpoint, verdict, findings, drift, tensors, model, timings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ckptwatch.verify.drift import Drift
+from ckptwatch.verify.stats import TensorStats
+
+SCHEMA = "ckptwatch.report/v1"
+DIFF_SCHEMA = "ckptwatch.diff/v1"
+ROLES = ("previous", "golden")
+SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # fail | warn | info
+    check: str  # integrity.* | nonfinite | structure.* | drift.* | restore.* | functional.*
+    message: str
+    tensor: str | None = None
+    reference: str | None = None  # previous | golden | None
+
+    def to_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "check": self.check,
+            "tensor": self.tensor,
+            "reference": self.reference,
+            "message": self.message,
+        }
+
+
+@dataclass
+class TensorResult:
+    name: str
+    display: str
+    kind: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    stats: TensorStats | None = None
+    drift: dict[str, Drift] = field(default_factory=dict)
+    error: Finding | None = None  # integrity failure while reading it
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "display": self.display,
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "bytes": self.nbytes,
+            "stats": self.stats.to_dict() if self.stats else None,
+            "drift": {role: (self.drift[role].to_dict() if role in self.drift else None) for role in ROLES},
+        }
+
+    def worst_drift(self) -> float:
+        return max((d.relative_l2 for d in self.drift.values()), default=-1.0)
+
+
+@dataclass
+class Report:
+    checkpoint: dict  # path, format, step, tensors, bytes
+    findings: list[Finding]
+    tensors: list[TensorResult]
+    drift: dict[str, Drift | None]
+    references: dict[str, str | None]
+    timings: dict[str, float]
+    model: dict | None = None
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        self.findings.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
+        if not self.verdict:
+            self.verdict = verdict_of(self.findings)
+
+    def to_dict(self) -> dict:
+        return clean_floats(
+            {
+                "schema": SCHEMA,
+                "checkpoint": self.checkpoint,
+                "verdict": self.verdict,
+                "findings": [f.to_dict() for f in self.findings],
+                "references": self.references,
+                "drift": {role: (d.to_dict() if d else None) for role, d in self.drift.items()},
+                "tensors": [t.to_dict() for t in self.tensors],
+                "model": self.model,
+                "timings": self.timings,
+            }
+        )
+
+
+def verdict_of(findings: list[Finding]) -> str:
+    severities = {f.severity for f in findings}
+    if "fail" in severities:
+        return "fail"
+    if "warn" in severities:
+        return "warn"
+    return "pass"
+
+
+def clean_floats(obj):
+    """JSON has no NaN/Inf: such values become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_floats(v) for v in obj]
+    return obj

@@ -1,0 +1,111 @@
+"""Per-tensor statistics, accumulated chunk by chunk.
+
+Moments are merged with Pébay's pairwise formulas (centred sums per chunk), so
+skewness and kurtosis stay accurate when the mean is large against the spread,
+which raw power sums would not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ckptwatch.verify import kernels
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    count: int  # elements (finite and non-finite)
+    mean: float
+    std: float
+    min: float
+    max: float
+    l2: float
+    zero_fraction: float
+    skewness: float
+    kurtosis: float  # excess kurtosis: 0 for a normal distribution
+    nan: int = 0
+    inf: int = 0
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.inf
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorStats:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class StatsAccumulator:
+    """Feed chunks with `update`, read `result()` at the end."""
+
+    def __init__(self) -> None:
+        self.n = 0  # finite values
+        self.mean = self.m2 = self.m3 = self.m4 = 0.0
+        self.min, self.max = math.inf, -math.inf
+        self.zeros = self.nan = self.inf = 0
+
+    def update(self, chunk: np.ndarray) -> None:
+        x = kernels.as_float(chunk)
+        if x.size == 0:
+            return
+        s, mn, mx, zeros, m2, m3, m4 = kernels.moments_finite(x)
+        n = x.size
+        if not math.isfinite(s + m4):  # NaN/Inf present, or x^4 overflowed: count them exactly
+            n, nan, pinf, ninf, s, mn, mx, zeros, m2, m3, m4 = kernels.moments_masked(x)
+            self.nan += nan
+            self.inf += pinf + ninf
+            if n == 0:
+                return
+        self._merge(n, s / n, m2, m3, m4)
+        self.min, self.max = min(self.min, mn), max(self.max, mx)
+        self.zeros += zeros
+
+    def _merge(self, nb: int, mean_b: float, m2b: float, m3b: float, m4b: float) -> None:
+        na = self.n
+        if na == 0:
+            self.n, self.mean, self.m2, self.m3, self.m4 = nb, mean_b, m2b, m3b, m4b
+            return
+        n = na + nb
+        d = mean_b - self.mean
+        dn = d / n
+        self.m4 = (
+            self.m4 + m4b
+            + d * dn**3 * na * nb * (na * na - na * nb + nb * nb)
+            + 6 * dn * dn * (na * na * m2b + nb * nb * self.m2)
+            + 4 * dn * (na * m3b - nb * self.m3)
+        )  # fmt: skip
+        self.m3 = self.m3 + m3b + d * dn * dn * na * nb * (na - nb) + 3 * dn * (na * m2b - nb * self.m2)
+        self.m2 = self.m2 + m2b + d * dn * na * nb
+        self.mean += dn * nb
+        self.n = n
+
+    def result(self) -> TensorStats:
+        n = self.n
+        total = n + self.nan + self.inf
+        if n == 0:
+            return TensorStats(total, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.nan, self.inf)
+        m2 = max(self.m2, 0.0)
+        var = m2 / n
+        # a spread far below float64 resolution of the mean is rounding noise, not shape
+        flat = var <= (abs(self.mean) * 1e-12) ** 2 or m2 == 0.0
+        skew = 0.0 if flat else math.sqrt(n) * self.m3 / m2**1.5
+        kurt = 0.0 if flat else n * self.m4 / (m2 * m2) - 3.0
+        return TensorStats(
+            count=total,
+            mean=self.mean,
+            std=math.sqrt(var),
+            min=self.min,
+            max=self.max,
+            l2=math.sqrt(m2 + n * self.mean * self.mean),
+            zero_fraction=self.zeros / total,
+            skewness=skew,
+            kurtosis=kurt,
+            nan=self.nan,
+            inf=self.inf,
+        )
