@@ -32,10 +32,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("ckptwatch: interrupted", err=True)
             ctx.exit(130)
-        except Exception as e:  # noqa: BLE001 - the user gets one line, developers can ask for more
+        except Exception as e:
             if os.environ.get("CKPTWATCH_DEBUG"):
                 raise
-            click.echo(f"ckptwatch: internal error: {type(e).__name__}: {e} (CKPTWATCH_DEBUG=1 shows the traceback)", err=True)
+            click.echo(
+                f"ckptwatch: internal error: {type(e).__name__}: {e} (CKPTWATCH_DEBUG=1 shows the traceback)", err=True
+            )
             ctx.exit(EXIT_ERROR)
 
 
@@ -75,7 +77,10 @@ def inspect(path: str, as_json: bool, threads: int | None) -> None:
                 "schema": "ckptwatch.inspect/v1",
                 "checkpoint": d["checkpoint"],
                 "findings": d["findings"],
-                "tensors": [{k: t[k] for k in ("name", "display", "kind", "dtype", "shape", "bytes", "stats")} for t in d["tensors"]],
+                "tensors": [
+                    {k: t[k] for k in ("name", "display", "kind", "dtype", "shape", "bytes", "stats")}
+                    for t in d["tensors"]
+                ],
             }
         )
     else:
@@ -89,7 +94,9 @@ def inspect(path: str, as_json: bool, threads: int | None) -> None:
 @click.option("--golden", metavar="REF", help="A known-good reference checkpoint (or its fingerprint).")
 @click.option("--profile", type=click.Choice(["training", "replica"]), default=None, help="Policy profile [training].")
 @click.option("--policy", "policy_file", metavar="FILE.toml", help="Thresholds, excludes and per-tensor overrides.")
-@click.option("--include-optimizer", is_flag=True, default=None, help="Check optimizer state for drift and structure too.")
+@click.option(
+    "--include-optimizer", is_flag=True, default=None, help="Check optimizer state for drift and structure too."
+)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Tensors not to compare (repeatable).")
 @click.option("--frozen", multiple=True, metavar="GLOB", help="Tensors expected not to change (repeatable).")
 @click.option("--model", metavar="MODULE:FUNCTION", help="Model factory for model-aware checks.")

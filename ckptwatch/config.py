@@ -7,7 +7,6 @@ pydantic does the validation; we only turn its errors into one line each:
 from __future__ import annotations
 
 import tomllib
-
 from pydantic import BaseModel, ValidationError
 
 from ckptwatch.errors import UsageError

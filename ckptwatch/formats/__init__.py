@@ -35,7 +35,9 @@ def resolve(path: str) -> tuple[str, str]:
         if latest:
             return "bundle", latest
         if glob.glob(os.path.join(glob.escape(p), "*.index")):
-            raise CheckpointNotFound(f"{path}: no `checkpoint` state file; name a checkpoint prefix such as {path}/ckpt-1")
+            raise CheckpointNotFound(
+                f"{path}: no `checkpoint` state file; name a checkpoint prefix such as {path}/ckpt-1"
+            )
         raise CheckpointNotFound(f"{path}: directory holds no checkpoint")
     if os.path.isfile(p):
         name = os.path.basename(p)

@@ -11,6 +11,7 @@ as `IntegrityError` naming the tensor, never as a crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,8 +140,6 @@ class FileSet:
     def total_bytes(self) -> int:
         total = 0
         for p in self.paths:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.path.getsize(p)
-            except OSError:
-                pass
         return total

@@ -241,7 +241,9 @@ class BundleSource:
                 self.problems.append(
                     IntegrityProblem("integrity.shard_missing", f"{os.path.basename(p)} is missing ({n} tensors)")
                 )
-        leftovers = glob.glob(glob.escape(self.path) + "_temp*") + glob.glob(glob.escape(self.path) + ".data-*.tempstate*")
+        leftovers = glob.glob(glob.escape(self.path) + "_temp*") + glob.glob(
+            glob.escape(self.path) + ".data-*.tempstate*"
+        )
         if leftovers:
             self.problems.append(
                 IntegrityProblem(
@@ -254,6 +256,10 @@ class BundleSource:
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
+
+    def entry(self, name: str) -> BundleEntry:
+        """Where a tensor lives: shard, offset, size, checksum (for tools and tests)."""
+        return self._entries[name]
 
     @property
     def total_bytes(self) -> int:
@@ -289,7 +295,9 @@ class BundleSource:
                 raise IntegrityError("integrity.index", str(e), name) from None
             if expected != entry.size:
                 raise IntegrityError(
-                    "integrity.index", f"shape {list(entry.shape)} needs {expected} bytes, index says {entry.size}", name
+                    "integrity.index",
+                    f"shape {list(entry.shape)} needs {expected} bytes, index says {entry.size}",
+                    name,
                 )
         yield from self._stream(path, entry, dtype, chunk_elements, name)
 
@@ -307,7 +315,9 @@ class BundleSource:
                 got = f.readinto(view[:want])
                 if got != want:
                     raise IntegrityError(
-                        "integrity.truncated", f"{os.path.basename(path)} ended early (read less bytes than requested)", name
+                        "integrity.truncated",
+                        f"{os.path.basename(path)} ended early (read less bytes than requested)",
+                        name,
                     )
                 crc = crc32c.crc32c(view[:want], crc)
                 left -= want

@@ -42,7 +42,10 @@ def looks_like_fingerprint(path: str) -> bool:
 
 def _encode_sample(values: np.ndarray, dtype: str) -> dict:
     store = np.float32 if dtype in _SMALL_FLOATS else np.float64
-    return {"dtype": np.dtype(store).name, "data": base64.b64encode(values.astype("<" + np.dtype(store).str[1:]).tobytes()).decode()}
+    return {
+        "dtype": np.dtype(store).name,
+        "data": base64.b64encode(values.astype("<" + np.dtype(store).str[1:]).tobytes()).decode(),
+    }
 
 
 def _decode_sample(d: dict) -> np.ndarray:
@@ -93,8 +96,9 @@ class FingerprintSource:
         try:
             if os.path.getsize(path) > MAX_FINGERPRINT_BYTES:
                 raise ValueError("too large for a fingerprint")
-            opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
-            with opener(path, "rb") as f:
+            with open(path, "rb") as f:
+                gzipped = f.read(2) == b"\x1f\x8b"
+            with (gzip.open if gzipped else open)(path, "rb") as f:
                 doc = json.loads(f.read(MAX_FINGERPRINT_BYTES * 8))
             if doc.get("schema") != SCHEMA:
                 raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")

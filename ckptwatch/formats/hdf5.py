@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any
 
 import h5py
 import numpy as np
@@ -63,14 +63,14 @@ class Hdf5Source:
         try:
             self._file: h5py.File | None = h5py.File(path, "r")
         # h5py raises OSError, but garbage can also surface as ValueError, KeyError, ...
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise IntegrityError(CHECK, f"{self._label}: not a readable HDF5 file ({_reason(e)})") from None
         try:
             self._scan()
         except IntegrityError:
             self.close()
             raise
-        except Exception as e:  # noqa: BLE001 - a hostile file must not crash the caller
+        except Exception as e:  # a hostile file must not crash the caller
             self.close()
             raise IntegrityError(CHECK, f"{self._label}: not a readable HDF5 file ({_reason(e)})") from None
 
@@ -86,7 +86,7 @@ class Hdf5Source:
             raise KeyError(name)
         if self._file is None:
             raise ValueError(f"{self._label}: source is closed")
-        return self._read(name, self._views[name], max(1, int(chunk_elements)))
+        yield from self._read(name, self._views[name], max(1, int(chunk_elements)))
 
     @property
     def total_bytes(self) -> int:
@@ -99,7 +99,7 @@ class Hdf5Source:
             finally:
                 self._file = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Hdf5Source:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,14 +121,14 @@ class Hdf5Source:
             prefix, group = groups.pop()
             try:
                 self._check_weight_names(prefix, group)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._problem(f"/{prefix}: unreadable attributes ({_reason(e)})")
             children: list[tuple[str, h5py.Group]] = []
             for key in sorted(group.keys(), key=_natural):
                 name = f"{prefix}{key}"
                 try:
                     child = self._visit(name, group, key, seen)
-                except Exception as e:  # noqa: BLE001 - one broken object must not hide the rest
+                except Exception as e:  # one broken object must not hide the rest
                     self._refuse(name, f"{name} cannot be opened ({_reason(e)})")
                     continue
                 if child is not None:
@@ -222,7 +222,7 @@ class Hdf5Source:
                 continue
             try:
                 names = [_text(n) for part in parts for n in np.asarray(group.attrs[part]).reshape(-1)]
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._problem(f"{prefix or '/'}: unreadable attribute {attr} ({_reason(e)})")
                 continue
             for n in names:
@@ -235,7 +235,7 @@ class Hdf5Source:
             return
         try:
             cfg = json.loads(_text(root.attrs["model_config"]))
-        except Exception:  # noqa: BLE001
+        except Exception:
             return  # informational only; the weights are what we verify
         self.config = cfg if isinstance(cfg, dict) else None
 
@@ -246,10 +246,8 @@ class Hdf5Source:
             assert self._file is not None
             ds = self._file[name]
             shape = ds.shape
-        except Exception as e:  # noqa: BLE001
-            raise IntegrityError(
-                CHECK, f"{self._label}: cannot open dataset {name} ({_reason(e)})", name
-            ) from None
+        except Exception as e:
+            raise IntegrityError(CHECK, f"{self._label}: cannot open dataset {name} ({_reason(e)})", name) from None
         if shape is None:
             return
         selections: Iterator[Any] = iter([()]) if shape == () else _slabs(shape, chunk)
@@ -263,7 +261,7 @@ class Hdf5Source:
                     block = block.view(view)
                 elif block.dtype.byteorder not in "=|" and block.dtype.kind in "biufc":
                     block = block.astype(block.dtype.newbyteorder("="))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise IntegrityError(
                     CHECK, f"{self._label}: dataset {name} cannot be read ({_reason(e)})", name
                 ) from None

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class KerasArchiveSource:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> KerasArchiveSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,9 +165,7 @@ def _chunks(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[b
     except (zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as e:
         # Only archive reads run inside this frame: a failed write of the extracted copy
         # (disk full) raises in the caller's loop body and propagates unchanged.
-        raise IntegrityError(
-            CHECK, f"{info.filename}: cannot be decompressed ({_reason(e)}) in {path}"
-        ) from None
+        raise IntegrityError(CHECK, f"{info.filename}: cannot be decompressed ({_reason(e)}) in {path}") from None
 
 
 def _extract(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: str) -> None:

@@ -64,13 +64,13 @@ def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
             fresh = not known
             for p in paths[node]:
                 if len(known) < MAX_PATHS_PER_NODE:
-                    known.append(p + (name,))
+                    known.append((*p, name))
             if fresh:
                 queue.append(child)
     for _, _, slots in nodes:
         for original, slot_name, slot_node in slots:
             if 0 <= slot_node < len(nodes) and original in paths:
-                paths.setdefault(slot_node, []).extend(p + (f"[slot {slot_name}]",) for p in paths[original][:2])
+                paths.setdefault(slot_node, []).extend((*p, f"[slot {slot_name}]") for p in paths[original][:2])
     result: dict[str, list[tuple[str, ...]]] = {}
     for node, (_, keys, _) in enumerate(nodes):
         for key in keys:

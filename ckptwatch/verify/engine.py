@@ -157,7 +157,13 @@ class Engine:
                     return out
                 bad = live.pop(failed.index - 1)
                 out.findings.append(
-                    Finding("warn", failed.error.problem.check, f"{bad.role} unreadable here: {failed.error}", info.name, bad.role)
+                    Finding(
+                        "warn",
+                        failed.error.problem.check,
+                        f"{bad.role} unreadable here: {failed.error}",
+                        info.name,
+                        bad.role,
+                    )
                 )
         for ref in refs:
             if ref.is_fingerprint and info.name in ref.pairs:
@@ -267,7 +273,10 @@ class Engine:
             findings=findings,
             tensors=results,
             drift={role: global_drift.get(role) for role in ROLES},
-            references={role: (src.path if src is not None else None) for role, src in (("previous", previous), ("golden", golden))},
+            references={
+                role: (src.path if src is not None else None)
+                for role, src in (("previous", previous), ("golden", golden))
+            },
             timings={
                 "open_seconds": round(t_open - t0, 4),
                 "read_seconds": round(t_read - t_open, 4),
@@ -276,7 +285,6 @@ class Engine:
         )
         prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
         return report, prints
-
 
 
 # -- path-level entry points (what the CLI and the worker call) ----------------------------
@@ -359,7 +367,15 @@ def diff_paths(a: str, b: str, top: int | None = None, options: Options | None =
     rows = []
     for t in report.tensors:
         d = t.drift.get("previous")
-        rows.append({"name": t.name, "display": t.display, "kind": t.kind, "shape": list(t.shape), **(d.to_dict() if d else {"relative_l2": None})})
+        rows.append(
+            {
+                "name": t.name,
+                "display": t.display,
+                "kind": t.kind,
+                "shape": list(t.shape),
+                **(d.to_dict() if d else {"relative_l2": None}),
+            }
+        )
     rows.sort(key=lambda r: (r["relative_l2"] is None, -(r["relative_l2"] or 0.0)))
     if top:
         rows = rows[:top]

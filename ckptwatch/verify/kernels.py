@@ -15,8 +15,8 @@ import os
 # user-writable place unless the operator chose one.
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ckptwatch", "numba"))
 
-import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+import numpy as np
+from numba import njit
 
 # Reassociation lets LLVM vectorise the reductions; no 'nnan'/'ninf': we rely on NaN/Inf propagating.
 _FAST = {"reassoc", "contract", "nsz", "arcp"}

@@ -109,7 +109,9 @@ def evaluate(
         peak = max(abs(t.stats.min), abs(t.stats.max))
         if peak > policy.max_abs_value:
             findings.append(
-                Finding("fail", "drift.explosion", f"|value| reaches {_fmt(peak)} (> {_fmt(policy.max_abs_value)})", t.name)
+                Finding(
+                    "fail", "drift.explosion", f"|value| reaches {_fmt(peak)} (> {_fmt(policy.max_abs_value)})", t.name
+                )
             )
         if policy.profile == "replica":
             findings += _replica_findings(t, s)
@@ -197,7 +199,9 @@ def _training_findings(t: TensorResult, s: dict, policy: Policy, prev_stats) -> 
     return out
 
 
-def _global_findings(policy: Policy, results: list[TensorResult], global_drift: dict[str, Drift | None]) -> list[Finding]:
+def _global_findings(
+    policy: Policy, results: list[TensorResult], global_drift: dict[str, Drift | None]
+) -> list[Finding]:
     out: list[Finding] = []
     prev, gold = global_drift.get("previous"), global_drift.get("golden")
     if policy.profile == "training" and prev is not None:
@@ -233,7 +237,10 @@ def _global_findings(policy: Policy, results: list[TensorResult], global_drift: 
                         )
                     )
         if prev.relative_l2 > policy.max_global_jump:
-            message = f"whole checkpoint moved {_fmt(prev.relative_l2)} (relative L2) vs previous (> {_fmt(policy.max_global_jump)})"
+            message = (
+                f"whole checkpoint moved {_fmt(prev.relative_l2)} (relative L2) vs previous "
+                f"(> {_fmt(policy.max_global_jump)})"
+            )
             check = "drift.jump"
             if gold is not None and gold.relative_l2 < 0.1 * prev.relative_l2:
                 check = "drift.reset"

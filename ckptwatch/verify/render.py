@@ -38,7 +38,9 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -50,7 +52,8 @@ def shorten(text: str, width: int) -> str:
 def checkpoint_line(report: Report) -> str:
     c = report.checkpoint
     step = f", step {c['step']}" if c.get("step") is not None else ""
-    return f"{c.get('path')}  ({c.get('format') or 'unknown format'}{step}, {c.get('tensors', 0)} tensors, {human_bytes(c.get('bytes'))})"
+    what = f"{c.get('format') or 'unknown format'}{step}, {c.get('tensors', 0)} tensors, {human_bytes(c.get('bytes'))}"
+    return f"{c.get('path')}  ({what})"
 
 
 def findings_block(report: Report) -> str:
@@ -58,7 +61,13 @@ def findings_block(report: Report) -> str:
         return "no findings"
     display = {t.name: t.display for t in report.tensors}
     rows = [
-        [f.severity, f.check, shorten(display.get(f.tensor, f.tensor) if f.tensor else "-", 48), f.reference or "-", f.message]
+        [
+            f.severity,
+            f.check,
+            shorten(display.get(f.tensor, f.tensor) if f.tensor else "-", 48),
+            f.reference or "-",
+            f.message,
+        ]
         for f in report.findings[:MAX_FINDINGS]
     ]
     more = len(report.findings) - MAX_FINDINGS
@@ -77,39 +86,67 @@ def drift_block(report: Report) -> str:
             rows.append([role, "-", "-", "-", "-", shorten(ref, 60)])
             continue
         est = " (est.)" if d.estimated else ""
-        rows.append([role, num(d.relative_l2) + est, num(d.max_abs), num(d.cosine, 6), pct(d.changed_fraction), shorten(ref, 60)])
+        rows.append(
+            [
+                role,
+                num(d.relative_l2) + est,
+                num(d.max_abs),
+                num(d.cosine, 6),
+                pct(d.changed_fraction),
+                shorten(ref, 60),
+            ]
+        )
     if not rows:
         return ""
     return table(["REFERENCE", "REL L2", "MAX ABS", "COSINE", "CHANGED", "PATH"], rows, right={1, 2, 3, 4})
 
 
-def _tensor_rows(tensors: list[TensorResult], roles: list[str]) -> list[list[str]]:
+def _tensor_rows(tensors: list[TensorResult], roles: list[str], failing: dict[str, str]) -> list[list[str]]:
     rows = []
     for t in tensors:
         s = t.stats
         nonfinite = str(s.nonfinite) if s else "-"
         drift_cells = [num(t.drift[r].relative_l2) if r in t.drift else "-" for r in roles]
         rows.append(
-            [shorten(t.display, 56), "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
-             num(s.mean if s else None), num(s.std if s else None), nonfinite]
+            [shorten(t.display, 56), t.kind, "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
+             num(s.mean if s else None), num(s.std if s else None), nonfinite, failing.get(t.name, "")]
         )  # fmt: skip
     return rows
 
 
 def worst_tensors(report: Report, limit: int = MAX_TENSORS) -> str:
+    """Failing tensors first, then weights by drift, then the rest (optimizer state, counters)."""
     roles = [r for r in ROLES if report.references.get(r)]
-    tensors = [t for t in report.tensors if t.stats is not None]
-    failing = {f.tensor for f in report.findings if f.severity == "fail"}
-    tensors.sort(key=lambda t: (t.name not in failing, -(t.stats.nonfinite if t.stats else 0), -t.worst_drift()))
-    headers = ["TENSOR", "SHAPE", "DTYPE", *[f"REL L2 {r.upper()}" for r in roles], "MEAN", "STD", "NONFINITE"]
-    rows = _tensor_rows(tensors[:limit], roles)
-    right = set(range(3, len(headers)))
+    failing: dict[str, str] = {}
+    for f in report.findings:
+        if f.severity == "fail" and f.tensor:
+            failing.setdefault(f.tensor, f.check)
+    tensors = [t for t in report.tensors if t.stats is not None or t.name in failing]
+    tensors.sort(key=lambda t: (t.name not in failing, t.kind != "weight", -t.worst_drift()))
+    headers = [
+        "TENSOR",
+        "KIND",
+        "SHAPE",
+        "DTYPE",
+        *[f"REL L2 {r.upper()}" for r in roles],
+        "MEAN",
+        "STD",
+        "NONFINITE",
+        "FAILED",
+    ]
+    rows = _tensor_rows(tensors[:limit], roles, failing)
+    right = set(range(4, len(headers) - 1))
     more = len(tensors) - limit
     return table(headers, rows, right) + (f"\n... {more} more tensors (use --json)" if more > 0 else "")
 
 
 def render_verify(report: Report) -> str:
-    parts = [f"checkpoint  {checkpoint_line(report)}", f"verdict     {report.verdict.upper()}", "", findings_block(report)]
+    parts = [
+        f"checkpoint  {checkpoint_line(report)}",
+        f"verdict     {report.verdict.upper()}",
+        "",
+        findings_block(report),
+    ]
     drift = drift_block(report)
     if drift:
         parts += ["", drift]
@@ -124,13 +161,17 @@ def render_inspect(report: Report) -> str:
         s = t.stats
         rows.append(
             [shorten(t.display, 60), t.kind, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.nbytes),
-             num(s.mean if s else None), num(s.std if s else None), num(s.min if s else None), num(s.max if s else None),
+             *(num(getattr(s, k)) if s else "-" for k in ("mean", "std", "min", "max")),
              str(s.nonfinite) if s else "-"]
         )  # fmt: skip
     parts = [
         f"checkpoint  {checkpoint_line(report)}",
         "",
-        table(["TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES", "MEAN", "STD", "MIN", "MAX", "NONFINITE"], rows, {4, 5, 6, 7, 8, 9}),
+        table(
+            ["TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES", "MEAN", "STD", "MIN", "MAX", "NONFINITE"],
+            rows,
+            {4, 5, 6, 7, 8, 9},
+        ),
     ]
     problems = [f for f in report.findings if f.severity != "info"]
     if problems:
@@ -153,5 +194,7 @@ def render_diff(diff: dict) -> str:
         "",
     ]
     body = table(["TENSOR", "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"], rows, {2, 3, 4, 5})
-    notes = [f"{f['severity']:5} {f['check']:22} {f['tensor'] or '-'}  {f['message']}" for f in diff.get("findings", [])]
-    return "\n".join(head + [body] + ([""] + notes if notes else []))
+    notes = [
+        f"{f['severity']:5} {f['check']:22} {f['tensor'] or '-'}  {f['message']}" for f in diff.get("findings", [])
+    ]
+    return "\n".join(head + [body] + (["", *notes] if notes else []))

@@ -85,8 +85,9 @@ class SketchBuilder:
         return TensorSketch("blake3:" + self.hasher.hexdigest(), self.values, self.count)
 
 
-def estimate_sums(cand: TensorStats, cand_sketch: TensorSketch, ref: TensorStats, ref_sketch: TensorSketch,
-                  atol: float, rtol: float) -> tuple[PairSums, bool]:
+def estimate_sums(
+    cand: TensorStats, cand_sketch: TensorSketch, ref: TensorStats, ref_sketch: TensorSketch, atol: float, rtol: float
+) -> tuple[PairSums, bool]:
     """Drift sums estimated from two sketches; (sums, estimated). Equal hashes are exact."""
     cand_sq, ref_sq = cand.l2**2, ref.l2**2
     if cand_sketch.hash == ref_sketch.hash:

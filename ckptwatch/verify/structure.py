@@ -78,8 +78,10 @@ def detect_renames(missing: list[TensorInfo], unexpected: list[TensorInfo]) -> l
             break
         renames.append(rename)
     rest_u = list(left_u.values())
-    if left_m and len(left_m) == len(rest_u) and all(
-        (m.shape, m.dtype) == (u.shape, u.dtype) for m, u in zip(left_m, rest_u, strict=True)
+    if (
+        left_m
+        and len(left_m) == len(rest_u)
+        and all((m.shape, m.dtype) == (u.shape, u.dtype) for m, u in zip(left_m, rest_u, strict=True))
     ):
         for m, u in zip(left_m, rest_u, strict=True):
             renames.append(Rename(m.name, u.name, [(m.name, u.name)]))
@@ -134,7 +136,5 @@ def compare(
             findings.append(Finding("fail", "structure.missing", f"in {role} but not in the candidate", r.name, role))
     for c in unexpected:
         if c.name not in renamed_cand:
-            findings.append(
-                Finding(unexpected_severity, "structure.unexpected", f"not in {role}", c.name, role)
-            )
+            findings.append(Finding(unexpected_severity, "structure.unexpected", f"not in {role}", c.name, role))
     return StructureResult(findings, pairs, renames)

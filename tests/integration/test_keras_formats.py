@@ -29,9 +29,9 @@ try:
 except ImportError:  # run without an installed package or a pythonpath setting
     sys.path.insert(0, str(ROOT))
 
-from ckptwatch.formats.base import META, OPTIMIZER, WEIGHT, IntegrityError
-from ckptwatch.formats.hdf5 import Hdf5Source, open_hdf5
-from ckptwatch.formats.keras_archive import KerasArchiveSource, open_keras_archive
+from ckptwatch.formats.base import META, OPTIMIZER, WEIGHT, IntegrityError  # noqa: E402
+from ckptwatch.formats.hdf5 import Hdf5Source, open_hdf5  # noqa: E402
+from ckptwatch.formats.keras_archive import KerasArchiveSource, open_keras_archive  # noqa: E402
 
 CHUNK = 7  # tiny, so every multi-element tensor is read in several chunks
 
