@@ -52,9 +52,20 @@ def main() -> None:
 
 
 def _options(threads: int | None):
+    from ckptwatch.isolate import progress_writer
     from ckptwatch.verify.engine import Options
 
-    return Options(threads=threads) if threads else Options()
+    options = Options(threads=threads) if threads else Options()
+    options.progress = progress_writer()
+    return options
+
+
+def _isolated(path: str, as_json: bool, threads: int | None) -> None:
+    """Re-run this command in a child interpreter unless we are that child."""
+    from ckptwatch import isolate
+
+    if not isolate.in_child():
+        sys.exit(isolate.run_in_child(sys.argv[1:], path, as_json, threads or 2))
 
 
 _threads = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Tensors read in parallel.")
@@ -66,6 +77,7 @@ _threads = click.option("--threads", type=click.IntRange(1, 64), default=None, h
 @_threads
 def inspect(path: str, as_json: bool, threads: int | None) -> None:
     """List every tensor of PATH with dtype, shape, size and statistics."""
+    _isolated(path, as_json, threads)
     from ckptwatch.verify.engine import inspect_path
     from ckptwatch.verify.render import render_inspect
 
@@ -120,6 +132,7 @@ def verify(
     threads: int | None,
 ) -> None:
     """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
+    _isolated(path, as_json, threads)
     from ckptwatch.config import load_policy
     from ckptwatch.verify.engine import verify_paths
     from ckptwatch.verify.policy import Policy
