@@ -10,6 +10,7 @@ parent answers in its place, naming the tensors that were being read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,10 +37,8 @@ def progress_writer():
     stream = os.fdopen(int(fd), "w", buffering=1, encoding="utf-8", errors="replace")
 
     def announce(name: str) -> None:
-        try:
+        with contextlib.suppress(OSError):
             stream.write(name.replace("\n", " ") + "\n")
-        except OSError:
-            pass
 
     return announce
 
