@@ -18,8 +18,6 @@ import subprocess
 import sys
 from collections import deque
 
-from ckptwatch.verify.report import Finding, Report
-
 CHILD_ENV = "CKPTWATCH_CHILD"
 PROGRESS_FD_ENV = "CKPTWATCH_PROGRESS_FD"
 DISABLE_ENV = "CKPTWATCH_NO_ISOLATION"
@@ -65,6 +63,8 @@ def run_in_child(argv: list[str], path: str, as_json: bool, threads: int) -> int
 
 
 def _report_crash(path: str, signum: int, tensors: list[str], as_json: bool) -> int:
+    from ckptwatch.verify.report import Finding, Report  # only now: the parent stays light
+
     try:
         name = signal.Signals(signum).name
     except ValueError:
