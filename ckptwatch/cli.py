@@ -21,6 +21,12 @@ EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 class _Group(click.Group):
     """Turns our errors (and anything unexpected) into one line and exit 2."""
 
+    invoked_args: tuple[str, ...] = ()  # what main() was called with, to re-run in a child
+
+    def main(self, args=None, *a, **kw):
+        self.invoked_args = tuple(args) if args is not None else tuple(sys.argv[1:])
+        return super().main(args, *a, **kw)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -65,7 +71,8 @@ def _isolated(path: str, as_json: bool, threads: int | None) -> None:
     from ckptwatch import isolate
 
     if not isolate.in_child():
-        sys.exit(isolate.run_in_child(sys.argv[1:], path, as_json, threads or 2))
+        args = click.get_current_context().find_root().command.invoked_args  # type: ignore[attr-defined]
+        sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2))
 
 
 _threads = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Tensors read in parallel.")

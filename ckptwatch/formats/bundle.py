@@ -225,7 +225,10 @@ class BundleSource:
         if dtype_name not in NUMERIC_DTYPES:
             kind = META
         elif any(d < 0 for d in entry.shape):
-            raise TableError(f"tensor {name!r} has a negative dimension {list(entry.shape)}")
+            self.problems.append(
+                IntegrityProblem("integrity.index", f"negative dimension in shape {list(entry.shape)}", name)
+            )
+            return  # unreadable: not listed, so references report it missing too
         self._entries[name] = entry
         self._infos.append(TensorInfo(name, dtype_name, entry.shape, max(entry.size, 0), kind, display_name(name)))
         if entry.sliced:

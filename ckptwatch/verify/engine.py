@@ -235,11 +235,12 @@ class Engine:
             st = structure.compare(structural(infos), structural(list(ref.infos.values())), role, severity)
             findings += st.findings
             ref.pairs = st.pairs
-            # tensors outside the structural set (optimizer state, metrics) are still compared by name
-            for t in infos:
-                r = ref.infos.get(t.name)
+            # tensors outside the structural set (optimizer state, metrics) are still compared, by identity
+            ref_ids = structure.identities(list(ref.infos.values()))
+            for ident, t in structure.identities(infos).items():
+                r = ref_ids.get(ident)
                 if t.name not in ref.pairs and r and r.numeric and (r.shape, r.dtype) == (t.shape, t.dtype):
-                    ref.pairs[t.name] = t.name
+                    ref.pairs[t.name] = r.name
             refs.append(ref)
         if policy.profile == "replica" and golden is None:
             from ckptwatch.errors import UsageError

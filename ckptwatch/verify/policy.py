@@ -71,6 +71,10 @@ class Policy(_Strict):
         return s
 
 
+def is_floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
 def _matches(patterns: list[str], name: str, display: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(display, p) for p in patterns)
 
@@ -101,8 +105,8 @@ def evaluate(
                     t.name,
                 )
             )
-        if t.kind not in kinds:
-            continue
+        if t.kind not in kinds or not is_floating(t.dtype):
+            continue  # integer tensors (step counters, id tables) change by design or never
         s = policy.settings_for(t.name, t.display)
         if s["exclude"]:
             continue
@@ -207,7 +211,7 @@ def _global_findings(
     if policy.profile == "training" and prev is not None:
         compared = [
             t for t in results
-            if "previous" in t.drift and t.kind in policy.compared_kinds()
+            if "previous" in t.drift and t.kind in policy.compared_kinds() and is_floating(t.dtype)
             and not policy.settings_for(t.name, t.display)["exclude"]
         ]  # fmt: skip
         if compared and prev.changed_fraction == 0.0 and not prev.estimated:

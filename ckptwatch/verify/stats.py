@@ -92,10 +92,14 @@ class StatsAccumulator:
             return TensorStats(total, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.nan, self.inf)
         m2 = max(self.m2, 0.0)
         var = m2 / n
-        # a spread far below float64 resolution of the mean is rounding noise, not shape
-        flat = var <= (abs(self.mean) * 1e-12) ** 2 or m2 == 0.0
-        skew = 0.0 if flat else math.sqrt(n) * self.m3 / m2**1.5
-        kurt = 0.0 if flat else n * self.m4 / (m2 * m2) - 3.0
+        # A spread far below float64 resolution of the mean is rounding noise, not
+        # shape; a spread so small that m2**1.5 underflows has no usable shape either.
+        denom3, denom4 = m2**1.5, m2 * m2
+        flat = var <= (abs(self.mean) * 1e-12) ** 2 or denom3 == 0.0 or denom4 == 0.0
+        skew = 0.0 if flat else math.sqrt(n) * self.m3 / denom3
+        kurt = 0.0 if flat else n * self.m4 / denom4 - 3.0
+        if not (math.isfinite(skew) and math.isfinite(kurt)):
+            skew = kurt = 0.0
         return TensorStats(
             count=total,
             mean=self.mean,

@@ -10,7 +10,7 @@ mapping that makes them match again.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ckptwatch.formats.base import TensorInfo
 from ckptwatch.verify.report import Finding
@@ -88,53 +88,69 @@ def detect_renames(missing: list[TensorInfo], unexpected: list[TensorInfo]) -> l
     return renames
 
 
+def identities(infos: list[TensorInfo]) -> dict[str, TensorInfo]:
+    """Tensors by object path (their display name), falling back to keys when
+    paths collide. TF keys a variable by the first path it finds, so the same
+    Keras 3 kernel is `model/...` before the optimizer exists and
+    `optimizer/_trainable_variables/N` after; its object path does not move."""
+    by_label = {t.label: t for t in infos}
+    if len(by_label) == len(infos):
+        return by_label
+    return {t.name: t for t in infos}
+
+
 def compare(
     candidate: list[TensorInfo], reference: list[TensorInfo], role: str, unexpected_severity: str = "warn"
 ) -> StructureResult:
-    cand = {t.name: t for t in candidate}
-    ref = {t.name: t for t in reference}
+    """Compare by identity (see `identities`). Findings name candidate keys
+    (reference keys for missing tensors); `pairs` maps candidate keys to reference keys."""
+    cand = identities(candidate)
+    ref = identities(reference)
     findings: list[Finding] = []
     pairs: dict[str, str] = {}
-    for name in cand.keys() & ref.keys():
-        c, r = cand[name], ref[name]
+    for ident in cand.keys() & ref.keys():
+        c, r = cand[ident], ref[ident]
         if c.shape != r.shape:
-            findings.append(
-                Finding("fail", "structure.shape", f"shape {list(c.shape)}, {role} has {list(r.shape)}", name, role)
-            )
+            message = f"shape {list(c.shape)}, {role} has {list(r.shape)}"
+            findings.append(Finding("fail", "structure.shape", message, c.name, role))
         elif c.dtype != r.dtype:
-            findings.append(Finding("fail", "structure.dtype", f"dtype {c.dtype}, {role} has {r.dtype}", name, role))
+            findings.append(Finding("fail", "structure.dtype", f"dtype {c.dtype}, {role} has {r.dtype}", c.name, role))
         else:
-            pairs[name] = name
-    missing = [r for n, r in ref.items() if n not in cand]
-    unexpected = [c for n, c in cand.items() if n not in ref]
-    renames = detect_renames(missing, unexpected) if missing and unexpected else []
-    renamed_ref = set()
+            pairs[c.name] = r.name
+    missing = [r for i, r in ref.items() if i not in cand]
+    unexpected = [c for i, c in cand.items() if i not in ref]
+    renames = []
+    if missing and unexpected:
+        renames = detect_renames(_as_identity(missing, ref), _as_identity(unexpected, cand))
+    by_name = {t.name: t for t in cand.values()}
     for rn in renames:
-        for old_name, new_name in rn.pairs:
-            pairs[new_name] = old_name
-            renamed_ref.add(old_name)
-        examples = ", ".join(f"{cand[n].label}" for _, n in rn.pairs[:EXAMPLES])
-        what = (
-            f"prefix {rn.old_prefix!r} -> {rn.new_prefix!r}"
-            if len(rn.pairs) > 1 or rn.old_prefix.endswith("/") or rn.new_prefix.endswith("/") or not rn.old_prefix
-            else f"{rn.old_prefix!r} -> {rn.new_prefix!r}"
-        )
+        rn.pairs = [(ref[old].name, cand[new].name) for old, new in rn.pairs]
+        pairs.update({new: old for old, new in rn.pairs})
+        examples = ", ".join(by_name[n].label for _, n in rn.pairs[:EXAMPLES])
+        what = f"{rn.old_prefix or '(root)'!r} -> {rn.new_prefix or '(root)'!r}"
         findings.append(
             Finding(
                 "fail",
                 "structure.renamed",
-                f"{len(rn.pairs)} tensor(s) renamed vs {role}, {what} (e.g. {examples}); a restore by name "
-                f"would leave them at their initializers; map {rn.old_prefix or '(root)'!r} to "
-                f"{rn.new_prefix or '(root)'!r} (e.g. tf.compat.v1.train.init_from_checkpoint assignment map)",
+                f"{len(rn.pairs)} tensor(s) renamed vs {role}: {what} (e.g. {examples}); a restore by name would "
+                f"leave them at their initializers; map {what} (e.g. an init_from_checkpoint assignment map)",
                 rn.pairs[0][1],
                 role,
             )
         )
-    renamed_cand = {n for rn in renames for _, n in rn.pairs}
+    renamed_ref = {old for rn in renames for old, _ in rn.pairs}
+    renamed_cand = {new for rn in renames for _, new in rn.pairs}
     for r in missing:
         if r.name not in renamed_ref:
-            findings.append(Finding("fail", "structure.missing", f"in {role} but not in the candidate", r.name, role))
+            message = f"{r.label}: in {role} but not in the candidate"
+            findings.append(Finding("fail", "structure.missing", message, r.name, role))
     for c in unexpected:
         if c.name not in renamed_cand:
             findings.append(Finding(unexpected_severity, "structure.unexpected", f"not in {role}", c.name, role))
     return StructureResult(findings, pairs, renames)
+
+
+def _as_identity(infos: list[TensorInfo], index: dict[str, TensorInfo]) -> list[TensorInfo]:
+    """Copies named by their identity, so renames are found on object paths."""
+    ident = {id(t): i for i, t in index.items()}
+    return [replace(t, name=ident[id(t)]) for t in infos]

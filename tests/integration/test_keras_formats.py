@@ -84,9 +84,7 @@ def keras3_expected(t: Trained) -> dict[str, np.ndarray]:
     # Keras 3 names layer groups after the class (dense, dense_1, ...), not layer.name.
     keys = ["dense", "dense_1"]
     want = {
-        f"layers/{key}/vars/{j}": w
-        for key, ws in zip(keys, t.layers.values(), strict=True)
-        for j, w in enumerate(ws)
+        f"layers/{key}/vars/{j}": w for key, ws in zip(keys, t.layers.values(), strict=True) for j, w in enumerate(ws)
     }
     want.update({f"optimizer/vars/{j}": v for j, v in enumerate(t.optimizer)})
     return want
@@ -292,9 +290,7 @@ def test_legacy_weight_names_pointing_at_nothing_is_a_problem(trained: Trained, 
     with h5py.File(p, "a") as f:
         del f["model_weights/out/out/bias:0"]
     with open_hdf5(str(p)) as src:
-        assert [(q.check, q.tensor) for q in src.problems] == [
-            ("integrity.h5", "model_weights/out/out/bias:0")
-        ]
+        assert [(q.check, q.tensor) for q in src.problems] == [("integrity.h5", "model_weights/out/out/bias:0")]
 
 
 def test_legacy_split_weight_names_attribute_is_followed(tmp_path: Path) -> None:
@@ -358,9 +354,7 @@ def test_truncated_weights_h5(trained: Trained, tmp_path: Path) -> None:
 def test_unreadable_dataset_names_the_tensor(tmp_path: Path) -> None:
     p = tmp_path / "model.weights.h5"
     with h5py.File(p, "w") as f:
-        f.create_dataset(
-            "layers/d/vars/0", data=np.arange(64.0).reshape(8, 8), chunks=(4, 8), compression="gzip"
-        )
+        f.create_dataset("layers/d/vars/0", data=np.arange(64.0).reshape(8, 8), chunks=(4, 8), compression="gzip")
         f["layers/d/vars/1"] = np.ones(3)
         chunk = f["layers/d/vars/0"].id.get_chunk_info(0)
     with open(p, "r+b") as fh:  # a zlib stream starting with zeros has no valid header
@@ -446,9 +440,7 @@ def _flip(path: Path, member: str) -> None:
 
 
 @pytest.mark.parametrize("member", ["model.weights.h5", "config.json", "metadata.json"])
-def test_damaged_keras_member_is_named(
-    trained: Trained, tmp_path: Path, private_tmp: Path, member: str
-) -> None:
+def test_damaged_keras_member_is_named(trained: Trained, tmp_path: Path, private_tmp: Path, member: str) -> None:
     p = tmp_path / "model.keras"
     shutil.copy(trained.archive, p)
     _flip(p, member)
