@@ -46,6 +46,9 @@ DTYPE_NAMES = {
 MAX_INDEX_BYTES = 1 << 30  # an index is metadata only; a bigger one is hostile
 
 
+Extent = tuple[int, int | None]  # (start, length); length None = the whole dimension
+
+
 @dataclass(frozen=True)
 class BundleEntry:
     dtype: int = 0
@@ -54,7 +57,20 @@ class BundleEntry:
     offset: int = 0
     size: int = 0
     crc32c: int | None = None
-    sliced: bool = False
+    slices: tuple[tuple[Extent, ...], ...] = ()  # set when TF stored the tensor in slices
+
+    @property
+    def sliced(self) -> bool:
+        return bool(self.slices)
+
+
+@dataclass
+class _Part:
+    """One stored slice of a sliced tensor, resolved against the full shape."""
+
+    starts: tuple[int, ...]
+    lengths: tuple[int, ...]
+    entry: BundleEntry
 
 
 def _fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
@@ -119,9 +135,43 @@ def parse_entry(buf: memoryview) -> BundleEntry:
             kw["size"] = _signed64(value)  # type: ignore[arg-type]
         elif number == 6 and wire == 5:
             kw["crc32c"] = value
-        elif number == 7:
-            kw["sliced"] = True
+        elif number == 7 and wire == 2:
+            kw.setdefault("slices", []).append(_parse_slice(value))  # type: ignore[arg-type]
+    if "slices" in kw:
+        kw["slices"] = tuple(kw["slices"])
     return BundleEntry(**kw)
+
+
+def _parse_slice(buf: memoryview) -> tuple[Extent, ...]:
+    extents = []
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 2:
+            fields = {n: v for n, _, v in _fields(value)}  # type: ignore[arg-type]
+            start = _signed64(int(fields.get(1, 0)))  # type: ignore[arg-type]
+            length = _signed64(int(fields[2])) if 2 in fields else None  # type: ignore[arg-type]
+            extents.append((start, length))
+    return tuple(extents)
+
+
+def _slice_key_name(key: bytes) -> str | None:
+    """The tensor name inside a slice key (OrderedCode: 0, escaped name, \\x00\\x01, extents)."""
+    if not key.startswith(b"\x00"):
+        return None
+    out, i = bytearray(), 1
+    while i + 1 < len(key):
+        b, nxt = key[i], key[i + 1]
+        if b == 0 and nxt == 1:
+            return out.decode("utf-8", "replace")
+        if b == 0 and nxt == 0xFF:
+            out.append(0)
+            i += 2
+        elif b == 0xFF and nxt == 0:
+            out.append(0xFF)
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    return None
 
 
 def _parse_header(buf: memoryview) -> tuple[int, bool]:
@@ -171,6 +221,7 @@ class BundleSource:
         if not data:
             raise IntegrityError("integrity.index", f"{index_path}: index file is empty")
         header_seen = False
+        slice_entries: dict[str, list[BundleEntry]] = {}
         self.num_shards, self.big_endian = 1, False
         key = b""
         try:
@@ -179,16 +230,21 @@ class BundleSource:
                     self.num_shards, self.big_endian = _parse_header(value)
                     header_seen = True
                     continue
-                try:
-                    name = key.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue  # slice keys of partitioned variables are binary; their parent entry is listed
-                self._add(name, parse_entry(value))
+                if key[:1] == b"\x00":  # a slice of a tensor stored in slices; its parent entry is listed
+                    parent = _slice_key_name(key)
+                    if parent is not None:
+                        slice_entries.setdefault(parent, []).append(parse_entry(value))
+                    continue
+                self._add(key.decode("utf-8", "replace"), parse_entry(value))
         except TableError as e:
             where = f" (after entry {key.decode('utf-8', 'replace')!r})" if key else ""
             raise IntegrityError("integrity.index", f"{index_path}: {e}{where}") from None
         if not header_seen:
             raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
+        self._parts: dict[str, list[_Part]] = {}
+        for name, entry in list(self._entries.items()):
+            if entry.sliced:
+                self._resolve_slices(name, entry, slice_entries.get(name, []))
         if not 1 <= self.num_shards <= 1 << 16:
             raise IntegrityError("integrity.index", f"{index_path}: implausible shard count {self.num_shards}")
 
@@ -231,10 +287,44 @@ class BundleSource:
             return  # unreadable: not listed, so references report it missing too
         self._entries[name] = entry
         self._infos.append(TensorInfo(name, dtype_name, entry.shape, max(entry.size, 0), kind, display_name(name)))
-        if entry.sliced:
-            self.problems.append(
-                IntegrityProblem("integrity.sliced", "partitioned variable: slices are not compared", name)
+
+    def _resolve_slices(self, name: str, entry: BundleEntry, parts: list[BundleEntry]) -> None:
+        """Match stored slices to the parent's extents. Slice keys sort by
+        (start, length) per dimension, a whole dimension as (0, -1): sorting the
+        extents the same way pairs them with the slices in key order."""
+
+        def order(ext: tuple[Extent, ...]) -> tuple:
+            return tuple(x for start, length in ext for x in (start, -1 if length is None else length))
+
+        def reject(message: str) -> None:
+            self.problems.append(IntegrityProblem("integrity.sliced", message, name))
+            self._infos = [i for i in self._infos if i.name != name]
+
+        extents = sorted(entry.slices, key=order)
+        if len(extents) != len(parts):
+            return reject(f"index lists {len(extents)} slices, {len(parts)} are stored")
+        resolved, total = [], 0
+        for ext, part in zip(extents, parts, strict=True):
+            if len(ext) != len(entry.shape):
+                return reject(f"a slice has {len(ext)} dimensions, the tensor {len(entry.shape)}")
+            starts = tuple(0 if length is None else start for start, length in ext)
+            lengths = tuple(
+                dim if length is None else length for (_, length), dim in zip(ext, entry.shape, strict=True)
             )
+            if any(st < 0 or ln < 0 or st + ln > dim for st, ln, dim in zip(starts, lengths, entry.shape, strict=True)):
+                return reject(f"slice {list(zip(starts, lengths, strict=True))} lies outside shape {list(entry.shape)}")
+            if part.shape != lengths or part.dtype != entry.dtype:
+                return reject(f"stored slice has shape {list(part.shape)}, expected {list(lengths)}")
+            resolved.append(_Part(starts, lengths, part))
+            total += part.size
+        itemsize = NUMERIC_DTYPES.get(DTYPE_NAMES.get(entry.dtype, ""), np.dtype(np.uint8)).itemsize
+        count = 1
+        for d in entry.shape:
+            count *= d
+        if total != count * itemsize:
+            return reject(f"slices hold {total} bytes, the tensor needs {count * itemsize}")
+        self._parts[name] = resolved
+        self._infos = [replace(i, nbytes=total) if i.name == name else i for i in self._infos]
 
     def _check_files(self) -> None:
         for k in range(self.num_shards):
@@ -277,6 +367,7 @@ class BundleSource:
             dtype = dtype.newbyteorder(">")
         path = shard_path(self.path, entry.shard_id, self.num_shards)
         if entry.sliced:
+            yield from self._stream_sliced(name, entry, dtype, chunk_elements)
             return
         if not os.path.isfile(path):
             raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name)
@@ -330,6 +421,85 @@ class BundleSource:
                 "integrity.checksum",
                 f"checksum does not match: stored {unmask_crc(entry.crc32c):#010x} vs. calculated {crc:#010x} "
                 f"in {os.path.basename(path)}",
+                name,
+            )
+
+    def _stream_sliced(
+        self, name: str, entry: BundleEntry, dtype: np.dtype, chunk_elements: int
+    ) -> Iterator[np.ndarray]:
+        """Rebuild C order from slices, one block of rows at a time. Each slice's
+        rows are contiguous and are read in increasing order, so its checksum is
+        accumulated as we go and checked when its last row has been read."""
+        parts = self._parts.get(name)
+        if parts is None:
+            raise IntegrityError("integrity.sliced", "slices could not be matched to the index", name)
+        shape = entry.shape
+        row_elems = 1
+        for d in shape[1:]:
+            row_elems *= d
+        rows_per_block = max(1, chunk_elements // max(row_elems, 1))
+        done_rows = [0] * len(parts)
+        crcs = [0] * len(parts)
+        files: dict[int, object] = {}
+        try:
+            for r0 in range(0, shape[0], rows_per_block):
+                r1 = min(shape[0], r0 + rows_per_block)
+                block = np.empty((r1 - r0, *shape[1:]), dtype=dtype)
+                filled = 0
+                for k, part in enumerate(parts):
+                    a, b = max(r0, part.starts[0]), min(r1, part.starts[0] + part.lengths[0])
+                    if a >= b:
+                        continue
+                    part_row = 1
+                    for d in part.lengths[1:]:
+                        part_row *= d
+                    row_bytes = part_row * dtype.itemsize
+                    raw = self._read_part(files, name, part.entry, done_rows[k] * row_bytes, (b - a) * row_bytes)
+                    crcs[k] = crc32c.crc32c(raw, crcs[k])
+                    done_rows[k] += b - a
+                    inner = zip(part.starts[1:], part.lengths[1:], strict=True)
+                    index = (slice(a - r0, b - r0), *(slice(st, st + ln) for st, ln in inner))
+                    block[index] = np.frombuffer(raw, dtype=dtype).reshape((b - a, *part.lengths[1:]))
+                    filled += (b - a) * part_row
+                    if done_rows[k] == part.lengths[0]:
+                        self._check_crc(part.entry, crcs[k], name)
+                if filled != block.size:
+                    raise IntegrityError("integrity.sliced", f"slices do not cover rows [{r0}, {r1})", name)
+                flat = block.reshape(-1)
+                for i in range(0, flat.size, max(1, chunk_elements)):  # a row may exceed a chunk
+                    yield flat[i : i + chunk_elements]
+        finally:
+            for f in files.values():
+                f.close()  # type: ignore[attr-defined]
+
+    def _read_part(self, files: dict, name: str, entry: BundleEntry, start: int, length: int) -> bytes:
+        path = shard_path(self.path, entry.shard_id, self.num_shards)
+        if entry.shard_id not in files:
+            try:
+                files[entry.shard_id] = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            except OSError:
+                raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name) from None
+        f = files[entry.shard_id]
+        file_size = os.fstat(f.fileno()).st_size
+        if entry.offset < 0 or entry.offset + entry.size > file_size:
+            raise IntegrityError(
+                "integrity.truncated",
+                f"a slice needs bytes [{entry.offset}, {entry.offset + entry.size}) of {os.path.basename(path)}, "
+                f"which has {file_size} bytes",
+                name,
+            )
+        f.seek(entry.offset + start)
+        raw = f.read(length)
+        if len(raw) != length:
+            raise IntegrityError("integrity.truncated", f"{os.path.basename(path)} ended early", name)
+        return raw
+
+    @staticmethod
+    def _check_crc(entry: BundleEntry, crc: int, name: str) -> None:
+        if entry.crc32c is not None and unmask_crc(entry.crc32c) != crc:
+            raise IntegrityError(
+                "integrity.checksum",
+                f"checksum does not match: stored {unmask_crc(entry.crc32c):#010x} vs. calculated {crc:#010x}",
                 name,
             )
 

@@ -115,7 +115,7 @@ def _source_meta(source: CheckpointSource) -> dict:
 def _problem_findings(source: CheckpointSource, role: str | None) -> list[Finding]:
     out = []
     for p in source.problems:
-        severity = {"integrity.incomplete": "warn", "integrity.sliced": "info"}.get(p.check, "fail")
+        severity = {"integrity.incomplete": "warn"}.get(p.check, "fail")
         if role is not None:
             severity = "warn" if severity == "fail" else severity
         out.append(Finding(severity, p.check, p.message, p.tensor, role))

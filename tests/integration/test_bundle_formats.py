@@ -176,17 +176,21 @@ def test_sharding_policy_really_slices_tensors(tf, sliced_sharding) -> None:
     assert np.isnan(values).sum() == 3 * 64
 
 
-@pytest.mark.xfail(
-    reason="BUG: TF 2.21 MaxShardSizePolicy splits tensors into slices across shards; ckptwatch reports them "
-    "`integrity.sliced` (info) and streams nothing, so their values are never read, checksummed or compared",
-    strict=True,
-)
 def test_tensors_sliced_by_the_sharding_policy_are_streamed(tf, sliced_sharding) -> None:
     prefix = sliced_sharding.previous
     src = BundleSource(prefix)
     sliced = sorted(n for n, e in src._entries.items() if e.sliced)
     assert sliced, "precondition: TF split some tensors into slices"
     reader = tf.train.load_checkpoint(prefix)
+    compared = 0
     for name in sliced:
         got, _ = streamed(src, name)
-        assert got == np.ascontiguousarray(reader.get_tensor(name)).tobytes(), name
+        try:
+            expected = reader.get_tensor(name)
+        except ValueError as e:  # TF 2.21's own reader cannot reassemble sliced float16 ("Dtype half not supported")
+            assert "half" in str(e)
+            assert len(got) == src.tensors()[[t.name for t in src.tensors()].index(name)].nbytes
+            continue
+        assert got == np.ascontiguousarray(expected).tobytes(), name
+        compared += 1
+    assert compared >= 1
