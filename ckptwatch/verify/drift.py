@@ -44,6 +44,17 @@ def cosine(dot: float, cand_sq: float, ref_sq: float) -> float:
     return max(-1.0, min(1.0, dot / math.sqrt(cand_sq * ref_sq)))
 
 
+@dataclass(frozen=True)
+class ReferenceStats:
+    """What drift rules need of a reference tensor (TensorStats has these too)."""
+
+    count: int
+    mean: float
+    std: float
+    l2: float
+    zero_fraction: float
+
+
 @dataclass
 class PairSums:
     """Sufficient sums for drift; they add across chunks and across tensors."""
@@ -57,6 +68,8 @@ class PairSums:
     not_close: int = 0
     count: int = 0
     estimated: bool = False  # from fingerprint samples
+    ref_sum: float = 0.0
+    ref_zeros: int = 0
 
     def add(self, other: PairSums) -> None:
         self.estimated |= other.estimated
@@ -68,6 +81,8 @@ class PairSums:
         self.changed += other.changed
         self.not_close += other.not_close
         self.count += other.count
+        self.ref_sum += other.ref_sum
+        self.ref_zeros += other.ref_zeros
 
     def update(self, cand: np.ndarray, ref: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -> None:
         c, r = kernels.as_float(cand), kernels.as_float(ref)
@@ -76,8 +91,15 @@ class PairSums:
         out = kernels.pair_finite(c, r, atol, rtol)
         if not math.isfinite(out[0] + out[1] + out[2] + out[3]):
             out = kernels.pair_masked(c, r, atol, rtol)
-        ss, dot, cc, rr, mx, changed, far = out
-        self.add(PairSums(ss, dot, cc, rr, mx, changed, far, c.size))
+        ss, dot, cc, rr, mx, changed, far, rs, rz = out
+        self.add(PairSums(ss, dot, cc, rr, mx, changed, far, c.size, False, rs, rz))
+
+    def reference_stats(self) -> ReferenceStats:
+        """The reference's mean, std, L2 and zero fraction, from the same pass as the drift."""
+        n = max(self.count, 1)
+        mean = self.ref_sum / n
+        var = max(self.ref_sq / n - mean * mean, 0.0)
+        return ReferenceStats(self.count, mean, math.sqrt(var), math.sqrt(max(self.ref_sq, 0.0)), self.ref_zeros / n)
 
     def drift(self, mean_diff: float = 0.0, std_diff: float = 0.0) -> Drift:
         return Drift(

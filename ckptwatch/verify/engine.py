@@ -26,7 +26,7 @@ from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint
 from ckptwatch.formats.base import CHUNK_ELEMENTS, TensorInfo
 from ckptwatch.formats.fingerprint import FingerprintSource
 from ckptwatch.verify import structure
-from ckptwatch.verify.drift import Drift, PairSums
+from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
 from ckptwatch.verify.policy import Policy, evaluate
 from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
@@ -60,7 +60,7 @@ class _Ref:
 class _TensorOutcome:
     result: TensorResult
     sums: dict[str, PairSums] = field(default_factory=dict)
-    ref_stats: dict[str, TensorStats] = field(default_factory=dict)
+    ref_stats: dict[str, TensorStats | ReferenceStats] = field(default_factory=dict)
     sketch: TensorSketch | None = None
     findings: list[Finding] = field(default_factory=list)
 
@@ -181,7 +181,6 @@ class Engine:
         streams = [_tagged(0, cand.read(info.name, ch))]
         streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch)) for i, r in enumerate(live)]
         acc = StatsAccumulator()
-        ref_accs = [StatsAccumulator() for _ in live]
         sums = [PairSums() for _ in live]
         sketch = SketchBuilder(info.size) if self._wants_sketch else None
         atol, rtol = s["atol"], s["rtol"]
@@ -191,12 +190,11 @@ class Engine:
             if sketch is not None:
                 sketch.update(c)
             for j in range(len(live)):
-                ref_accs[j].update(chunks[j + 1])
                 sums[j].update(c, chunks[j + 1], atol, rtol)
         out.result.stats = acc.result()
         out.sketch = sketch.result() if sketch is not None else None
-        for r, ra, sm in zip(live, ref_accs, sums, strict=True):
-            out.ref_stats[r.role] = ra.result()
+        for r, sm in zip(live, sums, strict=True):
+            out.ref_stats[r.role] = sm.reference_stats()
             out.sums[r.role] = sm
 
     def _estimate(self, info: TensorInfo, ref: _Ref, s: dict, out: _TensorOutcome) -> None:

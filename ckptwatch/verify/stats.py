@@ -54,9 +54,11 @@ class StatsAccumulator:
         x = kernels.as_float(chunk)
         if x.size == 0:
             return
-        s, mn, mx, zeros, m2, m3, m4 = kernels.moments_finite(x)
+        s, zeros, m2, m3, m4 = kernels.moments_finite(x)
         n = x.size
-        if not math.isfinite(s + m4):  # NaN/Inf present, or x^4 overflowed: count them exactly
+        if math.isfinite(s + m4):
+            mn, mx = float(x.min()), float(x.max())
+        else:  # NaN/Inf present, or x^4 overflowed: count them exactly
             n, nan, pinf, ninf, s, mn, mx, zeros, m2, m3, m4 = kernels.moments_masked(x)
             self.nan += nan
             self.inf += pinf + ninf
