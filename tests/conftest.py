@@ -52,44 +52,29 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def run_cli():
-    """run_cli(*args) -> (returncode, stdout, stderr) of `python -m ckptwatch ARGS`."""
+def _runner(prefix: list[str]):
     env = _cli_env()
 
     def run(*args: Any, timeout: float = 300) -> CliResult:
         p = subprocess.run(
-            [sys.executable, "-m", "ckptwatch", *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-            check=False,
+            [*prefix, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False
         )
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """run_cli(*args) -> (returncode, stdout, stderr) of `python -m ckptwatch ARGS`."""
+    return _runner([sys.executable, "-m", "ckptwatch"])
 
 
 @pytest.fixture(scope="session")
 def run_python():
     """run_python(code, *argv) -> CliResult of a fresh interpreter running `code`."""
-    env = _cli_env()
-
-    def run(code: str, *argv: Any, timeout: float = 300) -> CliResult:
-        p = subprocess.run(
-            [sys.executable, "-c", code, *map(str, argv)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-            check=False,
-        )
-        return CliResult(p.returncode, p.stdout, p.stderr)
-
-    return run
+    run = _runner([sys.executable, "-c"])
+    return lambda code, *argv, timeout=300: run(code, *argv, timeout=timeout)
 
 
 # -- TensorFlow helpers ---------------------------------------------------------------------------
