@@ -1,0 +1,16 @@
+"""The long-running daemon (`ckptwatch watch`). The main process never imports
+TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
+
+    model.py       domain types shared by the parts below (no behaviour)
+    events.py      watchdog handler: filesystem events -> `Touched` on a queue
+    discovery.py   which checkpoints a directory holds, and whether one is completely written
+    scheduler.py   per-watch queues, coalescing, "previous" resolution
+    supervisor.py  worker processes: spawn, jobs, heartbeats, timeouts, restarts
+    state.py       SQLite state (reports, fingerprints) in state_dir
+    metrics.py     Prometheus collector over a Snapshot, counters, histogram
+    http.py        /metrics /healthz /livez /readyz / /api/v1/checkpoints
+    logs.py        structlog set-up
+    notify.py      sd_notify
+    publish.py     the "latest verified" state file in publish_dir
+    app.py         the Daemon: main loop and signal handling
+"""

@@ -1,0 +1,94 @@
+"""Domain types of the daemon. Plain data; behaviour lives in the modules that use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VERDICTS = ("pass", "warn", "fail", "error")
+SKIP_REASONS = ("vanished", "coalesced", "incomplete", "unsupported")
+
+
+@dataclass(frozen=True)
+class Touched:
+    """Something changed under a watched directory (what the event handler enqueues)."""
+
+    watch: str
+    path: str  # absolute path of the file or directory the event named
+    vanished: bool = False  # the event was a deletion
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint found in a watch directory."""
+
+    watch: str
+    path: str  # absolute: bundle prefix (".../ckpt-3") or file (".../w.weights.h5", ".../m.keras")
+    kind: str  # "bundle" | "hdf5" | "keras"
+    step: int | None
+    key: str  # identity for "verify once": path plus the index/file mtime_ns and size
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.step if self.step is not None else -1, self.path)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Whether a candidate is completely written, and if not, why (for logs)."""
+
+    complete: bool
+    reason: str = ""
+
+
+@dataclass
+class TensorDrift:
+    reference: str  # previous | golden
+    tensor: str
+    relative_l2: float
+
+
+@dataclass
+class WatchStatus:
+    """Per-watch figures the metrics and the status page show (a snapshot copy)."""
+
+    name: str
+    path: str
+    armed: bool = False  # the directory exists and is being watched
+    last_verdict: str | None = None
+    last_checkpoint: str | None = None
+    last_step: int | None = None
+    last_bytes: int | None = None
+    last_time: float | None = None  # unix seconds of the last finished verification
+    last_duration: float | None = None
+    drift_relative_l2: dict[str, float] = field(default_factory=dict)  # reference -> value
+    drift_max_abs: dict[str, float] = field(default_factory=dict)
+    top_tensors: list[TensorDrift] = field(default_factory=list)
+    nonfinite: int | None = None
+    queue_depth: int = 0
+    functional_agreement: dict[str, float] = field(default_factory=dict)  # model-aware checks (later)
+    functional_max_abs_diff: dict[str, float] = field(default_factory=dict)
+    restore_unmatched: int | None = None
+
+
+@dataclass
+class WorkerStatus:
+    device: str
+    up: bool = False
+    pid: int | None = None
+    restarts: int = 0
+    job: str | None = None  # candidate path being verified
+    gave_up: str | None = None  # why restarting stopped (reserved exit code), if it did
+
+
+@dataclass
+class Snapshot:
+    """Everything the HTTP thread may read, copied under the daemon's lock."""
+
+    version: str
+    started: float
+    watches: list[WatchStatus]
+    workers: list[WorkerStatus]
+
+    @property
+    def ready(self) -> bool:
+        return any(w.armed for w in self.watches) and any(w.up for w in self.workers)
