@@ -222,3 +222,27 @@ def demo(keep: bool) -> None:
     from ckptwatch.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, metavar="FILE", help="TOML configuration.")
+@click.option("--listen", metavar="HOST:PORT", help="Override [daemon] listen.")
+@click.option("--state-dir", metavar="DIR", help="Override [daemon] state_dir.")
+@click.option("--log-format", type=click.Choice(["json", "console", "auto"]), help="Override [daemon] log_format.")
+def watch(config_path: str, listen: str | None, state_dir: str | None, log_format: str | None) -> None:
+    """Run the daemon: watch the configured directories and verify each new checkpoint."""
+    from ckptwatch.config import override_daemon
+    from ckptwatch.daemon.app import run_daemon
+
+    updates = {k: v for k, v in (("listen", listen), ("state_dir", state_dir), ("log_format", log_format)) if v}
+    sys.exit(run_daemon(config_path, (lambda c: override_daemon(c, updates)) if updates else None))
+
+
+@main.command("check-config")
+@click.argument("config_path", metavar="FILE")
+def check_config(config_path: str) -> None:
+    """Validate a daemon configuration file (the same checks as at start-up)."""
+    from ckptwatch.config import describe, load_config
+
+    config = load_config(config_path)
+    click.echo(f"{config_path}: ok: {describe(config)}")

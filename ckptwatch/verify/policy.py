@@ -11,72 +11,15 @@ Thresholds can be overridden per tensor glob; the last matching override wins.
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from ckptwatch.formats.base import OPTIMIZER, WEIGHT
+from ckptwatch.config import Policy  # defined with the config: the daemon validates it without numba
 from ckptwatch.verify.drift import Drift
 from ckptwatch.verify.report import Finding, TensorResult
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Override(_Strict):
-    pattern: str = Field(description="glob on the tensor name or its display name")
-    max_jump: float | None = Field(None, ge=0)
-    max_golden_drift: float | None = Field(None, ge=0)
-    atol: float | None = Field(None, ge=0)
-    rtol: float | None = Field(None, ge=0)
-    frozen: bool | None = None
-    exclude: bool | None = None
-
-
-class Policy(_Strict):
-    profile: Literal["training", "replica"] = "training"
-    include_optimizer: bool = False
-    exclude: list[str] = Field(default_factory=list, description="globs: not compared at all")
-    frozen: list[str] = Field(default_factory=list, description="globs: expected not to change vs previous")
-    max_jump: float = Field(1.0, ge=0, description="per tensor: relative L2 vs previous above this fails")
-    max_global_jump: float = Field(0.5, ge=0, description="whole checkpoint: relative L2 vs previous above this fails")
-    max_norm_growth: float = Field(10.0, gt=1, description="per tensor: ||candidate|| / ||previous|| above this fails")
-    max_abs_value: float = Field(1e6, gt=0, description="any |weight| above this fails (explosion)")
-    min_reference_rms: float = Field(1e-6, ge=0, description="tensors smaller than this RMS skip the jump test")
-    max_golden_drift: float | None = Field(None, ge=0, description="per tensor: relative L2 vs golden bound")
-    max_global_golden_drift: float | None = Field(None, ge=0)
-    atol: float = Field(1e-6, ge=0, description="replica: absolute tolerance")
-    rtol: float = Field(1e-5, ge=0, description="replica: relative tolerance")
-    overrides: list[Override] = Field(default_factory=list)
-
-    def compared_kinds(self) -> set[str]:
-        return {WEIGHT, OPTIMIZER} if self.include_optimizer else {WEIGHT}
-
-    def settings_for(self, name: str, display: str) -> dict:
-        """Effective thresholds for one tensor."""
-        s = {
-            "max_jump": self.max_jump,
-            "max_golden_drift": self.max_golden_drift,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "frozen": _matches(self.frozen, name, display),
-            "exclude": _matches(self.exclude, name, display),
-        }
-        for o in self.overrides:
-            if _matches([o.pattern], name, display):
-                s.update({k: v for k, v in o.model_dump(exclude={"pattern"}).items() if v is not None})
-        return s
-
-
 def is_floating(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "complex"))
-
-
-def _matches(patterns: list[str], name: str, display: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(display, p) for p in patterns)
 
 
 def _fmt(x: float) -> str:

@@ -1,0 +1,344 @@
+"""The daemon's HTTP endpoints, served from a ThreadingHTTPServer in daemon threads.
+
+    /metrics              Prometheus exposition of the registry (text 0.0.4, or OpenMetrics when
+                          asked for in Accept; gzip when Accept-Encoding allows it)
+    /healthz, /livez      200 "ok": the process is alive and serving
+    /readyz               200 "ok" when a watch is armed and a worker is up, else 503 and why
+    /                     a small HTML status page
+    /api/v1/checkpoints   {"checkpoints": reports(limit, watch)}; ?limit=1..1000 (default 50), ?watch=NAME
+
+Handlers only call `snapshot()` / `reports()` and render; they never wait on the daemon's work,
+so the endpoints answer while a verification is running. Requests are logged through structlog
+at debug level, never to stderr.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from ckptwatch.daemon.model import Snapshot, WatchStatus
+
+log = structlog.get_logger("ckptwatch.daemon.http")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+GZIP_MIN_BYTES = 1024
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT", "[V6ADDR]:PORT" or ":PORT" (all IPv4 interfaces) -> (host, port). Port 0 = ephemeral."""
+    text = listen.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"listen address {listen!r}: expected [IPV6]:PORT")
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {listen!r}: expected HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"listen address {listen!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"listen address {listen!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"listen address {listen!r}: port {port} is out of range 0-65535")
+    return host or "0.0.0.0", port
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    status: StatusServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # instead of a traceback on stderr
+        log.debug("http connection error", client=str(client_address), exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "ckptwatch"
+    timeout = 30  # a client that stops sending does not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http request", client=self.client_address[0], message=format % args)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def _dispatch(self, head: bool) -> None:
+        url = urlsplit(self.path)
+        route = self.server.status._routes.get(url.path.rstrip("/") or "/")
+        try:
+            if route is None:
+                status, ctype, body, headers = _text(HTTPStatus.NOT_FOUND, f"not found: {url.path}\n")
+            else:
+                status, ctype, body, headers = route(self, parse_qs(url.query, keep_blank_values=True))
+        except Exception:
+            log.error("http handler failed", path=url.path, exc_info=True)
+            status, ctype, body, headers = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+Response = tuple[int, str, bytes, list[tuple[str, str]]]
+
+
+def _text(status: int, text: str) -> Response:
+    return status, "text/plain; charset=utf-8", text.encode(), []
+
+
+def _json(status: int, obj: Any) -> Response:
+    body = json.dumps(_finite(obj), default=str, allow_nan=False).encode()
+    return status, "application/json", body, []
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Inf: such values become null (as in `verify --json`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class StatusServer:
+    """HTTP endpoints of the daemon. `snapshot()` and `reports(limit, watch)` are called from
+    request threads: they must be thread-safe and quick (copy under a lock, no waiting on work)."""
+
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        snapshot: Callable[[], Snapshot],
+        reports: Callable[[int, str | None], list[dict]],
+    ) -> None:
+        self._host, self._port = parse_listen(listen)
+        self.registry = registry
+        self.snapshot = snapshot
+        self.reports = reports
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: dict[str, Callable[[_Handler, dict[str, list[str]]], Response]] = {
+            "/metrics": self._metrics,
+            "/healthz": self._alive,
+            "/livez": self._alive,
+            "/readyz": self._ready,
+            "/": self._index,
+            "/api/v1/checkpoints": self._checkpoints,
+        }
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound once started (the ephemeral port for port 0)."""
+        if self._server is None:
+            return self._host, self._port
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self) -> None:
+        """Bind (OSError if the address is taken) and serve in a daemon thread."""
+        if self._server is not None:
+            return
+        cls = _Server6 if ":" in self._host else _Server
+        server = cls((self._host, self._port), _Handler)
+        server.status = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.2,), name="ckptwatch-http", daemon=True)
+        self._thread.start()
+        log.info("http listening", url=self.url)
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = self._thread = None
+
+    # -- routes -------------------------------------------------------------------------------------
+
+    def _metrics(self, req: _Handler, _query: dict[str, list[str]]) -> Response:
+        encoder, ctype = choose_encoder(req.headers.get("Accept", ""))
+        body = encoder(self.registry)
+        headers = []
+        if len(body) >= GZIP_MIN_BYTES and gzip_accepted(req.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        return HTTPStatus.OK, ctype, body, headers
+
+    def _alive(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+        return _text(HTTPStatus.OK, "ok\n")
+
+    def _ready(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+        snap = self.snapshot()
+        if snap.ready:
+            return _text(HTTPStatus.OK, "ok\n")
+        reasons = []
+        if not any(w.armed for w in snap.watches):
+            reasons.append("no watch armed" if snap.watches else "no watch configured")
+        if not any(w.up for w in snap.workers):
+            reasons.append("no worker up")
+        return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + ("; ".join(reasons) or "starting") + "\n")
+
+    def _checkpoints(self, _req: _Handler, query: dict[str, list[str]]) -> Response:
+        raw = query.get("limit", [str(DEFAULT_LIMIT)])[-1]
+        try:
+            limit = int(raw)
+        except ValueError:
+            return _json(HTTPStatus.BAD_REQUEST, {"error": f"limit must be an integer, got {raw!r}"})
+        if limit < 1:
+            return _json(HTTPStatus.BAD_REQUEST, {"error": f"limit must be at least 1, got {limit}"})
+        limit = min(limit, MAX_LIMIT)
+        watch = query.get("watch", [""])[-1] or None
+        return _json(HTTPStatus.OK, {"checkpoints": self.reports(limit, watch)})
+
+    def _index(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+        body = render_status_page(self.snapshot()).encode()
+        return HTTPStatus.OK, "text/html; charset=utf-8", body, []
+
+
+# -- the status page ----------------------------------------------------------------------------------
+
+_VERDICT_CLASS = {"pass": "pass", "warn": "warn", "fail": "fail", "error": "fail"}
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:1.5em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;font-size:.9em}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.pass{background:#dff5df}.warn{background:#fff3cd}.fail{background:#f8d7da}.muted{color:#888}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: float | int | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {s}s"
+
+
+def _watch_row(w: WatchStatus) -> str:
+    verdict = w.last_verdict
+    css = _VERDICT_CLASS.get(verdict or "", "muted")
+    cells = [
+        f"<td>{_esc(w.name)}</td>",
+        f"<td>{'yes' if w.armed else 'no'}</td>",
+        f'<td class="{css}">{_esc(verdict or "none yet")}</td>',
+        f'<td class="num">{_esc(_num(w.last_step))}</td>',
+        f"<td>{_esc(w.last_checkpoint or '—')}</td>",
+        f"<td>{_esc(_when(w.last_time))}</td>",
+        f'<td class="num">{_esc(_num(w.drift_relative_l2.get("previous")))}</td>',
+        f'<td class="num">{_esc(_num(w.drift_relative_l2.get("golden")))}</td>',
+        f'<td class="num">{_esc(_num(w.nonfinite))}</td>',
+        f'<td class="num">{_esc(w.queue_depth)}</td>',
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def render_status_page(snap: Snapshot, now: float | None = None) -> str:
+    """The HTML of `/`; every value from the snapshot is escaped."""
+    now = time.time() if now is None else now
+    watch_rows = "\n".join(_watch_row(w) for w in snap.watches) or '<tr><td colspan="10">no watches</td></tr>'
+    worker_rows = (
+        "\n".join(
+            "<tr>"
+            f"<td>{_esc(k.device)}</td>"
+            f'<td class="{"pass" if k.up else "fail"}">{"up" if k.up else "down"}</td>'
+            f'<td class="num">{_esc(k.pid if k.pid is not None else "—")}</td>'
+            f'<td class="num">{_esc(k.restarts)}</td>'
+            f"<td>{_esc(k.job or '—')}</td>"
+            f"<td>{_esc(k.gave_up or '')}</td>"
+            "</tr>"
+            for k in snap.workers
+        )
+        or '<tr><td colspan="6">no workers</td></tr>'
+    )
+    ready = "ready" if snap.ready else "not ready"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ckptwatch</title><style>{_STYLE}</style></head>
+<body>
+<h1>ckptwatch</h1>
+<p>version {_esc(snap.version)} · up {_esc(_duration(now - snap.started))} · {ready} ·
+<a href="/metrics">metrics</a> · <a href="/api/v1/checkpoints">recent reports (JSON)</a></p>
+<h2>Watches</h2>
+<table>
+<tr><th>watch</th><th>armed</th><th>latest verdict</th><th>step</th><th>checkpoint</th><th>verified at</th>
+<th>drift vs previous<br>(relative L2)</th><th>drift vs golden<br>(relative L2)</th>
+<th>non-finite</th><th>queued</th></tr>
+{watch_rows}
+</table>
+<h2>Workers</h2>
+<table>
+<tr><th>device</th><th>state</th><th>pid</th><th>restarts</th><th>verifying</th><th>gave up</th></tr>
+{worker_rows}
+</table>
+</body></html>
+"""

@@ -1,0 +1,253 @@
+"""Prometheus metrics of the daemon.
+
+Two kinds of series, following the exporter conventions in FIELD-NOTES.md:
+
+* counters and the duration histogram are ordinary `prometheus_client` metrics, updated by the
+  daemon through `DaemonMetrics.verification_finished / checkpoint_skipped / worker_restarted`;
+* every series whose label set changes at run time (per-watch state, drift, top-K tensors,
+  workers) comes from a custom collector that builds fresh metric families from the daemon's
+  `Snapshot` on each scrape, so a watch that goes away leaves no stale series behind.
+
+This module imports only the standard library, prometheus_client and ckptwatch.daemon.model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import ckptwatch
+from ckptwatch.daemon.model import SKIP_REASONS, VERDICTS, Snapshot, TensorDrift, WatchStatus
+
+# From a tiny weights file read from page cache (~50 ms) to a multi-GB checkpoint streamed from
+# network storage with model-aware checks on top (~30 min).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, math.inf)
+
+REFERENCES = ("previous", "golden")
+
+
+class DaemonMetrics:
+    """All metrics of the daemon, registered on `registry`.
+
+    `snapshot` is called once per scrape (from the HTTP thread); it must be cheap and must not
+    wait on the daemon's work. `top_k` bounds `ckptwatch_tensor_drift_relative_l2` per watch and
+    reference. `devices` are the configured worker devices: their restart counters and
+    `ckptwatch_worker_up` are exported (as 0) even before a worker reports. `watches` are the
+    configured watch names: their verification and skip counters are pre-created at 0 so that
+    `increase()` / `rate()` see the first event. `version` defaults to ckptwatch.__version__.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        snapshot: Callable[[], Snapshot],
+        top_k: int = 10,
+        devices: Sequence[str] = (),
+        *,
+        watches: Sequence[str] = (),
+        version: str | None = None,
+    ) -> None:
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        self.registry = registry
+        self.verifications = Counter(
+            "ckptwatch_verifications_total",
+            "Verifications finished, by watch and verdict (pass, warn, fail, error).",
+            ["watch", "verdict"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "ckptwatch_checkpoints_skipped_total",
+            "Checkpoints not verified, by watch and reason (vanished, coalesced, incomplete, unsupported).",
+            ["watch", "reason"],
+            registry=registry,
+        )
+        self.worker_restarts = Counter(
+            "ckptwatch_worker_restarts_total",
+            "Worker processes restarted after they died, hung or were killed, by device.",
+            ["device"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "ckptwatch_verification_duration_seconds",
+            "Wall-clock time taken to verify one checkpoint, by watch.",
+            ["watch"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "ckptwatch_build_info",
+            "Always 1; the version label names the running ckptwatch.",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(version=version or ckptwatch.__version__).set(1)
+        for device in devices:
+            self.worker_restarts.labels(device=device)
+        for watch in watches:
+            self.add_watch(watch)
+        self.collector = SnapshotCollector(snapshot, top_k=top_k, devices=devices)
+        registry.register(self.collector)
+
+    # -- called by the daemon ------------------------------------------------------------------
+
+    def add_watch(self, watch: str) -> None:
+        """Pre-create a watch's counters and histogram at 0 (idempotent)."""
+        for verdict in VERDICTS:
+            self.verifications.labels(watch=watch, verdict=verdict)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(watch=watch, reason=reason)
+        self.duration.labels(watch=watch)
+
+    def verification_finished(self, watch: str, verdict: str, seconds: float | None) -> None:
+        """One verification finished with `verdict`; `seconds` (if known) goes to the histogram."""
+        self.verifications.labels(watch=watch, verdict=verdict).inc()
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            self.duration.labels(watch=watch).observe(seconds)
+
+    def checkpoint_skipped(self, watch: str, reason: str) -> None:
+        self.skipped.labels(watch=watch, reason=reason).inc()
+
+    def worker_restarted(self, device: str) -> None:
+        self.worker_restarts.labels(device=device).inc()
+
+
+def _gauge(name: str, documentation: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+def _drift_order(d: TensorDrift) -> tuple[float, str]:
+    """Sort key, worst first; NaN (a broken tensor) ranks with +inf as the worst. Ties by name."""
+    value = d.relative_l2
+    return (-math.inf if math.isnan(value) else -value, d.tensor)
+
+
+def top_tensors(drifts: Iterable[TensorDrift], k: int) -> list[TensorDrift]:
+    """The `k` worst tensors per reference, worst first (references in first-seen order)."""
+    by_ref: dict[str, list[TensorDrift]] = {}
+    for d in drifts:
+        if d.relative_l2 is None:
+            continue
+        by_ref.setdefault(d.reference, []).append(d)
+    out: list[TensorDrift] = []
+    for items in by_ref.values():
+        out.extend(sorted(items, key=_drift_order)[:k])
+    return out
+
+
+class SnapshotCollector(Collector):
+    """Custom collector: fresh metric families built from `snapshot()` on every scrape."""
+
+    # (name, help, labels); describe() returns these without samples, so registering the
+    # collector does not call snapshot().
+    FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+        (
+            "ckptwatch_last_verdict",
+            "State set of the latest verdict per watch: 1 on the current verdict, 0 on the others; "
+            "absent until the watch has a verdict.",
+            ("watch", "verdict"),
+        ),
+        (
+            "ckptwatch_last_verification_timestamp_seconds",
+            "Unix time at which the latest verification of the watch finished.",
+            ("watch",),
+        ),
+        ("ckptwatch_last_checkpoint_step", "Training step of the latest verified checkpoint.", ("watch",)),
+        ("ckptwatch_checkpoint_bytes", "Size on disk of the latest verified checkpoint.", ("watch",)),
+        (
+            "ckptwatch_drift_relative_l2",
+            "Relative L2 distance ||candidate - reference|| / ||reference|| over all weights of the latest "
+            "checkpoint, against the previous checkpoint or the golden reference.",
+            ("watch", "reference"),
+        ),
+        (
+            "ckptwatch_drift_max_abs",
+            "Largest absolute element-wise difference between the latest checkpoint and the reference.",
+            ("watch", "reference"),
+        ),
+        (
+            "ckptwatch_tensor_drift_relative_l2",
+            "Relative L2 drift of the tensors that moved most in the latest checkpoint (top K per watch and "
+            "reference only).",
+            ("watch", "reference", "tensor"),
+        ),
+        ("ckptwatch_nonfinite_values", "NaN and Inf values found in the latest checkpoint.", ("watch",)),
+        (
+            "ckptwatch_queue_depth",
+            "Checkpoints waiting to be verified, per configured watch.",
+            ("watch",),
+        ),
+        ("ckptwatch_worker_up", "1 when the worker process of the device is running, else 0.", ("device",)),
+        (
+            "ckptwatch_functional_agreement_ratio",
+            "Fraction of probe-batch outputs of the restored model that agree with the reference model.",
+            ("watch", "reference"),
+        ),
+        (
+            "ckptwatch_functional_output_max_abs_diff",
+            "Largest absolute difference between probe-batch outputs of the restored model and the reference.",
+            ("watch", "reference"),
+        ),
+        (
+            "ckptwatch_restore_unmatched_objects",
+            "Objects or checkpoint values left unmatched when restoring the latest checkpoint into the model.",
+            ("watch",),
+        ),
+    )
+
+    def __init__(self, snapshot: Callable[[], Snapshot], top_k: int = 10, devices: Sequence[str] = ()) -> None:
+        self._snapshot = snapshot
+        self._top_k = top_k
+        self._devices = tuple(devices)
+
+    def describe(self) -> Iterable[Metric]:
+        return [_gauge(name, doc, labels) for name, doc, labels in self.FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        fam = {name: _gauge(name, doc, labels) for name, doc, labels in self.FAMILIES}
+
+        def add(name: str, labels: list[str], value: float | int | None) -> None:
+            if value is not None:
+                fam[name].add_metric(labels, float(value))
+
+        for w in snap.watches:
+            self._collect_watch(w, add)
+
+        seen: set[str] = set()
+        for worker in snap.workers:
+            if worker.device in seen:
+                continue
+            seen.add(worker.device)
+            add("ckptwatch_worker_up", [worker.device], 1 if worker.up else 0)
+        for device in self._devices:
+            if device not in seen:
+                add("ckptwatch_worker_up", [device], 0)
+
+        yield from fam.values()
+
+    def _collect_watch(self, w: WatchStatus, add: Callable[[str, list[str], float | int | None], None]) -> None:
+        name = w.name
+        if w.last_verdict is not None:
+            for verdict in VERDICTS:
+                add("ckptwatch_last_verdict", [name, verdict], 1 if verdict == w.last_verdict else 0)
+        add("ckptwatch_last_verification_timestamp_seconds", [name], w.last_time)
+        add("ckptwatch_last_checkpoint_step", [name], w.last_step)
+        add("ckptwatch_checkpoint_bytes", [name], w.last_bytes)
+        for ref, value in w.drift_relative_l2.items():
+            add("ckptwatch_drift_relative_l2", [name, ref], value)
+        for ref, value in w.drift_max_abs.items():
+            add("ckptwatch_drift_max_abs", [name, ref], value)
+        for d in top_tensors(w.top_tensors, self._top_k):
+            add("ckptwatch_tensor_drift_relative_l2", [name, d.reference, d.tensor], d.relative_l2)
+        add("ckptwatch_nonfinite_values", [name], w.nonfinite)
+        add("ckptwatch_queue_depth", [name], w.queue_depth or 0)
+        for ref, value in w.functional_agreement.items():
+            add("ckptwatch_functional_agreement_ratio", [name, ref], value)
+        for ref, value in w.functional_max_abs_diff.items():
+            add("ckptwatch_functional_output_max_abs_diff", [name, ref], value)
+        add("ckptwatch_restore_unmatched_objects", [name], w.restore_unmatched)

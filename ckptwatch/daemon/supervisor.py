@@ -1,0 +1,272 @@
+"""Worker processes, supervised in the spirit of gunicorn's arbiter.
+
+One worker per configured device, each a fresh interpreter (`python -m
+ckptwatch.worker`, never forked: TF and CUDA are not fork-safe) pinned through
+its environment. The daemon's single loop drives everything here:
+`readable(worker)` when a worker's stdout has data, `tick(now)` on every turn,
+which reaps exited workers, checks heartbeats and job timeouts, escalates
+SIGTERM to SIGKILL and restarts with exponential backoff. A worker that exits
+with a reserved code (device missing, TF import failed) is not restarted: the
+same start would fail the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptwatch.daemon.model import Candidate, WorkerStatus
+from ckptwatch.worker.protocol import RESERVED_EXITS, decode, encode
+
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
+HEALTHY_AFTER = 60.0  # a worker up this long gets its backoff reset
+
+
+@dataclass
+class Job:
+    id: str
+    watch: str
+    candidate: Candidate
+    payload: dict  # what the worker gets (see ckptwatch.worker.protocol)
+    attempts: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class WorkerSettings:
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 30.0
+    job_timeout: float = 900.0
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 60.0
+    memory_limit_mb: int | None = None
+
+
+def worker_env(device: str, settings: WorkerSettings) -> dict[str, str]:
+    """Pin the device: `cpu` hides every GPU; `gpu:N` shows only GPU N. TF must
+    grow GPU memory on demand (or stay under a cap) so the training job keeps its memory."""
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device.split(":", 1)[1]
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    if settings.memory_limit_mb:
+        env["CKPTWATCH_GPU_MEMORY_LIMIT_MB"] = str(settings.memory_limit_mb)
+    return env
+
+
+class Worker:
+    """One worker slot: its process (if any), its job, its restart bookkeeping."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.proc: subprocess.Popen | None = None
+        self.state = "stopped"  # starting | idle | busy | backoff | gave_up | stopped
+        self.job: Job | None = None
+        self.job_started = 0.0
+        self.last_seen = 0.0
+        self.started = 0.0
+        self.restarts = 0
+        self.backoff = 0.0
+        self.next_start = 0.0
+        self.buffer = b""
+        self.progress: str | None = None
+        self.term_sent: float | None = None
+        self.stop_reason = ""
+        self.gave_up: str | None = None
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            device=self.device,
+            up=self.state in ("idle", "busy"),
+            pid=self.proc.pid if self.proc else None,
+            restarts=self.restarts,
+            job=self.job.candidate.path if self.job else None,
+            gave_up=self.gave_up,
+        )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        devices: list[str],
+        settings: WorkerSettings,
+        selector: selectors.BaseSelector,
+        on_result: Callable[[Job, dict], None],
+        on_lost: Callable[[Job, str], None],
+        on_restart: Callable[[str], None],
+        log: Any,
+    ):
+        self.settings = settings
+        self.selector = selector
+        self.on_result, self.on_lost, self.on_restart = on_result, on_lost, on_restart
+        self.log = log
+        self.workers = [Worker(d) for d in devices]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for w in self.workers:
+            self._spawn(w)
+
+    def _spawn(self, w: Worker) -> None:
+        cmd = [sys.executable, "-m", "ckptwatch.worker", "--device", w.device]
+        cmd += ["--heartbeat", str(self.settings.heartbeat_interval)]
+        w.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env(w.device, self.settings), bufsize=0
+        )
+        assert w.proc.stdout is not None
+        os.set_blocking(w.proc.stdout.fileno(), False)
+        self.selector.register(w.proc.stdout, selectors.EVENT_READ, ("worker", w))
+        now = time.monotonic()
+        w.state, w.started, w.last_seen, w.buffer, w.term_sent, w.stop_reason = "starting", now, now, b"", None, ""
+        self.log.info("worker started", device=w.device, pid=w.proc.pid)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM every worker, SIGKILL what is left after `timeout`; reap all."""
+        for w in self.workers:
+            if w.proc and w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            if not w.proc:
+                continue
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            self._forget(w)
+            w.state = "stopped"
+
+    def _forget(self, w: Worker) -> None:
+        if w.proc and w.proc.stdout:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(w.proc.stdout)
+            w.proc.stdout.close()
+        if w.proc and w.proc.stdin:
+            with contextlib.suppress(OSError):
+                w.proc.stdin.close()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers if w.state == "idle"]
+
+    def busy(self) -> list[Worker]:
+        return [w for w in self.workers if w.state == "busy"]
+
+    def dispatch(self, w: Worker, job: Job) -> None:
+        assert w.state == "idle" and w.proc and w.proc.stdin
+        job.attempts += 1
+        w.job, w.state, w.job_started, w.progress = job, "busy", time.monotonic(), None
+        try:
+            w.proc.stdin.write(encode({"id": job.id, **job.payload}))
+            w.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._terminate(w, "stdin closed")
+
+    def readable(self, w: Worker) -> None:
+        assert w.proc and w.proc.stdout
+        try:
+            data = os.read(w.proc.stdout.fileno(), 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF: the worker is exiting; tick() reaps it
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(w.proc.stdout)
+            return
+        w.buffer += data
+        *lines, w.buffer = w.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._message(w, line)
+
+    def _message(self, w: Worker, line: bytes) -> None:
+        w.last_seen = time.monotonic()
+        try:
+            msg = decode(line)
+        except ValueError:
+            self.log.warning("worker sent a bad line", device=w.device, line=line[:200].decode("utf-8", "replace"))
+            return
+        kind = msg.get("type")
+        if kind == "ready" and w.state == "starting":
+            w.state = "idle"
+            self.log.info("worker ready", device=w.device, pid=w.proc.pid if w.proc else None)
+        elif kind == "progress":
+            w.progress = msg.get("tensor")
+        elif kind == "result" and w.job is not None and msg.get("id") == w.job.id:
+            job, w.job, w.state = w.job, None, "idle"
+            self.on_result(job, msg)
+
+    # -- the arbiter's turn ----------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                self._reaped(w, now)
+            elif w.proc is not None and w.state in ("starting", "idle", "busy"):
+                if w.term_sent is not None:
+                    if now - w.term_sent > KILL_GRACE:
+                        self.log.warning("worker ignored SIGTERM, killing it", device=w.device, pid=w.proc.pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            w.proc.kill()
+                elif w.state == "busy" and now - w.job_started > self.settings.job_timeout:
+                    self._terminate(w, f"job timed out after {self.settings.job_timeout:g}s")
+                elif now - w.last_seen > self.settings.heartbeat_timeout:
+                    self._terminate(w, f"no heartbeat for {self.settings.heartbeat_timeout:g}s")
+                elif w.state != "busy" and w.backoff and now - w.started > HEALTHY_AFTER:
+                    w.backoff = 0.0
+            if w.state == "backoff" and now >= w.next_start:
+                self._spawn(w)
+
+    def _terminate(self, w: Worker, reason: str) -> None:
+        if w.proc is None or w.term_sent is not None:
+            return
+        w.stop_reason = reason
+        w.term_sent = time.monotonic()
+        self.log.warning("stopping worker", device=w.device, pid=w.proc.pid, reason=reason, tensor=w.progress)
+        with contextlib.suppress(ProcessLookupError):
+            w.proc.send_signal(signal.SIGTERM)
+
+    def _reaped(self, w: Worker, now: float) -> None:
+        assert w.proc is not None
+        code = w.proc.returncode
+        self._forget(w)
+        pid, w.proc = w.proc.pid, None
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        reason = w.stop_reason or how
+        job, w.job = w.job, None
+        if job is not None:
+            where = f" while reading {w.progress}" if w.progress else ""
+            self.on_lost(job, f"worker on {w.device} {reason}{where}")
+        if code in RESERVED_EXITS:
+            w.state, w.gave_up = "gave_up", RESERVED_EXITS[code]
+            self.log.error(
+                "worker will not be restarted", device=w.device, pid=pid, exit_code=code, reason=RESERVED_EXITS[code]
+            )
+            return
+        w.backoff = min(max(w.backoff * 2, self.settings.restart_backoff), self.settings.restart_backoff_max)
+        w.state, w.next_start = "backoff", now + w.backoff
+        w.restarts += 1
+        self.on_restart(w.device)
+        self.log.warning("worker exited", device=w.device, pid=pid, reason=reason, restart_in=round(w.backoff, 2))
+
+    def abort_jobs(self) -> list[Job]:
+        """On shutdown: the jobs in flight (their workers are being stopped)."""
+        return [w.job for w in self.workers if w.job is not None]
+
+    def statuses(self) -> list[WorkerStatus]:
+        return [w.status() for w in self.workers]

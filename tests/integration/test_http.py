@@ -1,0 +1,380 @@
+"""StatusServer: a real server on an ephemeral port, real HTTP requests with urllib."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from ckptwatch.daemon.http import StatusServer, parse_listen, render_status_page
+from ckptwatch.daemon.logs import configure_logging
+from ckptwatch.daemon.metrics import DaemonMetrics
+from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
+
+
+def a_watch(name: str = "run7", armed: bool = True) -> WatchStatus:
+    return WatchStatus(
+        name=name,
+        path=f"/ckpt/{name}",
+        armed=armed,
+        last_verdict="pass",
+        last_checkpoint=f"/ckpt/{name}/ckpt-12",
+        last_step=1200,
+        last_bytes=4096,
+        last_time=1_700_000_000.0,
+        last_duration=1.5,
+        drift_relative_l2={"previous": 0.0123, "golden": 0.5},
+        drift_max_abs={"previous": 0.25, "golden": 2.0},
+        top_tensors=[TensorDrift("previous", "dense/kernel", 0.02), TensorDrift("golden", "dense/bias", 0.7)],
+        nonfinite=0,
+        queue_depth=1,
+        functional_agreement={"golden": 0.99},
+        functional_max_abs_diff={"golden": 0.01},
+        restore_unmatched=0,
+    )
+
+
+@dataclass
+class Daemon:
+    """A stand-in for the daemon's shared state: a snapshot under a lock, and a busy-work lock."""
+
+    snap: Snapshot
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards snap
+    work: threading.Lock = field(default_factory=threading.Lock)  # held while "verifying"
+    report_calls: list = field(default_factory=list)
+    reports_list: list = field(default_factory=list)
+
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            return self.snap
+
+    def reports(self, limit: int, watch: str | None) -> list[dict]:
+        self.report_calls.append((limit, watch))
+        return [r for r in self.reports_list if watch is None or r["watch"] == watch][:limit]
+
+
+@pytest.fixture
+def daemon() -> Daemon:
+    return Daemon(Snapshot(version="0.1.0", started=time.time() - 3725, watches=[], workers=[]))
+
+
+@pytest.fixture
+def server(daemon: Daemon):
+    registry = CollectorRegistry()
+    metrics = DaemonMetrics(registry, daemon.snapshot, top_k=5, devices=["gpu:0"], watches=["run7"])
+    srv = StatusServer("127.0.0.1:0", registry, daemon.snapshot, daemon.reports)
+    srv.start()
+    srv.metrics = metrics  # for tests that bump counters
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def get(srv: StatusServer, path: str, headers: dict | None = None, method: str = "GET", timeout: float = 5) -> Response:
+    req = urllib.request.Request(srv.url + path, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+
+
+def test_address_is_the_bound_ephemeral_port(server: StatusServer):
+    host, port = server.address
+    assert host == "127.0.0.1" and port > 0
+    assert server.url == f"http://127.0.0.1:{port}"
+
+
+def test_healthz_livez(server: StatusServer):
+    for path in ("/healthz", "/livez"):
+        r = get(server, path)
+        assert r.status == 200 and r.text == "ok\n"
+        assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_readyz_follows_the_snapshot(server: StatusServer, daemon: Daemon):
+    r = get(server, "/readyz")
+    assert r.status == 503
+    assert r.text == "not ready: no watch configured; no worker up\n"
+
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch(armed=False)], [WorkerStatus("gpu:0", up=False)])
+    r = get(server, "/readyz")
+    assert r.status == 503 and r.text == "not ready: no watch armed; no worker up\n"
+
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [WorkerStatus("gpu:0", up=False)])
+    r = get(server, "/readyz")
+    assert r.status == 503 and r.text == "not ready: no worker up\n"
+    assert len(r.text.splitlines()) == 1
+
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [WorkerStatus("gpu:0", up=True, pid=7)])
+    r = get(server, "/readyz")
+    assert r.status == 200 and r.text == "ok\n"
+
+
+def test_metrics_route(server: StatusServer, daemon: Daemon):
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [WorkerStatus("gpu:0", up=True)])
+    server.metrics.verification_finished("run7", "pass", 2.0)
+    r = get(server, "/metrics")
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert 'ckptwatch_verifications_total{verdict="pass",watch="run7"} 1.0' in r.text
+    assert 'ckptwatch_last_verdict{verdict="pass",watch="run7"} 1.0' in r.text
+    assert 'ckptwatch_worker_up{device="gpu:0"} 1.0' in r.text
+    assert "ckptwatch_build_info" in r.text
+
+
+def test_metrics_openmetrics_and_gzip(server: StatusServer, daemon: Daemon):
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [WorkerStatus("gpu:0", up=True)])
+    plain = get(server, "/metrics").text
+    r = get(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert r.status == 200 and r.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(r.body).decode().splitlines()[:5] == plain.splitlines()[:5]
+    r = get(server, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")
+
+
+def test_metrics_do_not_wait_for_daemon_work(server: StatusServer, daemon: Daemon):
+    """The daemon holds its work lock for 2 s (a verification); snapshot() does not need it."""
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [WorkerStatus("gpu:0", up=True)])
+    holding = threading.Event()
+
+    def busy():
+        with daemon.work:
+            holding.set()
+            time.sleep(2)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    assert holding.wait(5)
+    try:
+        for path in ("/metrics", "/readyz", "/", "/api/v1/checkpoints"):
+            start = time.monotonic()
+            r = get(server, path, timeout=1.5)
+            assert r.status == 200, path
+            assert time.monotonic() - start < 1.0, path
+        assert daemon.work.locked()  # still busy: we were answered during the work
+    finally:
+        t.join()
+
+
+def test_status_page(server: StatusServer, daemon: Daemon):
+    daemon.snap = Snapshot(
+        "0.1.0",
+        daemon.snap.started,
+        [a_watch(), WatchStatus(name="fresh", path="/ckpt/fresh", armed=True)],
+        [WorkerStatus("gpu:0", up=True, pid=4242, restarts=2, job="/ckpt/run7/ckpt-13")],
+    )
+    r = get(server, "/")
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    page = r.text
+    assert page.startswith("<!DOCTYPE html>")
+    assert "version 0.1.0" in page and "up 1h 2m" in page
+    assert '<a href="/metrics">' in page
+    for expected in ("run7", "1200", "/ckpt/run7/ckpt-12", "2023-11-14 22:13:20 UTC", "0.0123", "0.5", "fresh"):
+        assert expected in page, expected
+    assert "none yet" in page  # the watch with no verdict yet
+    for expected in ("gpu:0", "4242", "/ckpt/run7/ckpt-13", ">up<", ">2<"):
+        assert expected in page, expected
+
+
+def test_status_page_escapes_everything(server: StatusServer, daemon: Daemon):
+    evil = "<script>alert(1)</script>"
+    w = a_watch(name="<script>")
+    w.last_checkpoint = f'/ckpt/"{evil}'
+    w.last_verdict = evil  # not a real verdict, but it must still be escaped
+    daemon.snap = Snapshot(evil, daemon.snap.started, [w], [WorkerStatus("<b>gpu</b>", up=True, gave_up=evil)])
+    page = get(server, "/").text
+    assert "<script>" not in page
+    assert "<b>gpu</b>" not in page
+    assert "&lt;script&gt;" in page and "&lt;b&gt;gpu&lt;/b&gt;" in page
+    assert "&quot;" in page
+
+
+def test_checkpoints_api(server: StatusServer, daemon: Daemon):
+    daemon.reports_list = [
+        {"watch": "run7", "verdict": "pass", "drift": {"previous": {"relative_l2": math.nan}}},
+        {"watch": "other", "verdict": "fail", "drift": {"previous": None}},
+    ]
+    r = get(server, "/api/v1/checkpoints")
+    assert r.status == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert [c["watch"] for c in body["checkpoints"]] == ["run7", "other"]
+    assert body["checkpoints"][0]["drift"]["previous"]["relative_l2"] is None  # NaN -> null, valid JSON
+    assert daemon.report_calls[-1] == (50, None)
+
+    r = get(server, "/api/v1/checkpoints?limit=1&watch=other")
+    assert r.status == 200 and [c["watch"] for c in r.json()["checkpoints"]] == ["other"]
+    assert daemon.report_calls[-1] == (1, "other")
+
+    get(server, "/api/v1/checkpoints?limit=100000")
+    assert daemon.report_calls[-1] == (1000, None)  # capped
+
+    calls = len(daemon.report_calls)
+    for bad in ("abc", "0", "-3", "1.5", ""):
+        r = get(server, f"/api/v1/checkpoints?limit={bad}")
+        assert r.status == 400, bad
+        assert r.headers["content-type"] == "application/json"
+        assert "limit" in r.json()["error"]
+    assert len(daemon.report_calls) == calls
+
+
+def test_unknown_paths_are_404(server: StatusServer):
+    for path in ("/nope", "/metrics/extra", "/api/v1", "/api/v1/checkpoints/3"):
+        r = get(server, path)
+        assert r.status == 404, path
+
+
+def test_head(server: StatusServer):
+    r = get(server, "/healthz", method="HEAD")
+    assert r.status == 200 and r.body == b"" and r.headers["content-length"] == "3"
+
+
+@pytest.fixture
+def json_logs():
+    """configure_logging at debug into a buffer; the process-wide logging state is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    buf = io.StringIO()
+    configure_logging("json", buf, level="debug")
+    yield buf
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    logging.getLogger("ckptwatch").setLevel(logging.NOTSET)
+    structlog.reset_defaults()
+
+
+def test_requests_go_to_structlog_not_stderr(server: StatusServer, json_logs: io.StringIO, capfd):
+    get(server, "/healthz")
+    get(server, "/nope")
+    get(server, "/api/v1/checkpoints?limit=x")
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+    events = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    requests = [e for e in events if e["event"] == "http request"]
+    assert len(requests) == 3
+    assert all(e["level"] == "debug" and e["logger"] == "ckptwatch.daemon.http" for e in requests)
+    assert '"GET /nope HTTP/1.1" 404' in requests[1]["message"]
+
+
+def test_handler_error_is_500_not_a_crash(daemon: Daemon, json_logs: io.StringIO, capfd):
+    def broken(limit, watch):
+        raise RuntimeError("database is locked")
+
+    srv = StatusServer("127.0.0.1:0", CollectorRegistry(), daemon.snapshot, broken)
+    srv.start()
+    try:
+        r = get(srv, "/api/v1/checkpoints")
+        assert r.status == 500 and "database" not in r.text
+        assert get(srv, "/healthz").status == 200  # still serving
+    finally:
+        srv.stop()
+    assert capfd.readouterr().err == ""
+    (failure,) = [json.loads(x) for x in json_logs.getvalue().splitlines() if "handler failed" in x]
+    assert failure["level"] == "error" and "database is locked" in failure["exception"]
+
+
+def test_stop_releases_the_port(daemon: Daemon):
+    srv = StatusServer("127.0.0.1:0", CollectorRegistry(), daemon.snapshot, daemon.reports)
+    srv.start()
+    port = srv.address[1]
+    srv.stop()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    srv.stop()  # idempotent
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_listen(daemon: Daemon):
+    srv = StatusServer("[::1]:0", CollectorRegistry(), daemon.snapshot, daemon.reports)
+    srv.start()
+    try:
+        host, port = srv.address
+        assert host == "::1" and port > 0
+        assert srv.url == f"http://[::1]:{port}"
+        assert get(srv, "/healthz").status == 200
+    finally:
+        srv.stop()
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:9847") == ("127.0.0.1", 9847)
+    assert parse_listen("localhost:0") == ("localhost", 0)
+    assert parse_listen("[::1]:9847") == ("::1", 9847)
+    assert parse_listen("[::]:0") == ("::", 0)
+    assert parse_listen(":9847") == ("0.0.0.0", 9847)
+    for bad in ("9847", "host:", "host:http", "::1:9847", "[::1]9847", "[::1", "h:70000"):
+        with pytest.raises(ValueError, match="listen address"):
+            parse_listen(bad)
+
+
+def test_render_status_page_without_watches():
+    page = render_status_page(Snapshot("0.1.0", 0.0, [], []), now=59.0)
+    assert "no watches" in page and "no workers" in page and "up 0m 59s" in page and "not ready" in page
+
+
+def test_promtool_check_metrics(server: StatusServer, daemon: Daemon):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = "promtool not found (Debian package `prometheus`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    daemon.snap = Snapshot(
+        "0.1.0",
+        daemon.snap.started,
+        [a_watch("run7"), a_watch("run8"), WatchStatus(name="fresh", path="/x", armed=True)],
+        [WorkerStatus("gpu:0", up=True), WorkerStatus("gpu:1", up=False, restarts=1)],
+    )
+    m = server.metrics
+    m.verification_finished("run7", "pass", 0.3)
+    m.verification_finished("run8", "fail", 700)
+    m.checkpoint_skipped("run7", "vanished")
+    m.worker_restarted("gpu:1")
+    scrape = get(server, "/metrics").body
+    assert b"ckptwatch_tensor_drift_relative_l2" in scrape
+    p = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, timeout=60, check=False)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"", b""), p.stdout.decode() + p.stderr.decode()

@@ -1,0 +1,262 @@
+"""DaemonMetrics: counters, histogram, and the snapshot collector, scraped from a real registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import ckptwatch
+from ckptwatch.daemon.metrics import DURATION_BUCKETS, DaemonMetrics
+from ckptwatch.daemon.model import VERDICTS, Snapshot, TensorDrift, WatchStatus, WorkerStatus
+
+
+class Box:
+    """Holds the snapshot the collector reads; tests swap it between scrapes."""
+
+    def __init__(self, snap: Snapshot):
+        self.snap = snap
+        self.calls = 0
+
+    def __call__(self) -> Snapshot:
+        self.calls += 1
+        return self.snap
+
+
+def snapshot(watches=(), workers=()) -> Snapshot:
+    return Snapshot(version="9.9.9", started=1000.0, watches=list(watches), workers=list(workers))
+
+
+def full_watch(name="run7") -> WatchStatus:
+    return WatchStatus(
+        name=name,
+        path=f"/ckpt/{name}",
+        armed=True,
+        last_verdict="warn",
+        last_checkpoint=f"/ckpt/{name}/ckpt-12",
+        last_step=1200,
+        last_bytes=123_456_789,
+        last_time=1_700_000_000.5,
+        last_duration=3.25,
+        drift_relative_l2={"previous": 0.0125, "golden": 0.75},
+        drift_max_abs={"previous": 0.5, "golden": 4.0},
+        top_tensors=[TensorDrift("previous", "dense/kernel", 0.02), TensorDrift("golden", "dense/kernel", 0.9)],
+        nonfinite=3,
+        queue_depth=2,
+        functional_agreement={"golden": 0.984375},
+        functional_max_abs_diff={"golden": 0.125},
+        restore_unmatched=1,
+    )
+
+
+def make(snap: Snapshot, **kwargs):
+    reg = CollectorRegistry()
+    box = Box(snap)
+    return reg, box, DaemonMetrics(reg, box, **kwargs)
+
+
+def val(reg: CollectorRegistry, name: str, **labels) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def tensor_val(reg: CollectorRegistry, watch: str, reference: str, tensor: str) -> float | None:
+    labels = {"watch": watch, "reference": reference, "tensor": tensor}
+    return reg.get_sample_value("ckptwatch_tensor_drift_relative_l2", labels)
+
+
+def names_of(reg: CollectorRegistry, family: str) -> list[dict]:
+    return [s.labels for m in reg.collect() if m.name == family for s in m.samples]
+
+
+def test_registration_does_not_scrape():
+    _, box, _ = make(snapshot([full_watch()]))
+    assert box.calls == 0  # describe() answered registration
+
+
+def test_every_snapshot_metric():
+    w = full_watch()
+    reg, _, _ = make(snapshot([w], [WorkerStatus("gpu:0", up=True, pid=42, restarts=1)]))
+    assert val(reg, "ckptwatch_last_verification_timestamp_seconds", watch="run7") == 1_700_000_000.5
+    assert val(reg, "ckptwatch_last_checkpoint_step", watch="run7") == 1200
+    assert val(reg, "ckptwatch_checkpoint_bytes", watch="run7") == 123_456_789
+    assert val(reg, "ckptwatch_drift_relative_l2", watch="run7", reference="previous") == 0.0125
+    assert val(reg, "ckptwatch_drift_relative_l2", watch="run7", reference="golden") == 0.75
+    assert val(reg, "ckptwatch_drift_max_abs", watch="run7", reference="previous") == 0.5
+    assert val(reg, "ckptwatch_drift_max_abs", watch="run7", reference="golden") == 4.0
+    assert tensor_val(reg, "run7", "previous", "dense/kernel") == 0.02
+    assert tensor_val(reg, "run7", "golden", "dense/kernel") == 0.9
+    assert val(reg, "ckptwatch_nonfinite_values", watch="run7") == 3
+    assert val(reg, "ckptwatch_queue_depth", watch="run7") == 2
+    assert val(reg, "ckptwatch_worker_up", device="gpu:0") == 1
+    assert val(reg, "ckptwatch_functional_agreement_ratio", watch="run7", reference="golden") == 0.984375
+    assert val(reg, "ckptwatch_functional_output_max_abs_diff", watch="run7", reference="golden") == 0.125
+    assert val(reg, "ckptwatch_restore_unmatched_objects", watch="run7") == 1
+    # absent references stay absent
+    assert val(reg, "ckptwatch_functional_agreement_ratio", watch="run7", reference="previous") is None
+
+
+def test_last_verdict_is_a_state_set():
+    reg, box, _ = make(snapshot([full_watch()]))
+    assert {v: val(reg, "ckptwatch_last_verdict", watch="run7", verdict=v) for v in VERDICTS} == {
+        "pass": 0,
+        "warn": 1,
+        "fail": 0,
+        "error": 0,
+    }
+    box.snap.watches[0].last_verdict = "fail"
+    assert {v: val(reg, "ckptwatch_last_verdict", watch="run7", verdict=v) for v in VERDICTS} == {
+        "pass": 0,
+        "warn": 0,
+        "fail": 1,
+        "error": 0,
+    }
+    assert sum(s["verdict"] == "fail" for s in names_of(reg, "ckptwatch_last_verdict")) == 1
+
+
+def test_fresh_watch_exports_only_queue_depth():
+    fresh = WatchStatus(name="new", path="/ckpt/new", armed=True)
+    reg, _, _ = make(snapshot([fresh]))
+    assert val(reg, "ckptwatch_queue_depth", watch="new") == 0  # every configured watch, 0 included
+    for family in (
+        "ckptwatch_last_verdict",
+        "ckptwatch_last_verification_timestamp_seconds",
+        "ckptwatch_last_checkpoint_step",
+        "ckptwatch_checkpoint_bytes",
+        "ckptwatch_drift_relative_l2",
+        "ckptwatch_drift_max_abs",
+        "ckptwatch_tensor_drift_relative_l2",
+        "ckptwatch_nonfinite_values",
+        "ckptwatch_functional_agreement_ratio",
+        "ckptwatch_functional_output_max_abs_diff",
+        "ckptwatch_restore_unmatched_objects",
+    ):
+        assert names_of(reg, family) == [], family
+
+
+def test_none_values_are_omitted():
+    w = full_watch()
+    w.last_step = None  # e.g. a .weights.h5 file has no step
+    w.nonfinite = None
+    w.restore_unmatched = None
+    reg, _, _ = make(snapshot([w]))
+    assert val(reg, "ckptwatch_last_checkpoint_step", watch="run7") is None
+    assert val(reg, "ckptwatch_nonfinite_values", watch="run7") is None
+    assert val(reg, "ckptwatch_restore_unmatched_objects", watch="run7") is None
+    assert val(reg, "ckptwatch_checkpoint_bytes", watch="run7") == 123_456_789
+
+
+def test_nan_drift_is_exported_as_nan():
+    w = full_watch()
+    w.drift_relative_l2 = {"previous": math.nan}
+    reg, _, _ = make(snapshot([w]))
+    assert math.isnan(val(reg, "ckptwatch_drift_relative_l2", watch="run7", reference="previous"))
+
+
+def test_top_k_truncation_and_order():
+    w = full_watch()
+    w.top_tensors = [TensorDrift("previous", f"layer{i}/kernel", i / 100) for i in range(20)]
+    w.top_tensors += [TensorDrift("golden", f"layer{i}/kernel", 1 + i) for i in range(3)]
+    w.top_tensors.append(TensorDrift("previous", "broken/kernel", math.nan))
+    reg, _, _ = make(snapshot([w]), top_k=5)
+    samples = [
+        s for m in reg.collect() if m.name == "ckptwatch_tensor_drift_relative_l2" for s in m.samples
+    ]  # fmt: skip
+    prev = [(s.labels["tensor"], s.value) for s in samples if s.labels["reference"] == "previous"]
+    golden = [(s.labels["tensor"], s.value) for s in samples if s.labels["reference"] == "golden"]
+    # worst first: NaN (a broken tensor) ranks as the worst
+    assert [t for t, _ in prev] == ["broken/kernel", *(f"layer{i}/kernel" for i in (19, 18, 17, 16))]
+    assert math.isnan(prev[0][1]) and prev[1][1] == 0.19
+    assert [t for t, _ in golden] == ["layer2/kernel", "layer1/kernel", "layer0/kernel"]  # fewer than K: all
+    assert tensor_val(reg, "run7", "previous", "layer15/kernel") is None
+
+
+def test_top_k_zero_exports_no_tensor_series():
+    reg, _, _ = make(snapshot([full_watch()]), top_k=0)
+    assert names_of(reg, "ckptwatch_tensor_drift_relative_l2") == []
+
+
+def test_removed_watch_disappears_from_next_scrape():
+    reg, box, _ = make(snapshot([full_watch("a"), full_watch("b")]))
+    assert val(reg, "ckptwatch_queue_depth", watch="b") == 2
+    assert val(reg, "ckptwatch_last_verdict", watch="b", verdict="warn") == 1
+    box.snap = snapshot([full_watch("a")])
+    text = generate_latest(reg).decode()
+    assert 'watch="b"' not in text
+    assert 'watch="a"' in text
+
+
+def test_workers_and_configured_devices():
+    workers = [WorkerStatus("gpu:0", up=True), WorkerStatus("gpu:1", up=False, restarts=3)]
+    reg, box, m = make(snapshot([], workers), devices=["gpu:0", "gpu:1", "gpu:2"])
+    assert val(reg, "ckptwatch_worker_up", device="gpu:0") == 1
+    assert val(reg, "ckptwatch_worker_up", device="gpu:1") == 0
+    assert val(reg, "ckptwatch_worker_up", device="gpu:2") == 0  # configured, not reported yet
+    for d in ("gpu:0", "gpu:1", "gpu:2"):  # pre-created: 0 is exported
+        assert val(reg, "ckptwatch_worker_restarts_total", device=d) == 0
+    m.worker_restarted("gpu:1")
+    m.worker_restarted("gpu:1")
+    assert val(reg, "ckptwatch_worker_restarts_total", device="gpu:1") == 2
+    box.snap = snapshot([], [WorkerStatus("gpu:0", up=False)])
+    assert val(reg, "ckptwatch_worker_up", device="gpu:0") == 0
+
+
+def test_counters_and_histogram():
+    reg, _, m = make(snapshot([full_watch()]))
+    m.verification_finished("run7", "pass", 0.07)
+    m.verification_finished("run7", "pass", 12.0)
+    m.verification_finished("run7", "fail", 1500.0)
+    m.verification_finished("other", "error", None)  # no duration known: counted, not observed
+    m.checkpoint_skipped("run7", "vanished")
+    m.checkpoint_skipped("run7", "coalesced")
+    m.checkpoint_skipped("run7", "coalesced")
+
+    assert val(reg, "ckptwatch_verifications_total", watch="run7", verdict="pass") == 2
+    assert val(reg, "ckptwatch_verifications_total", watch="run7", verdict="fail") == 1
+    assert val(reg, "ckptwatch_verifications_total", watch="other", verdict="error") == 1
+    assert val(reg, "ckptwatch_checkpoints_skipped_total", watch="run7", reason="vanished") == 1
+    assert val(reg, "ckptwatch_checkpoints_skipped_total", watch="run7", reason="coalesced") == 2
+
+    h = "ckptwatch_verification_duration_seconds"
+    assert val(reg, h + "_count", watch="run7") == 3
+    assert val(reg, h + "_sum", watch="run7") == pytest.approx(1512.07)
+    assert val(reg, h + "_bucket", watch="run7", le="0.1") == 1
+    assert val(reg, h + "_bucket", watch="run7", le="30.0") == 2
+    assert val(reg, h + "_bucket", watch="run7", le="1800.0") == 3
+    assert val(reg, h + "_bucket", watch="run7", le="+Inf") == 3
+    assert val(reg, h + "_count", watch="other") is None
+    assert DURATION_BUCKETS[0] == 0.05 and DURATION_BUCKETS[-2] == 1800
+
+
+def test_watches_preseed_counters_at_zero():
+    reg, _, _ = make(snapshot([]), watches=["run7"])
+    for verdict in VERDICTS:
+        assert val(reg, "ckptwatch_verifications_total", watch="run7", verdict=verdict) == 0
+    assert val(reg, "ckptwatch_checkpoints_skipped_total", watch="run7", reason="vanished") == 0
+    assert val(reg, "ckptwatch_verification_duration_seconds_count", watch="run7") == 0
+
+
+def test_build_info():
+    reg, _, _ = make(snapshot([]))
+    assert val(reg, "ckptwatch_build_info", version=ckptwatch.__version__) == 1
+    reg2, _, _ = make(snapshot([]), version="1.2.3")
+    assert val(reg2, "ckptwatch_build_info", version="1.2.3") == 1
+
+
+def test_every_family_has_help_and_type():
+    reg, _, _ = make(snapshot([full_watch()], [WorkerStatus("cpu", up=True)]))
+    text = generate_latest(reg).decode()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            assert len(line.split(" ", 3)[3]) > 20, line  # a meaningful help string
+    assert "# TYPE ckptwatch_last_verdict gauge" in text
+    assert "# TYPE ckptwatch_verifications_total counter" in text
+    assert "# TYPE ckptwatch_verification_duration_seconds histogram" in text
+
+
+def test_two_instances_do_not_share_state():
+    reg1, _, m1 = make(snapshot([]))
+    reg2, _, _ = make(snapshot([]))
+    m1.verification_finished("w", "pass", 1.0)
+    assert val(reg1, "ckptwatch_verifications_total", watch="w", verdict="pass") == 1
+    assert val(reg2, "ckptwatch_verifications_total", watch="w", verdict="pass") is None
