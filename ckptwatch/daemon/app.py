@@ -173,7 +173,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.supervisor.start()
-        self.watcher.start()
+        for name, armed in self.watcher.start() or []:
+            self.log.info("watch armed" if armed else "watch waiting for its directory", watch=name)
         host, port = self.http.address
         self.log.info(
             "daemon started",

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ckptwatch.verify import kernels
-
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -51,6 +49,8 @@ class StatsAccumulator:
         self.zeros = self.nan = self.inf = 0
 
     def update(self, chunk: np.ndarray) -> None:
+        from ckptwatch.verify import kernels  # numba loads on first use: the daemon's main process never does
+
         x = kernels.as_float(chunk)
         if x.size == 0:
             return
