@@ -216,12 +216,13 @@ def fingerprint(path: str, output: str, threads: int | None) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep the generated checkpoints and print where they are.")
-def demo(keep: bool) -> None:
-    """Generate checkpoints (good, corrupt, drifted) and verify them, step by step."""
-    from ckptwatch.demo import run_demo
+@click.option("--serve", is_flag=True, help="Keep the daemon and its status page up until Ctrl-C.")
+@click.option("--cli", "cli_walkthrough", is_flag=True, help="Show the one-shot `ckptwatch verify` instead.")
+def demo(serve: bool, cli_walkthrough: bool) -> None:
+    """Watch a small training run with the real daemon; a corrupt and a NaN checkpoint get caught."""
+    from ckptwatch.demo import run_daemon_demo, run_demo
 
-    sys.exit(run_demo(keep=keep))
+    sys.exit(run_demo() if cli_walkthrough else run_daemon_demo(serve=serve))
 
 
 @main.command()

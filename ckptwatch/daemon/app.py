@@ -362,10 +362,12 @@ class Daemon:
         previous = None
         if good and good.key != c.key:
             previous = good.path if _exists(good.path) else (good.fingerprint if _exists(good.fingerprint) else None)
+        golden = w.golden if _exists(w.golden) else None  # not mounted (yet): verify without it, say so
         return {
             "candidate": c.path,
             "previous": previous,
-            "golden": w.golden,
+            "golden": golden,
+            "golden_missing": w.golden if w.golden and golden is None else None,
             "policy": w.policy_model().model_dump(),
             "fingerprint_out": self.state.fingerprint_path(c.watch, c.path),
             "threads": self.config.worker.threads,
@@ -383,6 +385,18 @@ class Daemon:
         report = msg.get("report") if status == "ok" else None
         if report is None:
             report = error_report(c, msg.get("message") or "the worker could not verify it", "integrity.unreadable")
+        elif job.payload.get("golden_missing"):
+            report["findings"].append(
+                {
+                    "severity": "warn",
+                    "check": "integrity.reference",
+                    "tensor": None,
+                    "reference": "golden",
+                    "message": f"golden {job.payload['golden_missing']} is not available: not compared",
+                }
+            )
+            if report["verdict"] == "pass":
+                report["verdict"] = "warn"
         self._finish(c, report, time.monotonic() - job.queued_at)
         w = self.config.watch(c.watch) if c.watch in self.statuses else None
         if msg.get("fingerprint"):  # integrity passed: this is "previous" from now on
@@ -420,8 +434,9 @@ class Daemon:
         if status is not None:
             self._apply_report(status, report, time.time(), seconds)
         self.metrics.verification_finished(c.watch, verdict, seconds)
+        display = {t["name"]: t.get("display") or t["name"] for t in report.get("tensors", [])}
         failing = [
-            f"{f['check']}:{f['tensor']}" if f.get("tensor") else f["check"]
+            f"{f['check']}:{display.get(f['tensor'], f['tensor'])}" if f.get("tensor") else f["check"]
             for f in report["findings"]
             if f["severity"] == "fail"
         ]
