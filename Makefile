@@ -32,6 +32,7 @@ test: $(STAMP) lint tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/daemon.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out
