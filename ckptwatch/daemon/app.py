@@ -206,7 +206,6 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        cfg = self.config
         next_tick = 0.0
         next_recheck = 0.0
         watchdog_every = self.notifier.watchdog_interval()
@@ -237,7 +236,7 @@ class Daemon:
                     self.dirty.add(t.watch)
                 now = time.monotonic()
                 if now >= next_tick:
-                    next_tick = now + cfg.daemon.poll_interval
+                    next_tick = now + self.config.daemon.poll_interval  # re-read: SIGHUP may change it
                     for name, armed in self.watcher.tick():
                         self.log.info("watch armed" if armed else "watch disarmed", watch=name)
                         self.dirty.add(name)
