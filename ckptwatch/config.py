@@ -107,7 +107,9 @@ class Policy(_Strict):
     max_global_jump: float = Field(0.5, ge=0, description="whole checkpoint: relative L2 vs previous above this fails")
     max_norm_growth: float = Field(10.0, gt=1, description="per tensor: ||candidate|| / ||previous|| above this fails")
     max_abs_value: float = Field(1e6, gt=0, description="any |weight| above this fails (explosion)")
-    min_reference_rms: float = Field(1e-6, ge=0, description="tensors smaller than this RMS skip the jump test")
+    min_reference_rms: float = Field(
+        1e-3, ge=0, description="tensors whose previous RMS is below this skip the per-tensor jump test"
+    )
     max_golden_drift: float | None = Field(None, ge=0, description="per tensor: relative L2 vs golden bound")
     max_global_golden_drift: float | None = Field(None, ge=0)
     atol: float = Field(1e-6, ge=0, description="replica: absolute tolerance")

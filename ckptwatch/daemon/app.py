@@ -64,6 +64,15 @@ def _exists(path: str | None) -> bool:
     return bool(path) and (os.path.exists(path) or os.path.exists(path + ".index"))  # type: ignore[operator]
 
 
+def _still_holds(good: GoodCheckpoint) -> bool:
+    """Whether `good.path` still holds the bytes that were verified (not a newer save to the same path)."""
+    target = good.path + ".index" if os.path.exists(good.path + ".index") else good.path
+    try:
+        return discovery.candidate_key(good.path, os.stat(target)) == good.key
+    except OSError:
+        return False
+
+
 class Daemon:
     def __init__(self, config: Config, overrides: Callable[[Config], Config] | None = None):
         self.overrides = overrides or (lambda c: c)
@@ -84,6 +93,7 @@ class Daemon:
         self.incomplete: dict[str, dict[str, Candidate]] = {}
         self.in_flight: dict[str, Job] = {}  # watch -> job
         self.seen_keys: set[tuple[str, str]] = set()
+        self.attempts: dict[str, int] = {}  # candidate key -> attempts lost so far (workers died or timed out)
         self.notifier = Notifier()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -173,8 +183,12 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.supervisor.start()
-        for name, armed in self.watcher.start() or []:
-            self.log.info("watch armed" if armed else "watch waiting for its directory", watch=name)
+        self.watcher.start()
+        for w in cfg.watches:
+            if self.watcher.armed(w.name):
+                self.log.info("watch armed", watch=w.name, path=w.path)
+            else:
+                self.log.info("watch waiting for its directory", watch=w.name, path=w.path)
         host, port = self.http.address
         self.log.info(
             "daemon started",
@@ -343,7 +357,7 @@ class Daemon:
             c = self.scheduler.next(set(self.in_flight))
             if c is None:
                 return
-            job = Job(uuid.uuid4().hex[:12], c.watch, c, self._payload(c))
+            job = Job(uuid.uuid4().hex[:12], c.watch, c, self._payload(c), attempts=self.attempts.get(c.key, 0))
             self.in_flight[c.watch] = job
             self.supervisor.dispatch(worker, job)
             self.log.info(
@@ -358,13 +372,15 @@ class Daemon:
     def _payload(self, c: Candidate) -> dict:
         w = self.config.watch(c.watch)
         good = self.state.last_good(c.watch)
-        previous = None
+        previous = fallback = None
         if good and good.key != c.key:
-            previous = good.path if _exists(good.path) else (good.fingerprint if _exists(good.fingerprint) else None)
+            fallback = good.fingerprint if _exists(good.fingerprint) else None
+            previous = good.path if _still_holds(good) else fallback
         golden = w.golden if _exists(w.golden) else None  # not mounted (yet): verify without it, say so
         return {
             "candidate": c.path,
             "previous": previous,
+            "previous_fingerprint": fallback,  # if CheckpointManager deletes `previous` before the worker reads it
             "golden": golden,
             "golden_missing": w.golden if w.golden and golden is None else None,
             "policy": w.policy_model().model_dump(),
@@ -412,6 +428,7 @@ class Daemon:
         self.in_flight.pop(c.watch, None)
         if self.stopping:
             return
+        self.attempts[c.key] = job.attempts
         if job.attempts < self.config.daemon.max_attempts:
             self.log.warning(
                 "verification lost, retrying", watch=c.watch, checkpoint=c.path, attempt=job.attempts, reason=reason
@@ -426,6 +443,7 @@ class Daemon:
         )
 
     def _finish(self, c: Candidate, report: dict, seconds: float) -> None:
+        self.attempts.pop(c.key, None)
         self.state.record_report(c.watch, c.path, c.key, c.step, report)
         self.seen_keys.add((c.watch, c.key))
         verdict = report["verdict"]

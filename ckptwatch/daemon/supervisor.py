@@ -27,6 +27,7 @@ from ckptwatch.daemon.model import Candidate, WorkerStatus
 from ckptwatch.worker.protocol import RESERVED_EXITS, decode, encode
 
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
+START_TIMEOUT = 120.0  # a worker imports its libraries (TF for model checks) before its first heartbeat
 HEALTHY_AFTER = 60.0  # a worker up this long gets its backoff reset
 
 
@@ -225,6 +226,9 @@ class Supervisor:
                             w.proc.kill()
                 elif w.state == "busy" and now - w.job_started > self.settings.job_timeout:
                     self._terminate(w, f"job timed out after {self.settings.job_timeout:g}s")
+                elif w.state == "starting":
+                    if now - w.started > max(START_TIMEOUT, self.settings.heartbeat_timeout):
+                        self._terminate(w, f"not ready after {now - w.started:.0f}s")
                 elif now - w.last_seen > self.settings.heartbeat_timeout:
                     self._terminate(w, f"no heartbeat for {self.settings.heartbeat_timeout:g}s")
                 elif w.state != "busy" and w.backoff and now - w.started > HEALTHY_AFTER:

@@ -63,10 +63,25 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
     options = Options(threads=int(job.get("threads") or 2), sketch=bool(job.get("fingerprint_out")))
     options.progress = lambda tensor: channel.send({"type": "progress", "id": job_id, "tensor": tensor})
     result = {"type": "result", "id": job_id, "device": device, "report": None, "fingerprint": None, "message": ""}
+    policy = Policy.model_validate(job.get("policy") or {})
+    previous, fallback = job.get("previous"), job.get("previous_fingerprint")
+
+    def previous_gone() -> bool:  # CheckpointManager deleted it after the job was handed out
+        return bool(previous and fallback and previous != fallback and not _exists(previous))
+
     try:
-        report, prints = verify_paths(
-            candidate, job.get("previous"), job.get("golden"), Policy.model_validate(job.get("policy") or {}), options
-        )
+        try:
+            report, prints = verify_paths(candidate, previous, job.get("golden"), policy, options)
+        except CkptwatchError:
+            if not previous_gone():
+                raise
+            report, prints = verify_paths(candidate, fallback, job.get("golden"), policy, options)
+        else:
+            touched_previous = any(
+                f.reference == "previous" and f.check.startswith("integrity.") for f in report.findings
+            )
+            if touched_previous and previous_gone():  # deleted while we read it: compare with its fingerprint
+                report, prints = verify_paths(candidate, fallback, job.get("golden"), policy, options)
     except CheckpointNotFound as e:
         vanished = not _exists(candidate)
         return {**result, "status": "vanished" if vanished else "error", "message": str(e)}
@@ -87,6 +102,9 @@ def warm_up() -> None:
     job starts reading at once."""
     import numpy as np
 
+    import ckptwatch.formats.hdf5
+    import ckptwatch.formats.keras_archive
+    import ckptwatch.verify.engine  # noqa: F401 - imported now so the first job does not pay for it
     from ckptwatch.verify.drift import PairSums
     from ckptwatch.verify.stats import StatsAccumulator
 
