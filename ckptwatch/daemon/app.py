@@ -208,6 +208,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         t0 = time.monotonic()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not turn a clean stop into exit 143
+            signal.signal(sig, signal.SIG_IGN)
         self.notifier.stopping()
         for job in self.supervisor.abort_jobs():
             self.log.info("verification aborted by shutdown", watch=job.watch, checkpoint=job.candidate.path)
