@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import html
 import json
-import math
 import socket
 import threading
 import time
@@ -33,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ckptwatch.daemon.model import Snapshot, WatchStatus
+from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
 log = structlog.get_logger("ckptwatch.daemon.http")
 
@@ -124,19 +124,8 @@ def _text(status: int, text: str) -> Response:
 
 
 def _json(status: int, obj: Any) -> Response:
-    body = json.dumps(_finite(obj), default=str, allow_nan=False).encode()
+    body = json.dumps(clean_floats(obj), default=str, allow_nan=False).encode()
     return status, "application/json", body, []
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/Inf: such values become null (as in `verify --json`)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class StatusServer:
