@@ -63,7 +63,7 @@ def run_in_child(argv: list[str], path: str, as_json: bool, threads: int) -> int
 
 
 def _report_crash(path: str, signum: int, tensors: list[str], as_json: bool) -> int:
-    from ckptwatch.verify.report import Finding, Report  # only now: the parent stays light
+    from ckptwatch.verify.report import Finding, unverified_report  # only now: the parent stays light
 
     try:
         name = signal.Signals(signum).name
@@ -76,14 +76,7 @@ def _report_crash(path: str, signum: int, tensors: list[str], as_json: bool) -> 
         f"the reader process was killed by {name}{where}: the file is malformed enough to crash native code",
         tensors[-1] if tensors else None,
     )
-    report = Report(
-        checkpoint={"path": os.path.abspath(path), "format": None, "step": None, "tensors": 0, "bytes": 0},
-        findings=[finding],
-        tensors=[],
-        drift={"previous": None, "golden": None},
-        references={"previous": None, "golden": None},
-        timings={},
-    )
+    report = unverified_report(os.path.abspath(path), finding)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -40,6 +40,8 @@ from ckptwatch.daemon.scheduler import Scheduler
 from ckptwatch.daemon.state import GoodCheckpoint, State
 from ckptwatch.daemon.supervisor import Job, Supervisor, WorkerSettings
 from ckptwatch.errors import CkptwatchError
+from ckptwatch.formats import checkpoint_exists
+from ckptwatch.verify.report import Finding, unverified_report
 
 RECHECK_INCOMPLETE = 0.1  # seconds between completion checks of a checkpoint being written
 STOP_BUDGET = 8.0  # SIGTERM -> exit well within systemd's/Kubernetes' 10 s
@@ -47,21 +49,8 @@ STOP_BUDGET = 8.0  # SIGTERM -> exit well within systemd's/Kubernetes' 10 s
 
 def error_report(candidate: Candidate, message: str, check: str = "integrity.worker") -> dict:
     """A report for a checkpoint that could not be verified (verdict `error`)."""
-    return {
-        "schema": "ckptwatch.report/v1",
-        "checkpoint": {"path": candidate.path, "format": None, "step": candidate.step, "tensors": 0, "bytes": 0},
-        "verdict": "error",
-        "findings": [{"severity": "fail", "check": check, "tensor": None, "reference": None, "message": message}],
-        "references": {"previous": None, "golden": None},
-        "drift": {"previous": None, "golden": None},
-        "tensors": [],
-        "model": None,
-        "timings": {},
-    }
-
-
-def _exists(path: str | None) -> bool:
-    return bool(path) and (os.path.exists(path) or os.path.exists(path + ".index"))  # type: ignore[operator]
+    finding = Finding("fail", check, message)
+    return unverified_report(candidate.path, finding, candidate.step, verdict="error").to_dict()
 
 
 def _still_holds(good: GoodCheckpoint) -> bool:
@@ -376,9 +365,9 @@ class Daemon:
         good = self.state.last_good(c.watch)
         previous = fallback = None
         if good and good.key != c.key:
-            fallback = good.fingerprint if _exists(good.fingerprint) else None
+            fallback = good.fingerprint if checkpoint_exists(good.fingerprint) else None
             previous = good.path if _still_holds(good) else fallback
-        golden = w.golden if _exists(w.golden) else None  # not mounted (yet): verify without it, say so
+        golden = w.golden if checkpoint_exists(w.golden) else None  # not mounted (yet): verify without it, say so
         return {
             "candidate": c.path,
             "previous": previous,

@@ -20,9 +20,23 @@ from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityPr
 from ckptwatch.formats.bundle import BundleSource, read_state_file
 from ckptwatch.formats.fingerprint import FingerprintSource, looks_like_fingerprint
 
-__all__ = ["CheckpointSource", "IntegrityError", "IntegrityProblem", "TensorInfo", "open_checkpoint", "resolve"]
+__all__ = [
+    "CheckpointSource",
+    "IntegrityError",
+    "IntegrityProblem",
+    "TensorInfo",
+    "checkpoint_exists",
+    "open_checkpoint",
+    "resolve",
+]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def checkpoint_exists(path: str | None) -> bool:
+    """A file, directory or bundle prefix (its `.index`) is present: used to tell a
+    deleted checkpoint (CheckpointManager's max_to_keep) from a broken one."""
+    return bool(path) and (os.path.exists(path) or os.path.exists(f"{path}.index"))
 
 
 def resolve(path: str) -> tuple[str, str]:

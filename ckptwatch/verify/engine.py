@@ -28,7 +28,7 @@ from ckptwatch.formats.fingerprint import FingerprintSource
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
 from ckptwatch.verify.policy import Policy, evaluate
-from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats
+from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats, unverified_report
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
 from ckptwatch.verify.stats import StatsAccumulator, TensorStats
 
@@ -301,17 +301,6 @@ def open_reference(path: str, role: str) -> CheckpointSource:
         raise CheckpointUnreadable(f"{role} reference {path}: {e.strerror or e}") from None
 
 
-def failed_open_report(path: str, error: IntegrityError) -> Report:
-    return Report(
-        checkpoint={"path": os.path.abspath(path), "format": None, "step": None, "tensors": 0, "bytes": 0},
-        findings=[Finding("fail", error.problem.check, str(error), error.problem.tensor)],
-        tensors=[],
-        drift={role: None for role in ROLES},
-        references={role: None for role in ROLES},
-        timings={},
-    )
-
-
 def verify_paths(
     candidate: str,
     previous: str | None = None,
@@ -331,7 +320,8 @@ def verify_paths(
         try:
             cand = open_checkpoint(candidate)
         except IntegrityError as e:
-            return failed_open_report(candidate, e), []
+            finding = Finding("fail", e.problem.check, str(e), e.problem.tensor)
+            return unverified_report(os.path.abspath(candidate), finding), []
         except OSError as e:
             raise CheckpointNotFound(f"{candidate}: {e.strerror or e}") from None
         opened.append(cand)

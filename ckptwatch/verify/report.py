@@ -96,6 +96,19 @@ class Report:
         )
 
 
+def unverified_report(path: str, finding: Finding, step: int | None = None, verdict: str = "") -> Report:
+    """A report for a checkpoint that could not be read at all: one finding, no tensors."""
+    return Report(
+        checkpoint={"path": path, "format": None, "step": step, "tensors": 0, "bytes": 0},
+        findings=[finding],
+        tensors=[],
+        drift={role: None for role in ROLES},
+        references={role: None for role in ROLES},
+        timings={},
+        verdict=verdict,
+    )
+
+
 def verdict_of(findings: list[Finding]) -> str:
     severities = {f.severity for f in findings}
     if "fail" in severities:

@@ -49,12 +49,9 @@ def _heartbeat(channel: Channel, interval: float, parent: int) -> None:
         channel.send({"type": "heartbeat"})
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path) or os.path.exists(path + ".index")
-
-
 def run_job(job: dict, channel: Channel, device: str) -> dict:
     from ckptwatch.errors import CheckpointNotFound, CkptwatchError
+    from ckptwatch.formats import checkpoint_exists
     from ckptwatch.formats.fingerprint import write_fingerprint
     from ckptwatch.verify.engine import Options, verify_paths
     from ckptwatch.verify.policy import Policy
@@ -67,7 +64,7 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
     previous, fallback = job.get("previous"), job.get("previous_fingerprint")
 
     def previous_gone() -> bool:  # CheckpointManager deleted it after the job was handed out
-        return bool(previous and fallback and previous != fallback and not _exists(previous))
+        return bool(previous and fallback and previous != fallback and not checkpoint_exists(previous))
 
     try:
         try:
@@ -83,11 +80,11 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
             if touched_previous and previous_gone():  # deleted while we read it: compare with its fingerprint
                 report, prints = verify_paths(candidate, fallback, job.get("golden"), policy, options)
     except CheckpointNotFound as e:
-        vanished = not _exists(candidate)
+        vanished = not checkpoint_exists(candidate)
         return {**result, "status": "vanished" if vanished else "error", "message": str(e)}
     except CkptwatchError as e:
         return {**result, "status": "error", "message": str(e)}
-    if report.verdict == "fail" and not _exists(candidate):
+    if report.verdict == "fail" and not checkpoint_exists(candidate):
         return {**result, "status": "vanished", "message": "deleted while being read"}
     doc = report.to_dict()
     integrity_ok = not any(f["severity"] == "fail" and f["check"].startswith("integrity.") for f in doc["findings"])
