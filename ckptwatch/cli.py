@@ -118,8 +118,16 @@ def inspect(path: str, as_json: bool, threads: int | None) -> None:
 )
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Tensors not to compare (repeatable).")
 @click.option("--frozen", multiple=True, metavar="GLOB", help="Tensors expected not to change (repeatable).")
-@click.option("--model", metavar="MODULE:FUNCTION", help="Model factory for model-aware checks.")
-@click.option("--probe", metavar="FILE.npz", help="Probe batch for the functional check.")
+@click.option(
+    "--model", metavar="MODULE:FUNCTION", help="Model factory: restore into it, check restore status and fidelity."
+)
+@click.option("--probe", metavar="FILE.npz", help="Probe batch (x, optional y): run the restored model on it.")
+@click.option("--golden-outputs", metavar="FILE.npz", help="The golden model's outputs on the probe batch.")
+@click.option("--smoke-step", is_flag=True, help="Also run one training step on the probe batch.")
+@click.option("--write-outputs", metavar="FILE.npz", help="Save the candidate's probe outputs (future golden outputs).")
+@click.option(
+    "--model-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds for model checks."
+)
 @click.option("--write-fingerprint", metavar="FILE", help="Also write the candidate's fingerprint (same single read).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
 @_threads
@@ -134,6 +142,10 @@ def verify(
     frozen: tuple[str, ...],
     model: str | None,
     probe: str | None,
+    golden_outputs: str | None,
+    smoke_step: bool,
+    write_outputs: str | None,
+    model_timeout: float,
     write_fingerprint: str | None,
     as_json: bool,
     threads: int | None,
@@ -145,8 +157,16 @@ def verify(
     from ckptwatch.verify.policy import Policy
     from ckptwatch.verify.render import render_verify
 
-    if model or probe:
-        raise UsageError("model-aware checks (--model/--probe) are not available in this version yet")
+    spec = None
+    if model or probe or golden_outputs or smoke_step or write_outputs:
+        from ckptwatch.model.spec import ModelSpec
+
+        if not probe and (golden_outputs or smoke_step or write_outputs):
+            raise UsageError("--golden-outputs, --smoke-step and --write-outputs need --probe")
+        for option, value in (("--probe", probe), ("--golden-outputs", golden_outputs)):
+            if value and value.endswith(".npz") and not os.path.isfile(value):
+                raise UsageError(f"{option} {value}: no such file")
+        spec = ModelSpec(model, probe, golden_outputs, smoke_step, timeout=model_timeout, outputs_out=write_outputs)
     policy = load_policy(policy_file) if policy_file else Policy()
     updates: dict = {}
     if profile:
@@ -161,6 +181,15 @@ def verify(
     options = _options(threads)
     options.sketch = bool(write_fingerprint)
     report, prints = verify_paths(path, previous, golden, policy, options)
+    if spec is not None:
+        from ckptwatch.model.checks import ModelTimeout, add_model_checks
+
+        try:
+            add_model_checks(report, path, golden, spec, policy)
+        except ModelTimeout as e:  # its thread cannot be stopped: leave now
+            click.echo(f"ckptwatch: error: {e}", err=True)
+            sys.stderr.flush()
+            os._exit(EXIT_ERROR)
     if write_fingerprint and prints:
         from ckptwatch.formats.fingerprint import write_fingerprint as write_fp
 

@@ -115,6 +115,25 @@ class Policy(_Strict):
     atol: float = Field(1e-6, ge=0, description="replica: absolute tolerance")
     rtol: float = Field(1e-5, ge=0, description="replica: relative tolerance")
     overrides: list[Override] = Field(default_factory=list)
+    # model-aware checks (restore status, functional probe)
+    restore: Literal["consumed", "existing", "partial"] = Field(
+        "consumed",
+        description="consumed: every checkpoint value must be used (fail); existing: unused values warn; "
+        "partial: unused values are reported only",
+    )
+    allow_unused: list[str] = Field(
+        default_factory=list, description="globs on checkpoint object paths that may go unused (e.g. 'optimizer*')"
+    )
+    allow_unrestored: list[str] = Field(
+        default_factory=list, description="globs on model object paths that may keep their initializers"
+    )
+    output_atol: float = Field(1e-4, ge=0, description="replica: absolute tolerance on probe outputs")
+    output_rtol: float = Field(1e-3, ge=0, description="replica: relative tolerance on probe outputs")
+    max_output_relative_diff: float | None = Field(
+        1.0, ge=0, description="training: relative L2 difference of probe outputs vs golden above this fails"
+    )
+    min_agreement: float = Field(0.5, ge=0, le=1, description="training: argmax agreement with golden below this fails")
+    max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="training: probe accuracy drop vs golden that fails")
 
     def compared_kinds(self) -> set[str]:
         return {_WEIGHT, _OPTIMIZER} if self.include_optimizer else {_WEIGHT}
@@ -329,14 +348,30 @@ class WorkerConfig(_Section):
 class ModelConfig(_Section):
     """`[watch.model]`: model-aware checks (restore status, functional probe)."""
 
-    factory: Annotated[str, AfterValidator(_check_factory)] = Field(
-        description='"module:function" returning a Keras model or a tf.Module (+ optimizer)'
+    factory: Annotated[str, AfterValidator(_check_factory)] | None = Field(
+        None,
+        description='"module:function" returning a Keras model, a tf.Module, or a dict like the job\'s '
+        "tf.train.Checkpoint(**objects); not needed for .keras files and SavedModels (loaded in safe mode)",
     )
-    probe: NpzPath | None = Field(None, description="arrays x (and optional y)")
+    probe: NpzPath | None = Field(None, validate_default=True, description="arrays x (and optional y)")
     smoke_step: bool = Field(False, description="also run one training step on the probe batch")
     golden_outputs: NpzPath | None = Field(
         None, validate_default=True, description="outputs of the golden model on the probe batch"
     )
+
+    python_path: list[PathStr] = Field(default_factory=list, description="directories searched for the factory")
+    timeout: float = Field(300.0, gt=0, description="seconds the model-aware checks of one checkpoint may take")
+
+    @field_validator("probe")
+    @classmethod
+    def _factory_or_probe(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("factory") is None and "factory" in info.data:
+            raise _fail("give a factory, a probe, or both (a .keras file or SavedModel needs no factory)")
+        return value
+
+    def spec(self) -> dict:
+        """What the worker gets (ckptwatch.model.spec.ModelSpec as a dict)."""
+        return self.model_dump()
 
     @field_validator("golden_outputs")
     @classmethod

@@ -123,16 +123,20 @@ class Daemon:
             restart_backoff=w.restart_backoff,
             restart_backoff_max=w.restart_backoff_max,
             memory_limit_mb=w.memory_limit_mb,
+            tensorflow=any(watch.model is not None for watch in self.config.watches),
         )
 
     def _watch_statuses(self) -> None:
         latest = self.state.latest()
+        passed = self.state.last_pass_times()
         fresh = {}
         for w in self.config.watches:
             status = self.statuses.get(w.name) or WatchStatus(w.name, w.path)
             status.path = w.path
             if status.last_verdict is None and w.name in latest:
                 self._apply_report(status, latest[w.name]["report"], latest[w.name]["finished"], None)
+            if status.last_pass_time is None:
+                status.last_pass_time = passed.get(w.name)
             fresh[w.name] = status
         self.statuses = fresh
 
@@ -335,6 +339,8 @@ class Daemon:
             completion = discovery.check_completion(c, now, self.stability)
             if completion.complete:
                 pending.pop(c.key, None)
+                if name in self.statuses:
+                    self.statuses[name].last_seen_time = time.time()
                 for dropped in self.scheduler.offer(c):
                     self._skip(
                         dropped, "coalesced", f"a burst: {self.config.daemon.queue_limit} newer checkpoints queued"
@@ -377,6 +383,7 @@ class Daemon:
             "policy": w.policy_model().model_dump(),
             "fingerprint_out": self.state.fingerprint_path(c.watch, c.path),
             "threads": self.config.worker.threads,
+            "model": w.model.spec() if w.model else None,
         }
 
     # -- results -------------------------------------------------------------------------------
@@ -470,6 +477,8 @@ class Daemon:
         status.last_step = ck.get("step")
         status.last_bytes = ck.get("bytes")
         status.last_time = finished
+        if report["verdict"] in ("pass", "warn"):
+            status.last_pass_time = finished
         status.last_duration = seconds
         status.drift_relative_l2, status.drift_max_abs = {}, {}
         for ref, d in (report.get("drift") or {}).items():
@@ -488,6 +497,16 @@ class Daemon:
         status.top_tensors = top
         stats = [t["stats"] for t in report.get("tensors", []) if t.get("stats")]
         status.nonfinite = sum((s.get("nan") or 0) + (s.get("inf") or 0) for s in stats) if stats else None
+        model = report.get("model") or {}
+        functional = model.get("functional") or {}
+        ref = "golden" if functional.get("reference") else None  # stored golden outputs count as golden
+        status.functional_agreement = (
+            {ref: functional["agreement"]} if ref and functional.get("agreement") is not None else {}
+        )
+        status.functional_max_abs_diff = (
+            {ref: functional["max_abs_diff"]} if ref and functional.get("max_abs_diff") is not None else {}
+        )
+        status.restore_unmatched = model.get("restore_unmatched")
 
 
 def run_daemon(config_path: str, overrides: Callable[[Config], Config] | None = None) -> int:

@@ -156,6 +156,18 @@ class SnapshotCollector(Collector):
             "Unix time at which the latest verification of the watch finished.",
             ("watch",),
         ),
+        (
+            "ckptwatch_last_pass_timestamp_seconds",
+            "Unix time at which the latest verification with verdict pass or warn (a usable checkpoint) finished; "
+            "absent until one has.",
+            ("watch",),
+        ),
+        (
+            "ckptwatch_last_checkpoint_seen_timestamp_seconds",
+            "Unix time at which the daemon last detected a new, completely written checkpoint in the watch "
+            "directory (whatever became of it); absent until one is.",
+            ("watch",),
+        ),
         ("ckptwatch_last_checkpoint_step", "Training step of the latest verified checkpoint.", ("watch",)),
         ("ckptwatch_checkpoint_bytes", "Size on disk of the latest verified checkpoint.", ("watch",)),
         (
@@ -236,6 +248,8 @@ class SnapshotCollector(Collector):
             for verdict in VERDICTS:
                 add("ckptwatch_last_verdict", [name, verdict], 1 if verdict == w.last_verdict else 0)
         add("ckptwatch_last_verification_timestamp_seconds", [name], w.last_time)
+        add("ckptwatch_last_pass_timestamp_seconds", [name], w.last_pass_time)
+        add("ckptwatch_last_checkpoint_seen_timestamp_seconds", [name], w.last_seen_time)
         add("ckptwatch_last_checkpoint_step", [name], w.last_step)
         add("ckptwatch_checkpoint_bytes", [name], w.last_bytes)
         for ref, value in w.drift_relative_l2.items():

@@ -59,6 +59,8 @@ class WatchStatus:
     last_step: int | None = None
     last_bytes: int | None = None
     last_time: float | None = None  # unix seconds of the last finished verification
+    last_pass_time: float | None = None  # unix seconds of the last verification with verdict pass or warn
+    last_seen_time: float | None = None  # unix seconds at which the newest complete checkpoint was detected
     last_duration: float | None = None
     drift_relative_l2: dict[str, float] = field(default_factory=dict)  # reference -> value
     drift_max_abs: dict[str, float] = field(default_factory=dict)

@@ -123,6 +123,14 @@ class State:
             ).fetchall()
         return {w: {"report": json.loads(r), "finished": f} for w, r, f in rows}
 
+    def last_pass_times(self) -> dict[str, float]:
+        """When each watch's newest report with verdict pass or warn was recorded (restores the metric)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT watch, MAX(finished) FROM reports WHERE verdict IN ('pass', 'warn') GROUP BY watch"
+            ).fetchall()
+        return dict(rows)
+
     def counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             rows = self._db.execute("SELECT watch, verdict, COUNT(*) FROM reports GROUP BY watch, verdict").fetchall()

@@ -49,6 +49,7 @@ class WorkerSettings:
     restart_backoff: float = 1.0
     restart_backoff_max: float = 60.0
     memory_limit_mb: int | None = None
+    tensorflow: bool = False  # a watch has model-aware checks: workers import TF at start (exit 3 if they cannot)
 
 
 def worker_env(device: str, settings: WorkerSettings) -> dict[str, str]:
@@ -121,6 +122,8 @@ class Supervisor:
     def _spawn(self, w: Worker) -> None:
         cmd = [sys.executable, "-m", "ckptwatch.worker", "--device", w.device]
         cmd += ["--heartbeat", str(self.settings.heartbeat_interval)]
+        if self.settings.tensorflow:
+            cmd.append("--tensorflow")
         w.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env(w.device, self.settings), bufsize=0
         )

@@ -275,6 +275,18 @@ class BundleSource:
             infos.append(info)
         self._infos = infos
 
+    def object_graph(self) -> list | None:
+        """The TrackableObjectGraph's nodes (object_graph.GraphNode), or None for a
+        name-based (TF1) checkpoint. Raises IntegrityError if it is unreadable."""
+        from ckptwatch.formats.object_graph import decode_scalar_string, parse_nodes
+
+        if OBJECT_GRAPH_KEY not in self._entries:
+            return None
+        try:
+            return parse_nodes(decode_scalar_string(self.read_string_bytes(OBJECT_GRAPH_KEY)))
+        except TableError as e:
+            raise IntegrityError("integrity.index", f"unreadable object graph: {e}", OBJECT_GRAPH_KEY) from None
+
     def _add(self, name: str, entry: BundleEntry) -> None:
         dtype_name = DTYPE_NAMES.get(entry.dtype, f"dtype{entry.dtype}")
         kind = kind_of(name)

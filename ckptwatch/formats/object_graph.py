@@ -11,6 +11,7 @@ classify it correctly.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 from ckptwatch.formats.bundle import _fields
 from ckptwatch.formats.table import TableError, read_varint
@@ -30,27 +31,49 @@ def decode_scalar_string(raw: bytes) -> bytes:
     return bytes(view[pos : pos + length])
 
 
-def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
-    """checkpoint key -> the object paths (tuples of edge names) that reach it,
-    shortest first. Slot variables get a path ending in `[slot <name>]`."""
-    nodes: list[tuple[list[tuple[int, str]], list[str], list[tuple[int, str, int]]]] = []
+@dataclass
+class GraphNode:
+    children: list[tuple[int, str]] = field(default_factory=list)  # (node id, local name)
+    attributes: list[tuple[str, str]] = field(default_factory=list)  # (attribute name, checkpoint key)
+    slots: list[tuple[int, str, int]] = field(default_factory=list)  # (original variable node, slot name, slot node)
+
+
+def parse_nodes(graph: bytes) -> list[GraphNode]:
+    """The nodes of a serialized TrackableObjectGraph; node 0 is the root."""
+    nodes: list[GraphNode] = []
     for number, _, value in _fields(memoryview(graph)):
         if number != 1:
             continue
-        children, keys, slots = [], [], []
+        node = GraphNode()
         for n2, _, v2 in _fields(value):  # type: ignore[arg-type]
             if n2 == 1:  # ObjectReference
                 ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
-                children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
+                node.children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
             elif n2 == 2:  # SerializedTensor
                 ser = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
-                keys.append(bytes(ser.get(3, b"")).decode("utf-8", "replace"))
+                node.attributes.append(
+                    (
+                        bytes(ser.get(1, b"")).decode("utf-8", "replace"),
+                        bytes(ser.get(3, b"")).decode("utf-8", "replace"),
+                    )
+                )
             elif n2 == 3:  # SlotVariableReference
                 ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
-                slots.append(
+                node.slots.append(
                     (int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace"), int(ref.get(3, 0)))
                 )
-        nodes.append((children, keys, slots))
+        nodes.append(node)
+    for node in nodes:
+        for child, _ in node.children:
+            if not 0 <= child < len(nodes):
+                raise TableError(f"object graph refers to node {child} of {len(nodes)}")
+    return nodes
+
+
+def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
+    """checkpoint key -> the object paths (tuples of edge names) that reach it,
+    shortest first. Slot variables get a path ending in `[slot <name>]`."""
+    nodes = [(n.children, [key for _, key in n.attributes], n.slots) for n in parse_nodes(graph)]
     if not nodes:
         return {}
     paths: dict[int, list[tuple[str, ...]]] = {0: [()]}
@@ -58,8 +81,6 @@ def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
     while queue:
         node = queue.popleft()
         for child, name in nodes[node][0]:
-            if not 0 <= child < len(nodes):
-                raise TableError(f"object graph refers to node {child} of {len(nodes)}")
             known = paths.setdefault(child, [])
             fresh = not known
             for p in paths[node]:

@@ -150,9 +150,45 @@ def render_verify(report: Report) -> str:
     drift = drift_block(report)
     if drift:
         parts += ["", drift]
+    if report.model:
+        parts += ["", model_block(report.model)]
     if report.tensors:
         parts += ["", worst_tensors(report)]
     return "\n".join(parts)
+
+
+def model_block(model: dict) -> str:
+    """The model-aware checks in a few lines: where, restore, functional, smoke step."""
+    if model.get("skipped"):
+        return f"model       not checked: {model['skipped']}"
+    lines = [f"model       {model.get('source') or 'not loaded'} on {model.get('device')}"]
+    r = model.get("restore") or {}
+    if r:
+        fidelity = r.get("fidelity") or {}
+        extra = (
+            f", fidelity {fidelity['checked'] - fidelity['mismatched']}/{fidelity['checked']} bit-exact"
+            if fidelity
+            else ""
+        )
+        lines.append(
+            f"  restore   {r.get('method')}: {r.get('matched', 0)} matched, {len(r.get('unmatched') or [])} unmatched, "
+            f"{len(r.get('unused') or [])} unused{extra}"
+        )
+    f = model.get("functional")
+    if f:
+        ref = f.get("reference")
+        vs = (
+            f"vs {ref}: max abs diff {num(f.get('max_abs_diff'))}, relative {num(f.get('relative_diff'))}, "
+            f"agreement {pct(f.get('agreement'))}"
+            if ref
+            else "no reference outputs"
+        )
+        acc = f", accuracy {pct(f.get('accuracy'))}" if f.get("accuracy") is not None else ""
+        lines.append(f"  probe     {f.get('batch')} examples {vs}{acc}")
+    s = model.get("smoke_step")
+    if s and s.get("ran"):
+        lines.append(f"  smoke     loss {num(s.get('loss'))}, {s.get('changed')}/{s.get('trainable')} weights changed")
+    return "\n".join(lines)
 
 
 def render_inspect(report: Report) -> str:

@@ -80,6 +80,12 @@ class Report:
         if not self.verdict:
             self.verdict = verdict_of(self.findings)
 
+    def add_findings(self, findings: list[Finding]) -> None:
+        """More findings (model-aware checks run after the tensors): re-sort, re-judge."""
+        self.findings.extend(findings)
+        self.findings.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
+        self.verdict = verdict_of(self.findings)
+
     def to_dict(self) -> dict:
         return clean_floats(
             {

@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 
-from ckptwatch.worker.protocol import EXIT_DEVICE_MISSING, EXIT_USAGE, decode, encode
+from ckptwatch.worker.protocol import EXIT_DEVICE_MISSING, EXIT_TF_IMPORT, EXIT_USAGE, decode, encode
+
+MODEL_TIMEOUT_EXIT = 70  # after a model check overran: its thread cannot be stopped, so the process goes
 
 
 class Channel:
@@ -86,6 +88,23 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
         return {**result, "status": "error", "message": str(e)}
     if report.verdict == "fail" and not checkpoint_exists(candidate):
         return {**result, "status": "vanished", "message": "deleted while being read"}
+    if job.get("model"):
+        from ckptwatch.model.checks import ModelTimeout, add_model_checks
+        from ckptwatch.model.spec import ModelSpec
+
+        spec = ModelSpec.from_dict(job["model"])
+        assert spec is not None
+        try:
+            add_model_checks(report, candidate, job.get("golden"), spec, policy)
+        except ModelTimeout as e:
+            channel.send({**result, "status": "error", "message": str(e)})
+            os._exit(MODEL_TIMEOUT_EXIT)
+        except CheckpointNotFound as e:
+            if not checkpoint_exists(candidate):
+                return {**result, "status": "vanished", "message": str(e)}
+            return {**result, "status": "error", "message": str(e)}
+        except CkptwatchError as e:
+            return {**result, "status": "error", "message": f"model-aware checks: {e}"}
     doc = report.to_dict()
     integrity_ok = not any(f["severity"] == "fail" and f["check"].startswith("integrity.") for f in doc["findings"])
     if job.get("fingerprint_out") and prints and integrity_ok:
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ckptwatch.worker")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--heartbeat", type=float, default=2.0)
+    parser.add_argument("--tensorflow", action="store_true", help="import TensorFlow now (model-aware checks)")
     try:
         args = parser.parse_args(argv)
         if args.device != "cpu" and not args.device.startswith("gpu:"):
@@ -125,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ckptwatch worker: device {args.device} is missing", file=sys.stderr)
         return EXIT_DEVICE_MISSING
     warm_up()
+    if args.tensorflow:
+        from ckptwatch.model.runtime import TensorflowUnavailable, tensorflow
+
+        try:
+            tensorflow()
+        except TensorflowUnavailable as e:
+            print(f"ckptwatch worker: {e}", file=sys.stderr)
+            return EXIT_TF_IMPORT
     channel = Channel()
     parent = os.getppid()
     threading.Thread(target=_heartbeat, args=(channel, args.heartbeat, parent), daemon=True).start()

@@ -38,6 +38,8 @@ def full_watch(name="run7") -> WatchStatus:
         last_step=1200,
         last_bytes=123_456_789,
         last_time=1_700_000_000.5,
+        last_pass_time=1_699_999_000.25,
+        last_seen_time=1_700_000_100.75,
         last_duration=3.25,
         drift_relative_l2={"previous": 0.0125, "golden": 0.75},
         drift_max_abs={"previous": 0.5, "golden": 4.0},
@@ -78,6 +80,8 @@ def test_every_snapshot_metric():
     w = full_watch()
     reg, _, _ = make(snapshot([w], [WorkerStatus("gpu:0", up=True, pid=42, restarts=1)]))
     assert val(reg, "ckptwatch_last_verification_timestamp_seconds", watch="run7") == 1_700_000_000.5
+    assert val(reg, "ckptwatch_last_pass_timestamp_seconds", watch="run7") == 1_699_999_000.25
+    assert val(reg, "ckptwatch_last_checkpoint_seen_timestamp_seconds", watch="run7") == 1_700_000_100.75
     assert val(reg, "ckptwatch_last_checkpoint_step", watch="run7") == 1200
     assert val(reg, "ckptwatch_checkpoint_bytes", watch="run7") == 123_456_789
     assert val(reg, "ckptwatch_drift_relative_l2", watch="run7", reference="previous") == 0.0125
@@ -121,6 +125,8 @@ def test_fresh_watch_exports_only_queue_depth():
     for family in (
         "ckptwatch_last_verdict",
         "ckptwatch_last_verification_timestamp_seconds",
+        "ckptwatch_last_pass_timestamp_seconds",
+        "ckptwatch_last_checkpoint_seen_timestamp_seconds",
         "ckptwatch_last_checkpoint_step",
         "ckptwatch_checkpoint_bytes",
         "ckptwatch_drift_relative_l2",
@@ -260,3 +266,29 @@ def test_two_instances_do_not_share_state():
     m1.verification_finished("w", "pass", 1.0)
     assert val(reg1, "ckptwatch_verifications_total", watch="w", verdict="pass") == 1
     assert val(reg2, "ckptwatch_verifications_total", watch="w", verdict="pass") is None
+
+
+def test_seen_without_any_pass_exports_seen_only():
+    w = WatchStatus(name="failing", path="/ckpt/failing", armed=True, last_verdict="fail", last_time=2000.0)
+    w.last_seen_time = 1990.0
+    reg, _, _ = make(snapshot([w]))
+    assert val(reg, "ckptwatch_last_checkpoint_seen_timestamp_seconds", watch="failing") == 1990.0
+    assert val(reg, "ckptwatch_last_pass_timestamp_seconds", watch="failing") is None  # never passed: absent
+
+
+def test_state_last_pass_times_ignore_fail_and_error(tmp_path):
+    from ckptwatch.daemon.state import State
+
+    state = State(str(tmp_path / "state"))
+    try:
+        assert state.last_pass_times() == {}
+        state.record_report("a", "/a/ckpt-1", "k1", 1, {"verdict": "pass"})
+        passed = state.last_pass_times()["a"]
+        state.record_report("a", "/a/ckpt-2", "k2", 2, {"verdict": "fail"})
+        state.record_report("b", "/b/ckpt-1", "k1", 1, {"verdict": "error"})
+        state.record_report("c", "/c/ckpt-1", "k1", 1, {"verdict": "warn"})
+        times = state.last_pass_times()
+        assert set(times) == {"a", "c"}  # b never passed
+        assert times["a"] == passed  # the later fail does not move it
+    finally:
+        state.close()

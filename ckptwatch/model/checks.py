@@ -1,0 +1,318 @@
+"""Model-aware checks of one checkpoint: restore status, restore fidelity, the
+functional check on a probe batch, and the optional one-step smoke test.
+
+    check_model(candidate, golden, spec, policy) -> (model section, findings)
+
+The model comes from the operator's factory (restored from the checkpoint), or,
+for files that carry their own model (.keras, SavedModel), from the file in
+safe mode. The golden reference for the functional check is, in order: stored
+golden outputs (spec.golden_outputs), or the golden checkpoint restored the same
+way. Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from ckptwatch.config import Policy
+from ckptwatch.errors import CkptwatchError
+from ckptwatch.formats import open_checkpoint, resolve
+from ckptwatch.model import compare, restore, safety
+from ckptwatch.model.runtime import device_label, seed, tensorflow
+from ckptwatch.model.spec import ModelSpec, Probe, load_outputs, load_probe, resolve_callable, save_outputs
+from ckptwatch.verify.report import Finding
+
+
+class Loaded:
+    """A model ready to run: built and restored, or loaded from its own file."""
+
+    def __init__(self, call: Any, built: restore.Built | None, source: str):
+        self.call, self.built, self.source = call, built, source
+
+
+def _keras_load(path: str) -> Any:
+    import keras
+
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet: bool = False):
+    """(Loaded or None, restore outcome) for one checkpoint path."""
+    kind, location = resolve(path)
+    out = restore.RestoreOutcome()
+    if spec.factory:
+        seed()
+        built = restore.arrange(resolve_callable(spec.factory, spec.python_path)())
+        restore.prepare(built, probe.x if probe else None)
+        if kind in ("bundle", "savedmodel"):
+            source = open_checkpoint(path)
+            try:
+                out = restore.restore_bundle(built, source, location, policy)  # type: ignore[arg-type]
+            finally:
+                source.close()
+        elif kind in ("hdf5", "keras"):
+            out = restore.restore_keras_file(built, location)
+        else:
+            out.findings.append(Finding("warn", "restore.skipped", f"a {kind} file holds no values to restore"))
+        return (Loaded(built.model, built, f"factory {spec.factory}") if out.restored else None), out
+    if kind == "keras":
+        source = open_checkpoint(path)
+        try:
+            why = safety.keras_config_refusal(getattr(source, "config", None))
+        finally:
+            source.close()
+        if why:
+            out.findings.append(
+                Finding(
+                    "fail",
+                    "restore.unsafe",
+                    f"refused to load {os.path.basename(location)} in safe mode: {why}. ckptwatch never runs code "
+                    "from a file it verifies; give a factory (--model / [watch.model] factory) to check it with "
+                    "your own model code",
+                )
+            )
+            return None, out
+        model = _keras_load(location)
+        out.restored = True
+        out.section = {"method": "keras-load_model(safe_mode=True)", "matched": len(model.weights)}
+        return Loaded(model, restore.Built({"model": model}, model), "keras file"), out
+    if kind == "savedmodel":
+        directory = os.path.dirname(os.path.dirname(location))
+        why, signature = safety.saved_model_refusal(os.path.join(directory, "saved_model.pb"))
+        if why:
+            out.findings.append(
+                Finding(
+                    "fail",
+                    "restore.unsafe",
+                    f"refused to load the SavedModel: {why}. ckptwatch never runs code from a file it verifies",
+                )
+            )
+            return None, out
+        loaded = tensorflow().saved_model.load(directory)
+        fn = loaded.signatures[signature]
+        out.restored = True
+        out.section = {"method": f"saved_model.load, signature {signature!r}", "matched": len(fn.variables)}
+        return Loaded(_signature_caller(fn), None, "saved_model"), out
+    out.findings.append(
+        Finding(
+            "warn",
+            "restore.skipped",
+            f"model-aware checks of a {kind} checkpoint need a model factory (--model / [watch.model] factory)",
+        )
+    )
+    return None, out
+
+
+def _signature_caller(fn: Any):
+    tf = tensorflow()
+    names = sorted(fn.structured_input_signature[1])
+
+    def call(x, training=False):
+        if isinstance(x, dict):
+            return fn(**{k: tf.constant(v) for k, v in x.items()})
+        if len(names) != 1:
+            raise CkptwatchError(f"the signature takes {names}: name the probe arrays x/<input>")
+        spec = fn.structured_input_signature[1][names[0]]
+        return fn(**{names[0]: tf.constant(x, dtype=spec.dtype)})
+
+    return call
+
+
+def run(loaded: Loaded, x: Any) -> dict[str, np.ndarray]:
+    try:
+        result = loaded.call(x, training=False)
+    except TypeError:
+        result = loaded.call(x)  # tf.Module.__call__ without a training flag
+    return compare.flatten_outputs(result)
+
+
+def smoke_step(loaded: Loaded, probe: Probe) -> tuple[dict, list[Finding]]:
+    """One optimizer step on the probe batch: the loss must be finite and the trainable
+    weights must change. Only this process's copy of the model is touched."""
+    tf = tensorflow()
+    built = loaded.built
+    model = built.model if built else None
+    if model is None or not getattr(model, "trainable_variables", None):
+        return {"ran": False}, [Finding("warn", "functional.smoke", "smoke step skipped: no trainable model")]
+    if probe.y is None:
+        return {"ran": False}, [Finding("warn", "functional.smoke", "smoke step skipped: the probe has no labels y")]
+    loss_fn = built.loss or getattr(model, "loss", None)
+    if isinstance(loss_fn, str) or loss_fn is None:
+        import keras
+
+        loss_fn = keras.losses.get(loss_fn) if isinstance(loss_fn, str) else None
+    if loss_fn is None:
+        return {"ran": False}, [
+            Finding(
+                "warn",
+                "functional.smoke",
+                "smoke step skipped: no loss (compile the model, or return {'model', 'optimizer', 'loss'})",
+            )
+        ]
+    optimizer = built.optimizer
+    if optimizer is None:
+        import keras
+
+        optimizer = keras.optimizers.SGD(1e-3)
+    variables = list(model.trainable_variables)
+    before = [np.array(v) for v in variables]
+    with tf.GradientTape() as tape:
+        loss = loss_fn(tf.constant(probe.y), model(probe.x, training=True))
+        loss = tf.reduce_mean(loss)
+    grads = tape.gradient(loss, variables)
+    value = float(loss.numpy())
+    findings: list[Finding] = []
+    section = {"ran": True, "loss": value, "changed": 0, "trainable": len(variables)}
+    if not np.isfinite(value):
+        findings.append(Finding("fail", "functional.smoke", f"one training step gives a non-finite loss ({value})"))
+        return section, findings
+    bad = [getattr(v, "path", v.name) for v, g in zip(variables, grads, strict=True)
+           if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]  # fmt: skip
+    for name in bad[: restore.MAX_NAMED]:
+        findings.append(Finding("fail", "functional.smoke", f"gradient of {name} is not finite", name))
+    if bad:
+        return section, findings
+    optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables, strict=True) if g is not None])
+    changed = sum(not np.array_equal(np.array(v), b) for v, b in zip(variables, before, strict=True))
+    section["changed"] = changed
+    if changed == 0:
+        findings.append(Finding("fail", "functional.smoke", "one training step changed none of the trainable weights"))
+    return section, findings
+
+
+def check_model(candidate: str, golden: str | None, spec: ModelSpec, policy: Policy) -> tuple[dict, list[Finding]]:
+    t0 = time.perf_counter()
+    probe = load_probe(spec.probe, spec.python_path) if spec.probe else None
+    if spec.factory:
+        resolve_callable(spec.factory, spec.python_path)  # a wrong name fails before TF's import
+    tensorflow()
+    section: dict = {
+        "device": device_label(),
+        "source": None,
+        "restore": None,
+        "functional": None,
+        "smoke_step": None,
+    }
+    loaded, outcome = load(candidate, spec, probe, policy)
+    findings = list(outcome.findings)
+    section["restore"] = outcome.section or None
+    section["restore_unmatched"] = outcome.unmatched
+    if loaded is None:
+        if outcome.findings and not any(f.check in ("restore.skipped",) for f in outcome.findings):
+            findings.append(Finding("info", "functional.skipped", "not run: the model could not be restored"))
+        section["seconds"] = round(time.perf_counter() - t0, 3)
+        return section, findings
+    section["source"] = loaded.source
+    if probe is not None:
+        outputs = _outputs(loaded, probe, findings)
+        if outputs is not None and spec.outputs_out:
+            save_outputs(spec.outputs_out, outputs)
+        if outputs is not None:
+            reference, ref_name = _reference(golden, spec, probe, policy, findings)
+            figures, more = compare.compare_outputs(outputs, reference, probe.y, policy, ref_name)
+            figures["batch"] = probe.batch
+            section["functional"] = figures
+            findings += more
+        if spec.smoke_step:
+            section["smoke_step"], more = smoke_step(loaded, probe)
+            findings += more
+    section["seconds"] = round(time.perf_counter() - t0, 3)
+    return section, findings
+
+
+def _outputs(loaded: Loaded, probe: Probe, findings: list[Finding]) -> dict[str, np.ndarray] | None:
+    try:
+        return run(loaded, probe.x)
+    except Exception as e:
+        findings.append(
+            Finding("fail", "functional.error", f"the restored model cannot run on the probe batch: {_short(e)}")
+        )
+        return None
+
+
+def _reference(
+    golden: str | None, spec: ModelSpec, probe: Probe, policy: Policy, findings: list[Finding]
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    if spec.golden_outputs:
+        return compare.flatten_outputs(load_outputs(spec.golden_outputs)), "golden_outputs"
+    if not golden:
+        return None, "golden"
+    kind, _ = resolve(golden)
+    if kind == "fingerprint":
+        findings.append(
+            Finding(
+                "info",
+                "functional.golden",
+                "golden is a fingerprint (no weights to run): store its outputs with `verify --write-outputs` "
+                "and give them as golden_outputs",
+                reference="golden",
+            )
+        )
+        return None, "golden"
+    try:
+        loaded, outcome = load(golden, spec, probe, policy.model_copy(update={"restore": "partial"}))
+    except CkptwatchError as e:
+        loaded, outcome = None, restore.RestoreOutcome(findings=[Finding("fail", "restore.error", str(e))])
+    bad = [f for f in outcome.findings if f.severity == "fail"]
+    if loaded is None or bad:
+        why = bad[0].message if bad else "it could not be loaded"
+        findings.append(
+            Finding(
+                "warn", "functional.golden", f"golden model not usable, outputs not compared: {why}", reference="golden"
+            )
+        )
+        return None, "golden"
+    try:
+        return run(loaded, probe.x), "golden"
+    except Exception as e:
+        findings.append(
+            Finding("warn", "functional.golden", f"golden model cannot run: {_short(e)}", reference="golden")
+        )
+        return None, "golden"
+
+
+def _short(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+class ModelTimeout(CkptwatchError):
+    """The model-aware checks ran past their time limit; the process that ran them must exit."""
+
+
+def add_model_checks(report: Any, candidate: str, golden: str | None, spec: ModelSpec, policy: Policy) -> None:
+    """Run check_model within spec.timeout and merge it into `report` (a verify Report).
+
+    A candidate that failed its integrity checks is not handed to TensorFlow: its
+    reader could abort the process on a malformed file, and the verdict is already fail."""
+    import threading
+
+    broken = [
+        f for f in report.findings if f.severity == "fail" and f.reference is None and f.check.startswith("integrity.")
+    ]
+    if broken:
+        report.model = {"skipped": "the checkpoint failed its integrity checks", "device": None}
+        return
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["value"] = check_model(candidate, golden, spec, policy)
+        except BaseException as e:  # handed to the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=work, name="ckptwatch-model", daemon=True)
+    thread.start()
+    thread.join(spec.timeout)
+    if thread.is_alive():
+        raise ModelTimeout(f"model-aware checks of {candidate} took longer than {spec.timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    section, findings = result["value"]
+    report.model = section
+    report.timings["model_seconds"] = section.get("seconds")
+    report.add_findings(findings)

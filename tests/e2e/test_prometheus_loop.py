@@ -1,0 +1,341 @@
+"""The real monitoring loop: a real Prometheus server scrapes a real ckptwatch daemon that verifies
+real TF checkpoints (one of them with NaN weights), loads deploy/prometheus/ckptwatch.rules.yml,
+and answers every query of deploy/grafana/ckptwatch.json and every alert expression over its
+HTTP API.
+
+Prometheus listens on loopback only, on a free port, keeps its TSDB in tmp_path, scrapes and
+evaluates every second, and is killed at teardown whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import GOOD, Trainer, outcome
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "ckptwatch.rules.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
+
+SCRAPE_INTERVAL = 1  # seconds; also the rule evaluation interval
+# Metrics only model-aware checks ([watch.model]) export; their panels must return data exactly
+# when the daemon exports them.
+MODEL_AWARE = {
+    "ckptwatch_functional_agreement_ratio",
+    "ckptwatch_functional_output_max_abs_diff",
+    "ckptwatch_restore_unmatched_objects",
+}
+
+
+def prometheus_binary() -> str:
+    binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
+    if binary is None:
+        message = "prometheus not found (Debian package `prometheus`; `make tools` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Prometheus:
+    """One `prometheus` process scraping `target` (HOST:PORT) with the rules in `rule_file`."""
+
+    def __init__(self, home: Path, target: str, rule_file: Path):
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.config = home / "prometheus.yml"
+        interval = f"{SCRAPE_INTERVAL}s"
+        config = {  # JSON is YAML
+            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+            "rule_files": [str(rule_file)],
+            "scrape_configs": [{"job_name": "ckptwatch", "static_configs": [{"targets": [target]}]}],
+        }
+        self.config.write_text(json.dumps(config, indent=2))
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log = home / "prometheus.log"
+        self.started = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> Prometheus:
+        binary = prometheus_binary()
+        promtool = shutil.which("promtool")
+        if promtool:  # the generated config, rule_files included, is valid
+            check = subprocess.run([promtool, "check", "config", str(self.config)], capture_output=True, text=True)
+            assert check.returncode == 0, check.stdout + check.stderr
+        for _ in range(3):  # the free port may be taken between free_port() and the bind
+            self.port = free_port()
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={self.config}",
+                        f"--storage.tsdb.path={self.home / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{self.port}",
+                        "--storage.tsdb.retention.time=1h",
+                        "--log.level=warn",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.home,
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        self.started = time.time()
+                        return self
+                time.sleep(0.1)
+            if self.proc.poll() is None:
+                break
+            if "address already in use" not in self.log.read_text():
+                break
+        self.stop()
+        raise AssertionError(f"prometheus did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def api(self, path: str, **params: str | float) -> dict | list:
+        """`data` of a successful /api/v1 answer; AssertionError (with Prometheus's error) otherwise."""
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read() or b"{}")
+        assert body.get("status") == "success", f"{path} {params}: {body}"
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+    def wait_for(self, what: str, predicate, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{what}: not true after {timeout} s; prometheus log:\n{self.log.read_text()[-2000:]}"
+                )
+            assert self.proc is not None and self.proc.poll() is None, f"prometheus exited:\n{self.log.read_text()}"
+            time.sleep(0.25)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[list[Prometheus]]:
+    """Prometheus servers made by a test go in the list; every one is stopped (or killed) at teardown."""
+    servers: list[Prometheus] = []
+    yield servers
+    for p in servers:
+        p.stop()
+
+
+# -- the dashboard's queries, as Grafana would send them ---------------------------------------------
+
+
+def panels_of(panels: list[dict]) -> Iterator[dict]:
+    for p in panels:
+        yield p
+        yield from panels_of(p.get("panels") or [])
+
+
+def grafana_expr(expr: str, watches: list[str], range_s: int) -> str:
+    """`expr` with the dashboard's variables replaced the way Grafana does for a Prometheus data
+    source scraped every SCRAPE_INTERVAL: a multi-value variable becomes a regex alternation,
+    $__interval the step, $__rate_interval max($__interval + scrape, 4 * scrape)."""
+    interval = SCRAPE_INTERVAL
+    values = {
+        "watch": "(" + "|".join(re.escape(w) for w in watches) + ")",
+        "__rate_interval": f"{max(interval + SCRAPE_INTERVAL, 4 * SCRAPE_INTERVAL)}s",
+        "__interval": f"{interval}s",
+        "__range": f"{range_s}s",
+    }
+    for name, value in values.items():
+        expr = expr.replace("${" + name + "}", value)
+        expr = re.sub(r"\$" + re.escape(name) + r"\b", lambda _m, v=value: v, expr)
+    assert "$" not in expr, f"a variable the test does not know: {expr}"
+    return expr
+
+
+def finite_values(result: list[dict]) -> list[float]:
+    out = []
+    for series in result:
+        points = series.get("values") or ([series["value"]] if "value" in series else [])
+        out += [float(v) for _, v in points if math.isfinite(float(v))]
+    return out
+
+
+# -- the test ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_factory, prometheus, tmp_path):
+    prometheus_binary()  # skip (or fail under CI) before any work when it is missing
+    t0 = time.monotonic()
+    run, ok, goldens = tmp_path / "run", tmp_path / "ok", tmp_path / "golden"
+    for d in (run, ok, goldens):
+        d.mkdir()
+    bad_run = Trainer(tf, run, seed=0)
+    good_run = Trainer(tf, ok, seed=1)
+    # goldens: each run's starting point, outside the watched directories (drift vs golden > 0)
+    golden_bad = bad_run.write(goldens / "run-golden", train=False)
+    golden_ok = good_run.write(goldens / "ok-golden", train=False)
+    daemon = daemon_factory(
+        [
+            {"name": "run", "path": str(run), "golden": golden_bad},
+            {"name": "ok", "path": str(ok), "golden": golden_ok},
+        ]
+    )
+    prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{daemon.port}", RULES)
+    prometheus.append(prom)
+    prom.start()
+    prom.wait_for("the daemon scraped", lambda: prom.query('up{job="ckptwatch"} == 1'))
+
+    def scraped(verifications: int, after: int = 1) -> None:
+        """Wait until Prometheus has seen `verifications` in all, then `after` more scrapes: a history
+        the dashboard's range queries (a point per second) can show, with every state in it."""
+        seen = f"sum(ckptwatch_verifications_total) >= {verifications}"
+        prom.wait_for(f"{verifications} verifications scraped", lambda: prom.query(seen))
+        scrapes = 'count_over_time(up{job="ckptwatch"}[10m])'
+        more = f"{scrapes} >= {float(prom.query(scrapes)[0]['value'][1]) + after}"
+        prom.wait_for(f"{after} more scrapes", lambda: prom.query(more))
+
+    # two passing checkpoints on each watch, then NaN weights on "run"
+    for n, trainer in enumerate((bad_run, good_run, bad_run, good_run), 1):
+        ev = outcome(daemon, trainer.save(), timeout=60)
+        assert ev.get("verdict") in GOOD, ev
+        scraped(n)
+    bad_run.net.kernel.assign(np.full(bad_run.net.kernel.shape, np.nan, dtype=np.float32))
+    nan = bad_run.save(train=False)
+    ev = outcome(daemon, nan, timeout=60)
+    assert ev["event"] == "checkpoint verified" and ev["verdict"] == "fail", ev
+    assert any(f.startswith("nonfinite") for f in ev["failing"]), ev
+    scraped(5, after=3)
+    assert prom.query('ckptwatch_last_verdict{watch="run", verdict="fail"} == 1')
+
+    scrape = daemon.scrape()
+    prom.wait_for(  # an evaluation of the rules after the scrape that saw the fail
+        "CkptwatchVerificationFailed active",
+        lambda: [
+            a
+            for a in prom.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == "CkptwatchVerificationFailed" and a["state"] in ("pending", "firing")
+        ],
+    )
+
+    # -- alerts: loaded, healthy, every expression evaluates; the right ones are active -------------------
+    declared = re.findall(r"^      - alert: (\S+)$", RULES.read_text(), re.M)
+    groups = prom.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert sorted(r["name"] for r in rules) == sorted(declared), "Prometheus loaded every rule of the file"
+    assert all(g["file"] == str(RULES) for g in groups)
+    for r in rules:
+        assert r["type"] == "alerting", r["name"]
+        assert r["health"] in ("ok", "unknown") and not r.get("lastError"), r
+        assert r["duration"] > 0 and r["labels"].get("severity") in ("critical", "warning"), r["name"]
+        assert r["annotations"].get("summary") and r["annotations"].get("description"), r["name"]
+        prom.query(r["query"])  # evaluates without error (status success), data or not
+    prom.wait_for(
+        "every rule evaluated once",
+        lambda: all(
+            r["health"] == "ok" and not r.get("lastError") for g in prom.api("rules")["groups"] for r in g["rules"]
+        ),
+    )
+
+    active = [(a["labels"]["alertname"], a["labels"].get("watch"), a["state"]) for a in prom.api("alerts")["alerts"]]
+    failed = [a for a in active if a[0] == "CkptwatchVerificationFailed"]
+    assert [a[1] for a in failed] == ["run"], active  # the NaN run, not the healthy one
+    assert failed[0][2] in ("pending", "firing")
+    assert prom.query('ALERTS{alertname="CkptwatchVerificationFailed", watch="run", verdict="fail"}'), active
+    verification_failed = next(r for r in rules if r["name"] == "CkptwatchVerificationFailed")
+    assert [s["metric"]["watch"] for s in prom.query(verification_failed["query"])] == ["run"]
+    prom.wait_for(
+        "CkptwatchNonFiniteWeights active for run",
+        lambda: [
+            a
+            for a in prom.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == "CkptwatchNonFiniteWeights" and a["labels"]["watch"] == "run"
+        ],
+    )
+    for quiet in ("CkptwatchWorkerDown", "CkptwatchWorkerRestarting", "CkptwatchDown"):
+        assert not [a for a in active if a[0] == quiet], active
+    assert not prom.query('ALERTS{alertname="CkptwatchWorkerDown"}')
+    assert not prom.query(next(r for r in rules if r["name"] == "CkptwatchWorkerDown")["query"])
+
+    # -- the dashboard: the variable, then every panel's query returns data ------------------------------
+    dash = json.loads(DASHBOARD.read_text())
+    variable = next(v for v in dash["templating"]["list"] if v["name"] == "watch")
+    m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["query"]["query"])
+    assert m, variable
+    watches = prom.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
+    assert sorted(watches) == ["ok", "run"]
+
+    exported = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and line[0] != "#"}
+    end = time.time()
+    start = prom.started
+    range_s = max(1, round(end - start))
+    checked, empty = 0, []
+    for panel in panels_of(dash["panels"]):
+        for target in panel.get("targets", []):
+            expr = grafana_expr(target["expr"], watches, range_s)
+            if target.get("instant"):
+                result = prom.api("query", query=expr, time=end)["result"]
+            else:
+                result = prom.api("query_range", query=expr, start=start, end=end, step=SCRAPE_INTERVAL)["result"]
+            checked += 1
+            model_aware = set(re.findall(r"ckptwatch_[a-z0-9_]+", expr)) & MODEL_AWARE
+            if model_aware and not (model_aware & exported):
+                # no [watch.model] checks in this daemon: these panels stay empty, and must
+                assert result == [], (panel["title"], result)
+                continue
+            if not finite_values(result):
+                empty.append(f"{panel['title']}: {expr} -> {json.dumps(result)[:300]} ({start}..{end})")
+    assert checked >= 20
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+    # the panels that show the bad checkpoint show it
+    assert finite_values(prom.query('ckptwatch_nonfinite_values{watch="run"} > 0')) == [
+        float(np.prod(bad_run.net.kernel.shape))
+    ]
+    top = prom.query('topk(10, ckptwatch_tensor_drift_relative_l2{watch="ok", reference="golden"})')
+    assert {s["metric"]["tensor"] for s in top} == {"model/embedding", "model/kernel", "model/head", "model/bias"}
+    assert all(0 < v < 0.5 for v in finite_values(top)), top  # two small steps from the golden
+    assert not [a for a in active if a[0] == "CkptwatchGoldenDriftHigh"], active
+    assert time.monotonic() - t0 < 150, "the loop took too long"

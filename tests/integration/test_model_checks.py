@@ -1,0 +1,218 @@
+"""Model-aware checks through `ckptwatch verify --model/--probe`: real models written by
+real TF/Keras savers (tests/zoo.py), restored by TensorFlow in the CLI's child process.
+
+Each scenario of the issue: a TF1 variable_scope renamed, a TF2 attribute renamed, a
+checkpoint of model v1 restored into v2 (one more layer), optimizer state left unused,
+weights perturbed with the structure intact, NaN in one kernel, a SavedModel and a
+.keras file checked with no factory, a .keras with a Lambda layer refused, stored
+golden outputs instead of a golden model, and the smoke step.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from ckptwatch.config import Policy
+from ckptwatch.model.checks import add_model_checks
+from ckptwatch.model.spec import ModelSpec
+from ckptwatch.verify.engine import verify_paths
+from tests import zoo
+
+Z = "tests.zoo:"  # the CLI runs with the repository root as its working directory
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    return zoo.build_scenarios(str(tmp_path_factory.mktemp("zoo")))
+
+
+def _commands(f: dict[str, str], outputs: str) -> dict[str, list]:
+    probe = ["--probe", f["probe"]]
+    mlp = ["--model", Z + "mlp_and_optimizer", *probe]
+    return {
+        "healthy": [f["healthy"], "--golden", f["golden"], *mlp, "--smoke-step"],
+        "tf1_renamed": [f["tf1"], "--model", Z + "tf1_renamed_scope", *probe],
+        "tf1_same": [f["tf1"], "--model", Z + "tf1_model_scope", *probe],
+        "tf2_renamed": [f["net"], "--model", Z + "net_renamed", *probe],
+        "v2_extra_layer": [f["healthy"], "--model", Z + "mlp_v2_and_optimizer", *probe],
+        "no_optimizer": [f["healthy"], "--model", Z + "mlp_model_only", *probe],
+        "perturbed": [f["perturbed"], "--golden", f["golden"], *mlp],
+        "nan": [f["nan"], "--golden", f["golden"], *mlp, "--smoke-step"],
+        "savedmodel": [f["savedmodel"], *probe],
+        "keras": [f["keras"], *probe, "--golden", f["keras"]],
+        "lambda": [f["lambda"], *probe],
+        "golden_written": [f["golden"], *mlp, "--write-outputs", outputs],
+    }
+
+
+@pytest.fixture(scope="module")
+def cli(run_cli, files, tmp_path_factory) -> dict[str, tuple[int, dict]]:
+    """Every scenario through `ckptwatch verify --json`, two at a time (each is a fresh
+    interpreter importing TensorFlow)."""
+    outputs = str(tmp_path_factory.mktemp("outputs") / "golden-outputs.npz")
+    commands = _commands(files, outputs)
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(commands, pool.map(lambda args: verify(run_cli, *args), commands.values())))
+    results["_outputs"] = (0, {"path": outputs})
+    return results
+
+
+def verify(run_cli, *args) -> tuple[int, dict]:
+    r = run_cli("verify", *args, "--json")
+    assert r.returncode in (0, 1), f"exit {r.returncode}: {r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr
+    return r.returncode, r.json()
+
+
+def checks(report: dict, severity: str = "fail") -> set[str]:
+    return {f["check"] for f in report["findings"] if f["severity"] == severity}
+
+
+def named(report: dict, check: str) -> list[str]:
+    return [f["tensor"] or "" for f in report["findings"] if f["check"] == check]
+
+
+def in_process(candidate: str, policy: Policy | None = None, golden: str | None = None, **spec) -> dict:
+    """The same engine + model checks the CLI's child runs, in this process (TF is already loaded)."""
+    policy = policy or Policy()
+    report, _ = verify_paths(candidate, None, golden, policy)
+    add_model_checks(report, candidate, golden, ModelSpec(**spec), policy)
+    return report.to_dict()
+
+
+def test_healthy_checkpoint_restores_bit_exact_runs_and_trains(cli):
+    code, rep = cli["healthy"]
+    assert code == 0 and rep["verdict"] == "pass", rep["findings"]
+    m = rep["model"]
+    assert m["device"] == "cpu" and m["source"] == f"factory {Z}mlp_and_optimizer"
+    r = m["restore"]
+    assert r["method"] == "object-graph" and r["unmatched"] == [] and r["unused"] == []
+    assert r["fidelity"]["checked"] == r["matched"] > 4 and r["fidelity"]["mismatched"] == 0
+    assert r["tf_status"] == {"assert_existing_objects_matched": "ok", "assert_consumed": "ok"}
+    f = m["functional"]
+    assert f["reference"] == "golden" and f["agreement"] >= 0.95 and 0 < f["max_abs_diff"] < 0.5
+    assert f["accuracy"] is not None and f["batch"] == zoo.BATCH
+    s = m["smoke_step"]
+    assert s["ran"] and np.isfinite(s["loss"]) and s["changed"] == s["trainable"] == 4
+
+
+def test_tf1_variable_scope_renamed(cli):
+    code, rep = cli["tf1_renamed"]
+    assert code == 1 and rep["verdict"] == "fail"
+    assert {"restore.renamed", "restore.unmatched", "restore.unused"} <= checks(rep)
+    assert sorted(named(rep, "restore.unmatched")) == ["renamed_scope/dense/bias", "renamed_scope/dense/kernel"]
+    assert sorted(named(rep, "restore.unused")) == ["model_scope/dense/bias", "model_scope/dense/kernel"]
+    renamed = next(f for f in rep["findings"] if f["check"] == "restore.renamed")
+    assert "'model_scope/'" in renamed["message"] and "'renamed_scope/'" in renamed["message"]
+    assert rep["model"]["restore"]["method"] == "name-based"
+    code, rep = cli["tf1_same"]  # the same checkpoint into the code that wrote it: clean
+    assert code == 0 and rep["verdict"] == "pass", rep["findings"]
+    assert rep["model"]["restore"]["fidelity"] == {"checked": 2, "mismatched": 0}
+
+
+def test_tf2_attribute_renamed_on_a_module(cli):
+    code, rep = cli["tf2_renamed"]
+    assert code == 1
+    assert named(rep, "restore.unmatched") == ["(root).model.backbone"]
+    assert named(rep, "restore.unused") == ["(root).model.encoder"]
+    renamed = next(f for f in rep["findings"] if f["check"] == "restore.renamed")
+    assert "model/encoder" in renamed["message"] and "model/backbone" in renamed["message"]
+    tf_status = rep["model"]["restore"]["tf_status"]
+    assert tf_status["assert_existing_objects_matched"] != "ok", "TensorFlow agrees: an object got no value"
+
+
+def test_v1_checkpoint_into_v2_with_an_extra_layer(cli):
+    code, rep = cli["v2_extra_layer"]
+    assert code == 1
+    shape = [f for f in rep["findings"] if f["check"] == "restore.shape"]
+    assert shape and any("mlp/extra/kernel" in f["message"] for f in shape), shape
+    assert any("logits" in f["message"] for f in rep["findings"] if f["check"] == "restore.unmatched")
+    assert rep["model"]["functional"] is None, "a restore TF refuses leaves nothing to run"
+
+
+def test_optimizer_state_unused_when_restoring_without_the_optimizer(cli, files):
+    code, rep = cli["no_optimizer"]
+    assert code == 1 and checks(rep) == {"restore.unused"}
+    unused = named(rep, "restore.unused")
+    assert "(root).optimizer._iterations" in unused and all(u.startswith("(root).optimizer") for u in unused)
+    assert rep["model"]["restore"]["tf_status"]["assert_consumed"].startswith("Unresolved object in checkpoint")
+    assert rep["model"]["restore"]["tf_status"]["assert_existing_objects_matched"] == "ok"
+    # a serving model may legitimately leave the optimizer behind: the policy says so
+    spec = {"factory": Z + "mlp_model_only", "probe": files["probe"]}
+    rep = in_process(files["healthy"], Policy(allow_unused=["(root).optimizer*"]), **spec)
+    assert rep["verdict"] == "pass" and checks(rep, "info") >= {"restore.unused"}, rep["findings"]
+    rep = in_process(files["healthy"], Policy(restore="existing"), **spec)
+    assert rep["verdict"] == "warn" and checks(rep, "warn") == {"restore.unused"}
+
+
+def test_perturbed_weights_same_structure_diverge_functionally(cli):
+    code, rep = cli["perturbed"]
+    assert code == 1
+    assert not any(c.startswith(("structure.", "integrity.", "restore.")) for c in checks(rep))
+    assert {"functional.divergence", "functional.agreement"} & checks(rep)
+    f = rep["model"]["functional"]
+    assert f["relative_diff"] > 1.0 and f["agreement"] < 0.5
+    assert all(x["reference"] == "golden" for x in rep["findings"] if x["check"].startswith("functional."))
+
+
+def test_nan_in_one_kernel_and_the_smoke_step_on_it(cli):
+    code, rep = cli["nan"]
+    assert code == 1
+    assert {"nonfinite", "functional.nonfinite", "functional.smoke"} <= checks(rep)
+    assert len(named(rep, "nonfinite")) == 1, "one kernel holds the NaN"
+    assert rep["model"]["functional"]["nonfinite_outputs"] > 0
+    smoke = next(f for f in rep["findings"] if f["check"] == "functional.smoke")
+    assert "non-finite loss" in smoke["message"]
+
+
+def test_savedmodel_and_keras_file_checked_with_a_probe_and_no_factory(cli):
+    code, rep = cli["savedmodel"]
+    assert code == 0 and rep["verdict"] == "pass", rep["findings"]
+    assert rep["model"]["source"] == "saved_model"
+    assert rep["model"]["functional"]["nonfinite_outputs"] == 0 and rep["model"]["functional"]["accuracy"] is not None
+    code, rep = cli["keras"]
+    assert code == 0 and rep["verdict"] == "pass", rep["findings"]
+    assert rep["model"]["source"] == "keras file"
+    assert rep["model"]["functional"]["agreement"] == 1.0 and rep["model"]["functional"]["max_abs_diff"] == 0.0
+
+
+def test_keras_file_with_a_lambda_layer_is_refused(cli):
+    code, rep = cli["lambda"]
+    assert code == 1
+    unsafe = [f for f in rep["findings"] if f["check"] == "restore.unsafe"]
+    assert len(unsafe) == 1 and "Lambda" in unsafe[0]["message"] and "'scale'" in unsafe[0]["message"]
+    assert rep["model"]["functional"] is None
+
+
+def test_stored_golden_outputs_instead_of_a_golden_model(cli, files):
+    code, _ = cli["golden_written"]
+    outputs = cli["_outputs"][1]["path"]
+    assert code == 0
+    with np.load(outputs, allow_pickle=False) as stored:
+        assert stored.files == ["output"] and stored["output"].shape == (zoo.BATCH, zoo.CLASSES)
+    spec = {"factory": Z + "mlp_and_optimizer", "probe": files["probe"], "golden_outputs": outputs}
+    rep = in_process(files["healthy"], **spec)
+    assert rep["verdict"] == "pass" and rep["model"]["functional"]["reference"] == "golden_outputs", rep["findings"]
+    rep = in_process(files["perturbed"], **spec)
+    assert rep["verdict"] == "fail" and {"functional.divergence", "functional.agreement"} & checks(rep)
+
+
+def test_model_options_errors_are_one_line(run_cli, files, tmp_path):
+    r = run_cli("verify", files["healthy"], "--model", "no_such_module:build")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("ckptwatch: error: factory")
+    assert "Traceback" not in r.stderr
+    r = run_cli("verify", files["healthy"], "--smoke-step")
+    assert r.returncode == 2 and "need --probe" in r.stderr
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([{"a": 1}], dtype=object))
+    r = run_cli("verify", files["keras"], "--probe", pickled)
+    assert r.returncode == 2 and "not a plain array file" in r.stderr, r.stderr[-500:]
+
+
+def test_report_model_section_is_null_without_model_checks(run_cli, files):
+    r = run_cli("verify", files["healthy"], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["model"] is None
