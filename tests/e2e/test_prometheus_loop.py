@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import zoo
+
 from .conftest import GOOD, Trainer, outcome
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +36,7 @@ RULES = ROOT / "deploy" / "prometheus" / "ckptwatch.rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
 
 SCRAPE_INTERVAL = 1  # seconds; also the rule evaluation interval
-# Metrics only model-aware checks ([watch.model]) export; their panels must return data exactly
-# when the daemon exports them.
+# Metrics only model-aware checks ([watch.model]) export: the "model" watch makes them exist.
 MODEL_AWARE = {
     "ckptwatch_functional_agreement_ratio",
     "ckptwatch_functional_output_max_abs_diff",
@@ -210,8 +211,13 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
     prometheus_binary()  # skip (or fail under CI) before any work when it is missing
     t0 = time.monotonic()
     run, ok, goldens = tmp_path / "run", tmp_path / "ok", tmp_path / "golden"
-    for d in (run, ok, goldens):
+    modeled = tmp_path / "model"
+    for d in (run, ok, goldens, modeled):
         d.mkdir()
+    # a third watch with model-aware checks: a .keras file run on a probe batch against itself
+    keras_file, probe = goldens / "model.keras", goldens / "probe.npz"
+    zoo.mlp(compile=False).save(keras_file)
+    np.savez(probe, x=zoo.probe_arrays()[0])
     bad_run = Trainer(tf, run, seed=0)
     good_run = Trainer(tf, ok, seed=1)
     # goldens: each run's starting point, outside the watched directories (drift vs golden > 0)
@@ -221,7 +227,9 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
         [
             {"name": "run", "path": str(run), "golden": golden_bad},
             {"name": "ok", "path": str(ok), "golden": golden_ok},
-        ]
+            {"name": "model", "path": str(modeled), "golden": str(keras_file), "model": {"probe": str(probe)}},
+        ],
+        daemon={"settle_seconds": 0.5},
     )
     prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{daemon.port}", RULES)
     prometheus.append(prom)
@@ -242,12 +250,18 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
         ev = outcome(daemon, trainer.save(), timeout=60)
         assert ev.get("verdict") in GOOD, ev
         scraped(n)
+    staged = goldens / "staged.keras"
+    shutil.copyfile(keras_file, staged)
+    os.replace(staged, modeled / "model.keras")
+    ev = outcome(daemon, str(modeled / "model.keras"), timeout=90)
+    assert ev.get("verdict") in GOOD, ev
+    scraped(5)
     bad_run.net.kernel.assign(np.full(bad_run.net.kernel.shape, np.nan, dtype=np.float32))
     nan = bad_run.save(train=False)
     ev = outcome(daemon, nan, timeout=60)
     assert ev["event"] == "checkpoint verified" and ev["verdict"] == "fail", ev
     assert any(f.startswith("nonfinite") for f in ev["failing"]), ev
-    scraped(5, after=3)
+    scraped(6, after=3)
     assert prom.query('ckptwatch_last_verdict{watch="run", verdict="fail"} == 1')
 
     scrape = daemon.scrape()
@@ -305,9 +319,10 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
     m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["query"]["query"])
     assert m, variable
     watches = prom.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
-    assert sorted(watches) == ["ok", "run"]
+    assert sorted(watches) == ["model", "ok", "run"]
 
     exported = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and line[0] != "#"}
+    assert exported >= MODEL_AWARE, "the model watch exports the model-aware metrics"
     end = time.time()
     start = prom.started
     range_s = max(1, round(end - start))
@@ -320,11 +335,6 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
             else:
                 result = prom.api("query_range", query=expr, start=start, end=end, step=SCRAPE_INTERVAL)["result"]
             checked += 1
-            model_aware = set(re.findall(r"ckptwatch_[a-z0-9_]+", expr)) & MODEL_AWARE
-            if model_aware and not (model_aware & exported):
-                # no [watch.model] checks in this daemon: these panels stay empty, and must
-                assert result == [], (panel["title"], result)
-                continue
             if not finite_values(result):
                 empty.append(f"{panel['title']}: {expr} -> {json.dumps(result)[:300]} ({start}..{end})")
     assert checked >= 20

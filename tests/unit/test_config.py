@@ -73,7 +73,7 @@ def test_the_example_validates_and_shows_every_key() -> None:
             assert f"\n{key} = " in text, f"{section}.{key} is missing from the example"
     for key in set(Policy.model_fields) - {"profile", "overrides"}:
         assert f"\n{key} = " in text, f"watch.policy.{key} is missing from the example"
-    for key in ("factory", "probe", "smoke_step", "golden_outputs"):
+    for key in ("factory", "probe", "smoke_step", "golden_outputs", "python_path", "timeout"):
         assert f"\n{key} = " in text
     assert "[[watch.policy.overrides]]" in text
     replica = config.watch("resnet50-export").policy_model()
@@ -346,7 +346,11 @@ CASES = [
         WATCH + '[watch.model]\nfactory = "my-pkg:build"\n',
         'watch.0.model.factory: "my-pkg:build" is not',
     ),
-    ("factory missing", WATCH + '[watch.model]\nprobe = "p.npz"\n', "watch.0.model.factory: required key is missing"),
+    (
+        "model with neither factory nor probe",
+        WATCH + "[watch.model]\nsmoke_step = true\n",
+        "watch.0.model.probe: give a factory, a probe, or both",
+    ),
     (
         "probe not npz",
         WATCH + '[watch.model]\nfactory = "m:f"\nprobe = "p.npy"\n',
