@@ -500,3 +500,13 @@ def small_module(tf, ckpt_root: Path) -> Written:
 
     prefix = tf.train.Checkpoint(model=Small()).write(str(ckpt_root / "small" / "ckpt-1"))
     return Written(prefix, prefix)
+
+
+@pytest.fixture(scope="module")
+def op_determinism_off_afterwards():
+    """For modules that run model checks in this process: they enable TF's op determinism
+    (process-wide, as in the worker), after which later tests' unseeded TF1 random ops raise."""
+    yield
+    from tensorflow.python.framework import config
+
+    config.disable_op_determinism()

@@ -132,6 +132,19 @@ def open_keras_archive(path: str) -> KerasArchiveSource:
         raise
 
 
+def read_config(path: str) -> dict[str, Any] | None:
+    """Only `config.json`, parsed (never deserialized); None if it is missing or not JSON.
+    For the safe-mode scan, after the archive has been verified as a whole."""
+    try:
+        with zipfile.ZipFile(path, "r") as zf:
+            info = zf.getinfo(CONFIG_MEMBER)
+            _check_bomb(path, info)
+            text = _read_small(path, zf, info)
+    except (KeyError, IntegrityError, zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+    return _parse_json(path, CONFIG_MEMBER, text, [])
+
+
 def _check_bomb(path: str, info: zipfile.ZipInfo) -> None:
     expands = info.file_size > _BOMB_MAX_EXPANSION * max(info.compress_size, 1)
     if info.file_size > _BOMB_FLOOR_BYTES and expands:

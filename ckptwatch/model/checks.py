@@ -21,6 +21,7 @@ import numpy as np
 from ckptwatch.config import Policy
 from ckptwatch.errors import CkptwatchError
 from ckptwatch.formats import open_checkpoint, resolve
+from ckptwatch.formats.keras_archive import read_config
 from ckptwatch.model import compare, restore, safety
 from ckptwatch.model.runtime import device_label, seed, tensorflow
 from ckptwatch.model.spec import ModelSpec, Probe, load_outputs, load_probe, resolve_callable, save_outputs
@@ -60,11 +61,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
             out.findings.append(Finding("warn", "restore.skipped", f"a {kind} file holds no values to restore"))
         return (Loaded(built.model, built, f"factory {spec.factory}") if out.restored else None), out
     if kind == "keras":
-        source = open_checkpoint(path)
-        try:
-            why = safety.keras_config_refusal(getattr(source, "config", None))
-        finally:
-            source.close()
+        why = safety.keras_config_refusal(read_config(location))
         if why:
             out.findings.append(
                 Finding(

@@ -131,44 +131,44 @@ def _root(built: Built, nodes: list | None) -> Any:
 OPTIMIZER_EDGES = {"optimizer", "_optimizer"}
 
 
-def _preferred_names(children: Any, root: Any, key: Any = id) -> dict[Any, str]:
+def _preferred_names(children: Any, root: Any, key: Any = id) -> tuple[dict[Any, str], list[Any]]:
     """BFS names like TF's ("(root).model.dense.kernel"), preferring a path that does not
-    go through the optimizer: Keras 3 optimizers also hold the model's variables."""
+    go through the optimizer (Keras 3 optimizers also hold the model's variables), and
+    every node reached, in BFS order."""
     best: dict[Any, tuple[str, ...]] = {key(root): ()}
     via_optimizer: set[Any] = set()
+    order = [root]
     queue = deque([root])
-    seen = {key(root)}
     while queue:
         node = queue.popleft()
         base = best[key(node)]
         for local, child in children(node):
             k = key(child)
-            path = (*base, local)
             through = key(node) in via_optimizer or local in OPTIMIZER_EDGES
-            if k not in best or (k in via_optimizer and not through):
-                best[k] = path
-                via_optimizer.discard(k)
-                if through:
-                    via_optimizer.add(k)
-            if k not in seen:
-                seen.add(k)
+            if k not in best:
+                order.append(child)
                 queue.append(child)
-    return {k: ".".join(("(root)", *p)) for k, p in best.items()}
+            elif not (k in via_optimizer and not through):
+                continue
+            best[k] = (*base, local)
+            via_optimizer.discard(k)
+            if through:
+                via_optimizer.add(k)
+    return {k: ".".join(("(root)", *p)) for k, p in best.items()}, order
 
 
 def _python_graph(root: Any) -> tuple[list[Any], dict[int, str], Any]:
     from tensorflow.python.checkpoint import graph_view
 
     view = graph_view.ObjectGraphView(root)
-    objects, _ = view.breadth_first_traversal()
-    names = _preferred_names(lambda o: [(ref.name, ref.ref) for ref in view.list_children(o)], root)
+    names, objects = _preferred_names(lambda o: [(ref.name, ref.ref) for ref in view.list_children(o)], root)
     return objects, names, view
 
 
 def _checkpoint_names(nodes: list) -> dict[int, str]:
     """TF's names for checkpoint nodes (`(root).model.dense.kernel`, preferring paths outside
     the optimizer), and `(root).optimizer's state 'm' for (root).model.dense.kernel` for slots."""
-    names = _preferred_names(lambda n: [(local, child) for child, local in nodes[n].children], 0, key=lambda n: n)
+    names, _ = _preferred_names(lambda n: [(local, child) for child, local in nodes[n].children], 0, key=lambda n: n)
     for n, node in enumerate(nodes):
         for original, slot, slot_node in node.slots:
             if n in names and original in names:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,19 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import VENV_BIN, require_tool
+
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent  # the venv running the tests: its ckptwatch, python, hadolint
-
-
-def require_tool(name: str, hint: str) -> str:
-    """The path of `name` (PATH, then the test venv's bin); skip if missing, or fail under CI."""
-    found = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
-    if found is None:
-        message = f"{name} not found ({hint})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+__all__ = ["ROOT", "VENV_BIN", "clean_env", "require_tool", "write_config"]
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

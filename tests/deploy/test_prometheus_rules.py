@@ -14,7 +14,6 @@ The loop with a real Prometheus scraping a real daemon is tests/e2e/test_prometh
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -43,13 +43,7 @@ MODEL_AWARE = {
 
 
 def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        message = "promtool not found (Debian package `prometheus`; `make tools` installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return tool
+    return require_tool("promtool", "Debian package `prometheus`; `make tools` installs it")
 
 
 def run_promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

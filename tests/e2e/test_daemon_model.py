@@ -22,14 +22,7 @@ from .conftest import ROOT, install, outcome, report_of
 TESTS = str(ROOT / "tests")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _op_determinism_off_afterwards():
-    """The model checks run in this process here enable TF's op determinism (process-wide, as
-    in the worker); later tests' unseeded TF1 random ops would then raise."""
-    yield
-    from tensorflow.python.framework import config
-
-    config.disable_op_determinism()
+pytestmark = pytest.mark.usefixtures("op_determinism_off_afterwards")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests import zoo
+from tests.tools import require_tool
 
 from .conftest import GOOD, Trainer, outcome
 
@@ -45,13 +46,7 @@ MODEL_AWARE = {
 
 
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
-    if binary is None:
-        message = "prometheus not found (Debian package `prometheus`; `make tools` installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+    return require_tool("prometheus", "Debian package `prometheus`; `make tools` installs it")
 
 
 def free_port() -> int:

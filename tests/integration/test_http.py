@@ -7,8 +7,6 @@ import io
 import json
 import logging
 import math
-import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -25,6 +23,7 @@ from ckptwatch.daemon.http import StatusServer, parse_listen, render_status_page
 from ckptwatch.daemon.logs import configure_logging
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
+from tests.tools import require_tool
 
 
 def a_watch(name: str = "run7", armed: bool = True) -> WatchStatus:
@@ -357,12 +356,7 @@ def test_render_status_page_without_watches():
 
 
 def test_promtool_check_metrics(server: StatusServer, daemon: Daemon):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        message = "promtool not found (Debian package `prometheus`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    promtool = require_tool("promtool", "Debian package `prometheus`")
     daemon.snap = Snapshot(
         "0.1.0",
         daemon.snap.started,
