@@ -416,7 +416,8 @@ class Watch(_Section):
 
     def wants(self, checkpoint: str) -> bool:
         """Whether the include/exclude globs select this checkpoint. Globs match its name: the
-        prefix's base name for a TF bundle (`ckpt-3`), the file name for `.h5` / `.keras`."""
+        prefix's base name for a TF bundle (`ckpt-3`), the file name for `.h5` / `.keras`, the
+        directory name for a SavedModel (`3` for `export/3`)."""
         name = os.path.basename(checkpoint.rstrip(os.sep))
         return any(fnmatch.fnmatchcase(name, g) for g in self.include) and not any(
             fnmatch.fnmatchcase(name, g) for g in self.exclude

@@ -168,7 +168,8 @@ def _keras_model_with_lambda():
     )
 
 
-def _saved_model(directory: str) -> None:
+def save_serving_model(directory: str) -> None:
+    """A SavedModel of `net` with a serving signature that returns a dict, exported in place."""
     import tensorflow as tf
 
     n = net()
@@ -221,5 +222,5 @@ def build_scenarios(root: str) -> dict[str, str]:
     p["net"] = save_net(os.path.join(p["net"], "ckpt-1"))
     p["tf1"] = save_tf1(os.path.join(p["tf1"], "model.ckpt"))
     p["savedmodel"] = os.path.join(root, "savedmodel")
-    _saved_model(p["savedmodel"])
+    save_serving_model(p["savedmodel"])
     return p

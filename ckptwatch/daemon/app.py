@@ -55,11 +55,7 @@ def error_report(candidate: Candidate, message: str, check: str = "integrity.wor
 
 def _still_holds(good: GoodCheckpoint) -> bool:
     """Whether `good.path` still holds the bytes that were verified (not a newer save to the same path)."""
-    target = good.path + ".index" if os.path.exists(good.path + ".index") else good.path
-    try:
-        return discovery.candidate_key(good.path, os.stat(target)) == good.key
-    except OSError:
-        return False
+    return discovery.current_key(good.path) == good.key
 
 
 class Daemon:
@@ -80,6 +76,7 @@ class Daemon:
         self.statuses: dict[str, WatchStatus] = {}
         self.dirty: set[str] = set()
         self.incomplete: dict[str, dict[str, Candidate]] = {}
+        self.exporting: set[str] = set()  # watches with a SavedModel export under way (no event shows its end)
         self.in_flight: dict[str, Job] = {}  # watch -> job
         self.seen_keys: set[tuple[str, str]] = set()
         self.attempts: dict[str, int] = {}  # candidate key -> attempts lost so far (workers died or timed out)
@@ -249,10 +246,13 @@ class Daemon:
                     for name, armed in self.watcher.tick():
                         self.log.info("watch armed" if armed else "watch disarmed", watch=name)
                         self.dirty.add(name)
-                    self.dirty.update(self.incomplete)  # polling fallback: re-check what is pending
+                    # every watch, each tick: what events do not show (writes inside SavedModel
+                    # subdirectories, other hosts' writes on NFS) is found within poll_interval
+                    self.dirty.update(w.name for w in self.config.watches)
                 if now >= next_recheck:
                     next_recheck = now + RECHECK_INCOMPLETE
                     self.dirty.update(n for n, c in self.incomplete.items() if c)
+                    self.dirty.update(self.exporting)
                 for name in list(self.dirty):
                     self._rescan(name)
                 self.dirty.clear()
@@ -263,7 +263,7 @@ class Daemon:
                     next_watchdog = time.monotonic() + watchdog_every
 
     def _has_incomplete(self) -> bool:
-        return any(self.incomplete.values())
+        return bool(self.exporting) or any(self.incomplete.values())
 
     def _handle_signals(self) -> None:
         while True:
@@ -291,6 +291,7 @@ class Daemon:
         for name in removed:
             self.scheduler.discard(name)
             self.incomplete.pop(name, None)
+            self.exporting.discard(name)
         self.config = new
         for w in new.watches:
             self.metrics.add_watch(w.name)
@@ -322,6 +323,10 @@ class Daemon:
             return
         now = time.monotonic()
         candidates = discovery.find_candidates(w.name, w.path, list(w.include), list(w.exclude))
+        if discovery.exports_in_progress(w.path, time.time(), list(w.include), list(w.exclude)):
+            self.exporting.add(name)
+        else:
+            self.exporting.discard(name)
         present = {c.key for c in candidates}
         for c in self.scheduler.discard(name, keep=present):
             self._skip(c, "vanished", "deleted before it was verified")

@@ -14,31 +14,41 @@ writers work (see FIELD-NOTES):
   artefact remains, the index parses, every one of its `num_shards` data files exists and
   none is newer than the index (a newer shard means a rewrite of the same prefix is under
   way, or a copier is still at work).
+- SavedModel directories (`tf.saved_model.save`, Keras `model.export`): the variables
+  bundle is written first (as above, under `variables/`), then assets, then
+  `saved_model.pb` by atomic rename -- TF's own "the last file operation". Complete =
+  `saved_model.pb` exists, no temp artefact remains in the directory or `variables/`, the
+  variables bundle is whole and not newer than `saved_model.pb` (newer: a re-export into
+  the same directory is under way). The watch directory itself may be one, or hold one
+  per subdirectory (`export/1/`, `export/2/`, ...); deeper levels are not scanned.
 - Keras `.h5` / `.weights.h5` / `.keras`: written in place by h5py / zipfile with no
   marker, so complete = (size, mtime_ns, inode) unchanged for `settle_seconds`.
-- A bundle that stays broken (index does not parse, a shard is missing) but whose files
-  have not changed for `settle_seconds`, with no temp artefact left, is "complete" with
+- A bundle (or SavedModel) that stays broken (index does not parse, a shard is missing)
+  but whose files have not changed for `settle_seconds`, with no temp artefact left, is "complete" with
   reason "settled": it is genuinely corrupt and must be verified (a fail verdict), never
   left pending forever.
 
-"Complete" is about the candidate *as found*: when its index (or file) no longer has the
+"Complete" is about the candidate *as found*: when its index (file, saved_model.pb) no longer has the
 mtime/size recorded in `Candidate.key`, the answer is incomplete, "changed" -- rescan with
 find_candidates to get the current candidate, so that the key recorded as verified is the
 key of the bytes that were judged complete. A candidate whose files are gone is
 incomplete, "vanished" (CheckpointManager's max_to_keep deletes old ones).
 
 Incomplete candidates must be checked again later by the caller (a timer, not only events):
-the settle clocks only advance when check_completion observes the files.
+the settle clocks only advance when check_completion observes the files. Writes inside a
+SavedModel subdirectory raise no event on the (non-recursive) watch directory: only such a
+re-check finds them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ckptwatch.daemon.model import Candidate, Completion
 from ckptwatch.formats.base import IntegrityError
@@ -49,26 +59,34 @@ __all__ = [
     "BUNDLE",
     "HDF5",
     "KERAS",
+    "SAVEDMODEL",
     "StabilityTracker",
     "candidate_key",
     "check_completion",
     "classify",
+    "current_key",
+    "exports_in_progress",
     "find_candidates",
     "is_temporary",
+    "saved_model_marker",
     "temp_leftovers",
 ]
 
-BUNDLE, HDF5, KERAS = "bundle", "hdf5", "keras"
+BUNDLE, HDF5, KERAS, SAVEDMODEL = "bundle", "hdf5", "keras", "savedmodel"
 
 _INDEX_SUFFIX = ".index"
 _HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
 _KERAS_SUFFIX = ".keras"
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # what ckptwatch.formats.resolve accepts
+_SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside one
 
 # Artefacts of a save in progress, never candidates themselves:
 #   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
 #   writes), checkpoint.tmp<hex> and model.ckpt-N.meta.tmp<hex> (TF's state / graph files),
 #   *.tmp, *.partial (copiers, downloaders).
 _TEMPORARY = re.compile(r"_temp(_[0-9a-fA-F-]+)?$|\.tempstate|^checkpoint\.tmp|\.tmp[0-9a-f]*$|\.partial$")
+
+EXPORT_WINDOW = 300.0  # seconds a SavedModel export with no saved_model.pb yet counts as under way
 
 Signature = tuple  # what "unchanged" compares: (size, mtime_ns, inode) per file
 
@@ -104,6 +122,15 @@ def _matches(base: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(base, p) for p in include) and not any(fnmatch.fnmatchcase(base, p) for p in exclude)
 
 
+def saved_model_marker(directory: str) -> str | None:
+    """The path of `directory`'s saved_model.pb (or .pbtxt) if it is a SavedModel, else None."""
+    for name in _SAVED_MODEL_FILES:
+        path = os.path.join(directory, name)
+        if _stat(path) is not None:
+            return path
+    return None
+
+
 def find_candidates(
     watch: str,
     directory: str,
@@ -113,11 +140,12 @@ def find_candidates(
     """The checkpoints in `directory` (not recursive), sorted by step (then path).
 
     One candidate per `<prefix>.index` (a prefix whose data shards exist but whose index does
-    not yet is not a candidate yet) and per Keras file (`*.weights.h5`, `*.h5`, `*.hdf5`,
-    `*.keras`). Temp artefacts and hidden files are ignored. include/exclude are glob
-    patterns matched against the base name (`ckpt-3` for a bundle, `w.weights.h5` for a
-    file). A directory that does not exist gives []; files that vanish during the scan are
-    skipped.
+    not yet is not a candidate yet), per Keras file (`*.weights.h5`, `*.h5`, `*.hdf5`,
+    `*.keras`) and per SavedModel: `directory` itself, or a subdirectory, once its
+    saved_model.pb exists. Temp artefacts and hidden entries are ignored. include/exclude are
+    glob patterns matched against the base name (`ckpt-3` for a bundle, `w.weights.h5` for a
+    file, `3` for `export/3/`). A directory that does not exist gives []; entries that vanish
+    during the scan are skipped.
     """
     directory = os.path.abspath(directory)
     try:
@@ -126,23 +154,78 @@ def find_candidates(
     except (FileNotFoundError, NotADirectoryError):
         return []
     found = []
+    for path, kind, st in [*_entries(directory, entries), *_saved_model(directory)]:
+        base = os.path.basename(path)
+        if _matches(base, include, exclude):
+            found.append(Candidate(watch, path, kind, step_from_path(base), candidate_key(path, st)))
+    found.sort(key=lambda c: c.sort_key)
+    return found
+
+
+def exports_in_progress(
+    directory: str,
+    now: float,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    window: float = EXPORT_WINDOW,
+) -> list[str]:
+    """Subdirectories of `directory` where a SavedModel export looks under way: `variables/`
+    exists (tf.saved_model.save creates it first), saved_model.pb does not yet, and the
+    subdirectory or its `variables/` changed within `window` seconds before `now` (unix time).
+
+    Writes inside them raise no event on the watch directory, so the daemon re-checks a watch
+    often while it has any; an export abandoned midway stops counting after `window`.
+    """
+    try:
+        with os.scandir(os.path.abspath(directory)) as it:
+            subdirs = [e.path for e in it if not is_temporary(e.name) and _is_dir(e)]
+    except OSError:
+        return []
+    found = []
+    for sub in subdirs:
+        if not _matches(os.path.basename(sub), include, exclude) or saved_model_marker(sub):
+            continue
+        try:
+            changed = max(os.stat(sub).st_mtime, os.stat(os.path.join(sub, "variables")).st_mtime)
+        except OSError:  # no variables/: not an export (or not yet)
+            continue
+        if now - changed <= window:
+            found.append(sub)
+    return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _entries(directory: str, entries: list[os.DirEntry]) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(path, kind, stat of the file that keys it) for each checkpoint entry of `directory`."""
     for entry in entries:
+        if is_temporary(entry.name):
+            continue
+        if _is_dir(entry):  # follows symlinks, like the stat below
+            yield from _saved_model(entry.path)
+            continue
         kind_base = classify(entry.name)
         if kind_base is None:
             continue
         kind, base = kind_base
-        if not _matches(base, include, exclude):
-            continue
         try:
             st = entry.stat()  # follows symlinks: a linked checkpoint file counts
         except OSError:  # vanished (or a dangling link) meanwhile
             continue
-        if not _is_regular(st):
-            continue
-        path = os.path.join(directory, base)
-        found.append(Candidate(watch, path, kind, step_from_path(base), candidate_key(path, st)))
-    found.sort(key=lambda c: c.sort_key)
-    return found
+        if _is_regular(st):
+            yield os.path.join(directory, base), kind, st
+
+
+def _saved_model(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    marker = saved_model_marker(directory)
+    st = _stat(marker) if marker else None
+    if st is not None:
+        yield directory, SAVEDMODEL, st
 
 
 def _is_regular(st: os.stat_result) -> bool:
@@ -213,7 +296,17 @@ def check_completion(candidate: Candidate, now: float, stability: StabilityTrack
     """
     if candidate.kind == BUNDLE:
         return _bundle_completion(candidate, now, stability)
+    if candidate.kind == SAVEDMODEL:
+        return _saved_model_completion(candidate, now, stability)
     return _file_completion(candidate, now, stability)
+
+
+def current_key(path: str) -> str | None:
+    """The key the checkpoint at `path` (bundle prefix, SavedModel directory or file) has
+    now, None when it is gone: equal to a recorded key while the same bytes are there."""
+    marker = saved_model_marker(path)
+    st = _stat(marker or path + _INDEX_SUFFIX) or _stat(path)
+    return candidate_key(path, st) if st is not None else None
 
 
 def _file_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
@@ -254,42 +347,95 @@ def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTra
     if candidate_key(prefix, st) != candidate.key:
         stability.forget(prefix)
         return Completion(False, "changed since it was found")
+    problem = _bundle_problem(prefix, st)
+    return _judge(candidate, index, st, problem, lambda: _bundle_signature(prefix), now, stability)
 
+
+def _saved_model_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
+    directory = candidate.path
+    marker = saved_model_marker(directory)
+    st = _stat(marker) if marker else None
+    if marker is None or st is None:
+        stability.forget(directory)
+        return Completion(False, "vanished")
+    if candidate_key(directory, st) != candidate.key:
+        stability.forget(directory)
+        return Completion(False, "changed since it was found")
+    prefix = os.path.join(directory, _SAVED_MODEL_VARIABLES)
+    leftovers = _saved_model_leftovers(directory, prefix)
+    if leftovers:
+        stability.forget(directory)
+        return Completion(False, f"save in progress: {leftovers[0]} remains")
+    index_st = _stat(prefix + _INDEX_SUFFIX)
+    if index_st is None:
+        problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} missing"
+    elif index_st.st_mtime_ns > st.st_mtime_ns:
+        problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} is newer than {os.path.basename(marker)}"
+    else:
+        problem = _bundle_problem(prefix, index_st)
+    return _judge(candidate, marker, st, problem, lambda: _tree_signature(directory), now, stability)
+
+
+def _saved_model_leftovers(directory: str, prefix: str) -> list[str]:
+    """Temp artefacts of an unfinished export: `saved_model.pb.tempstate*` and the like next
+    to saved_model.pb, and those of the variables bundle, as paths relative to `directory`."""
+    found = [os.path.join(os.path.dirname(_SAVED_MODEL_VARIABLES), n) for n in temp_leftovers(prefix)]
+    with contextlib.suppress(OSError):
+        found += [n for n in os.listdir(directory) if _TEMPORARY.search(n)]
+    return sorted(found)
+
+
+def _judge(
+    candidate: Candidate,
+    keyed: str,
+    st: os.stat_result,
+    problem: str | None,
+    signature: Callable[[], Signature],
+    now: float,
+    stability: StabilityTracker,
+) -> Completion:
+    """The verdict once the files were examined: `keyed` (the file the key was taken from,
+    `st` its stat before) must still be unchanged; then complete, or pending on `problem`
+    unless the files (by `signature`) have settled."""
+    after = _stat(keyed)
+    if after is None:
+        stability.forget(candidate.path)
+        return Completion(False, "vanished")
+    if _signature(after) != _signature(st):
+        stability.forget(candidate.path)
+        return Completion(False, "changed since it was found")
+    if problem:
+        return _unless_settled(candidate.path, problem, signature(), now, stability)
+    stability.forget(candidate.path)
+    return Completion(True)
+
+
+def _bundle_problem(prefix: str, index_st: os.stat_result) -> str | None:
+    """Why the bundle at `prefix` (its index as `index_st`) is not whole, None if it is: the
+    index does not parse, a data shard is missing, or one is newer than the index (a rewrite
+    of the same prefix is under way, or a copier is still at work)."""
     try:
         source = BundleSource(prefix)
         num_shards = source.num_shards
         source.close()
     except (IntegrityError, ValueError) as e:  # ValueError: TableError escaping a parse path
-        problem = f"index does not parse: {_short(e, prefix)}"
-        return _unless_settled(prefix, problem, now, stability)
-    except OSError as e:  # the index vanished between stat and read
-        if _stat(index) is None:
-            stability.forget(prefix)
-            return Completion(False, "vanished")
-        return _unless_settled(prefix, f"index unreadable: {e.strerror or e}", now, stability)
-
+        return f"index does not parse: {_short(e, prefix)}"
+    except OSError as e:  # vanished meanwhile: the caller's re-stat tells
+        return f"index unreadable: {e.strerror or e}"
     missing, newer = [], []
     for k in range(num_shards):
         shard = shard_path(prefix, k, num_shards)
         sst = _stat(shard)
         if sst is None:
             missing.append(os.path.basename(shard))
-        elif sst.st_mtime_ns > st.st_mtime_ns:
+        elif sst.st_mtime_ns > index_st.st_mtime_ns:
             newer.append(os.path.basename(shard))
-    if _stat(index) is None:
-        stability.forget(prefix)
-        return Completion(False, "vanished")
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        return _unless_settled(prefix, f"data shard {missing[0]} missing{more}", now, stability)
+        return f"data shard {missing[0]} missing{more}"
     if newer:
-        return _unless_settled(prefix, f"data shard {newer[0]} is newer than the index", now, stability)
-    after = _stat(index)
-    if after is None or _signature(after) != _signature(st):
-        stability.forget(prefix)
-        return Completion(False, "changed since it was found")
-    stability.forget(prefix)
-    return Completion(True)
+        return f"data shard {newer[0]} is newer than the index"
+    return None
 
 
 def _short(e: Exception, prefix: str) -> str:
@@ -308,11 +454,25 @@ def _bundle_signature(prefix: str) -> Signature:
     return tuple(parts)
 
 
-def _unless_settled(prefix: str, problem: str, now: float, stability: StabilityTracker) -> Completion:
-    """A broken bundle is pending while its files change, and "settled" (complete, to be
+def _tree_signature(directory: str) -> Signature:
+    """Every file under `directory` (a SavedModel: a few files) with size, mtime and inode."""
+    parts = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            st = _stat(os.path.join(root, name))
+            if st is not None:
+                parts.append((os.path.relpath(os.path.join(root, name), directory), *_signature(st)))
+    return tuple(parts)
+
+
+def _unless_settled(
+    key: str, problem: str, signature: Signature, now: float, stability: StabilityTracker
+) -> Completion:
+    """A broken checkpoint is pending while its files change, and "settled" (complete, to be
     verified and failed) once nothing has changed for settle_seconds and no temp artefact
     remains (checked by the caller)."""
-    unchanged = stability.observe_signature(prefix, _bundle_signature(prefix), now)
+    unchanged = stability.observe_signature(key, signature, now)
     if unchanged >= stability.settle_seconds:
         return Completion(True, "settled")
     return Completion(False, problem)

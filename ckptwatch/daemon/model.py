@@ -22,10 +22,10 @@ class Candidate:
     """A checkpoint found in a watch directory."""
 
     watch: str
-    path: str  # absolute: bundle prefix (".../ckpt-3") or file (".../w.weights.h5", ".../m.keras")
-    kind: str  # "bundle" | "hdf5" | "keras"
+    path: str  # absolute: bundle prefix (".../ckpt-3"), file (".../m.keras") or SavedModel directory (".../export/3")
+    kind: str  # "bundle" | "hdf5" | "keras" | "savedmodel"
     step: int | None
-    key: str  # identity for "verify once": path plus the index/file mtime_ns and size
+    key: str  # identity for "verify once": path plus the mtime_ns and size of its index, file or saved_model.pb
 
     @property
     def sort_key(self) -> tuple:

@@ -51,6 +51,7 @@ SCENARIOS = {
     "perturbed": ("perturbed", {"factory": "zoo:mlp_and_optimizer"}, "fail", {"functional.agreement"}),
     "nan": ("nan", {"factory": "zoo:mlp_and_optimizer", "smoke_step": True}, "fail", {"functional.smoke"}),
     "keras-file": ("keras", {}, "pass", set()),
+    "savedmodel": ("savedmodel", {}, "pass", set()),
     "lambda": ("lambda", {}, "fail", {"restore.unsafe"}),
     "golden-outputs": ("perturbed", {"factory": "zoo:mlp_and_optimizer", "golden_outputs": "OUTPUTS"}, "fail",
                        {"functional.divergence"}),
@@ -83,7 +84,10 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
     committed = {}
     for name, (scenario, _, _, _) in SCENARIOS.items():
         src = files[scenario]
-        if src.endswith(".keras"):
+        if scenario == "savedmodel":  # exported in place, as serving exports are: export/<version>/
+            committed[name] = str(dirs[name] / "1")
+            zoo.save_serving_model(committed[name])
+        elif src.endswith(".keras"):
             committed[name] = _commit_file(src, dirs[name])
         else:
             committed[name] = install(src, dirs[name], os.path.basename(src), staging=tmp_path / "staging")
@@ -98,6 +102,14 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
 
     healthy = report_of(d, committed["healthy"])["model"]
     assert healthy["restore"]["fidelity"]["mismatched"] == 0 and healthy["smoke_step"]["changed"] == 4
+    served = report_of(d, committed["savedmodel"])
+    assert served["checkpoint"]["format"] == "savedmodel" and served["model"]["source"] == "saved_model"
+    assert served["model"]["functional"]["nonfinite_outputs"] == 0
+    second = str(dirs["savedmodel"] / "2")  # the next export: compared with the first as "previous"
+    zoo.save_serving_model(second)
+    assert d.wait_for("verification started", timeout=60, checkpoint=second)["previous"] == committed["savedmodel"]
+    assert outcome(d, second, timeout=120)["event"] == "checkpoint verified"
+    assert report_of(d, second)["drift"]["previous"] is not None
     renamed = report_of(d, committed["tf2-renamed"])
     assert [f["tensor"] for f in renamed["findings"] if f["check"] == "restore.unmatched"] == ["(root).model.backbone"]
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,11 @@ from ckptwatch.daemon.discovery import (
     BUNDLE,
     HDF5,
     KERAS,
+    SAVEDMODEL,
     StabilityTracker,
     check_completion,
+    current_key,
+    exports_in_progress,
     find_candidates,
 )
 from ckptwatch.daemon.model import Candidate, Completion
@@ -349,6 +354,147 @@ def test_tf1_saver_states_and_a_rewrite_of_the_same_prefix(tf, tmp_path):
     assert c2.key != c.key and complete(c2) == (True, "")
 
 
+# -- SavedModel directories ----------------------------------------------------------------------
+
+
+def saved_model(tf, directory: Path, seed: int = 0, rows: int = 40) -> Path:
+    """A real SavedModel of a _Small module (variables bundle, saved_model.pb, fingerprint.pb)."""
+    tf.saved_model.save(_Small.make(tf, seed, rows), str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def saved_model_src(tf, tmp_path_factory) -> Path:
+    return saved_model(tf, tmp_path_factory.mktemp("savedmodel_src") / "export")
+
+
+def test_saved_model_directories(tf, keras, saved_model_src, tmp_path):
+    """Each subdirectory holding a saved_model.pb is one candidate, named and stepped by its
+    directory name (TF Serving's export/<version>/ layout); the watch directory itself may be one."""
+    run = tmp_path / "export"
+    for version in (10, 2):
+        saved_model(tf, run / str(version), seed=version)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.export(str(run / "keras-7"), verbose=False)  # Keras 3 export: a SavedModel too
+    (run / "3").mkdir()  # an export that has not begun: not a candidate (yet)
+    (run / "train").mkdir()  # e.g. TensorBoard logs
+    (run / "train" / "events.out.tfevents.1").write_bytes(b"x")
+    shutil.copytree(saved_model_src, run / ".hidden-4")
+    shutil.copytree(saved_model_src, run / "5_temp")
+    cands = find_candidates("w", str(run))
+    assert [(os.path.basename(c.path), c.kind, c.step) for c in cands] == [
+        ("2", SAVEDMODEL, 2), ("keras-7", SAVEDMODEL, 7), ("10", SAVEDMODEL, 10),
+    ]  # fmt: skip
+    for c in cands:
+        st = os.stat(os.path.join(c.path, "saved_model.pb"))
+        assert c.key == f"{c.path}|{st.st_mtime_ns}|{st.st_size}" == current_key(c.path)
+        assert complete(c) == (True, "")
+    assert names(find_candidates("w", str(run), exclude=["keras-*"])) == ["2", "10"]
+
+    (itself,) = find_candidates("w", str(run / "10"))  # the watch directory is the SavedModel
+    assert itself.path == str(run / "10") and itself.kind == SAVEDMODEL and complete(itself)[0]
+    (versions := tmp_path / "export-2").mkdir()
+    shutil.copytree(run / "2", versions / "2", symlinks=False)
+    (versions / "2" / "saved_model.pb").unlink()
+    assert find_candidates("w", str(versions)) == []  # the variables alone are no candidate
+
+
+def test_every_intermediate_state_of_a_saved_model_export_is_incomplete(saved_model_src, tmp_path):
+    """tf.saved_model.save writes the variables bundle (under variables/, the TF2 way), then
+    assets, then saved_model.pb by atomic rename (TF: "the last file operation"), then
+    fingerprint.pb. Rebuilt state by state from a real export."""
+    d = tmp_path / "export" / "3"
+    shutil.copytree(saved_model_src, d)
+    variables, pb = d / "variables", d / "saved_model.pb"
+    index, data = variables / "variables.index", variables / "variables.data-00000-of-00001"
+    pb_bytes, index_bytes = pb.read_bytes(), index.read_bytes()
+    watch = str(tmp_path / "export")
+
+    def state() -> tuple[bool, str]:
+        (c,) = find_candidates("w", watch)
+        assert c.kind == SAVEDMODEL and c.step == 3
+        return complete(c)
+
+    assert state() == (True, "")
+    pb.rename(d / "saved_model.pb.tempstate5551")  # the atomic write of saved_model.pb, midway
+    assert find_candidates("w", watch) == []
+    shutil.copy(d / "saved_model.pb.tempstate5551", pb)
+    assert state() == (False, "save in progress: saved_model.pb.tempstate5551 remains")
+    (d / "saved_model.pb.tempstate5551").unlink()
+    (variables / "variables_temp").mkdir()  # a crashed re-export's temp directory
+    assert state() == (False, "save in progress: variables/variables_temp remains")
+    (variables / "variables_temp").rmdir()
+    data.unlink()
+    assert state() == (False, "data shard variables.data-00000-of-00001 missing")
+    shutil.copy(saved_model_src / data.relative_to(d), data)
+    index.unlink()
+    assert state() == (False, "variables/variables.index missing")
+    index.write_bytes(index_bytes[:-20])
+    os.utime(index, ns=(pb.stat().st_mtime_ns,) * 2)
+    assert state()[1].startswith("index does not parse"), state()
+    # a re-export into the same directory: new variables first, saved_model.pb still the old one
+    index.write_bytes(index_bytes)
+    os.utime(index, ns=(pb.stat().st_mtime_ns + 10**9,) * 2)
+    assert state() == (False, "variables/variables.index is newer than saved_model.pb")
+    (old,) = find_candidates("w", watch)
+    tmp = d / "saved_model.pb.tempstate99"
+    tmp.write_bytes(pb_bytes)
+    os.utime(tmp, ns=(index.stat().st_mtime_ns + 1,) * 2)
+    os.replace(tmp, pb)  # ... then the new saved_model.pb
+    assert complete(old) == (False, "changed since it was found")
+    assert state() == (True, "")
+    shutil.rmtree(d)
+    assert complete(old) == (False, "vanished")
+
+
+def test_exports_in_progress(saved_model_src, tmp_path):
+    """An export that has begun (variables/ exists, saved_model.pb not yet) and changed
+    recently: the daemon re-checks such a watch often, since no event shows its end."""
+    shutil.copytree(saved_model_src, tmp_path / "1")  # finished
+    shutil.copytree(saved_model_src, tmp_path / "2")
+    (tmp_path / "2" / "saved_model.pb").unlink()  # under way
+    shutil.copytree(tmp_path / "2", tmp_path / "3")
+    for path in (tmp_path / "3", tmp_path / "3" / "variables"):  # abandoned an hour ago
+        os.utime(path, (time.time() - 3600,) * 2)
+    (tmp_path / "4").mkdir()  # not an export
+    shutil.copytree(tmp_path / "2", tmp_path / "5_temp")
+    now = time.time()
+    assert exports_in_progress(str(tmp_path), now) == [str(tmp_path / "2")]
+    assert exports_in_progress(str(tmp_path), now, window=7200) == [str(tmp_path / "2"), str(tmp_path / "3")]
+    assert exports_in_progress(str(tmp_path), now, exclude=["2"]) == []
+    assert exports_in_progress(str(tmp_path / "missing"), now) == []
+    assert names(find_candidates("w", str(tmp_path))) == ["1"]
+
+
+def test_broken_saved_model_settles_and_fails(saved_model_src, tmp_path):
+    from ckptwatch.verify.engine import verify_paths
+
+    d = tmp_path / "7"
+    shutil.copytree(saved_model_src, d)
+    (d / "variables" / "variables.index").unlink()
+    (c,) = find_candidates("w", str(tmp_path))
+    stability = StabilityTracker(1.0)
+    assert check(c, 0.0, stability) == (False, "variables/variables.index missing")
+    assert check(c, 0.9, stability)[0] is False
+    assert check(c, 1.0, stability) == (True, "settled")
+    report, _ = verify_paths(c.path)
+    assert report.verdict == "fail" and report.findings[0].check == "integrity.index", report.findings
+
+
+def test_current_key_follows_each_kind(tf, saved_model_src, tmp_path):
+    shutil.copytree(saved_model_src, tmp_path / "1")
+    tf.train.Checkpoint(m=_Small.make(tf)).write(str(tmp_path / "ckpt-2"))
+    (tmp_path / "w.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    cands = find_candidates("w", str(tmp_path))
+    assert {c.kind for c in cands} == {SAVEDMODEL, BUNDLE, HDF5}
+    for c in cands:
+        assert current_key(c.path) == c.key
+    shutil.rmtree(tmp_path / "1")
+    os.unlink(tmp_path / "ckpt-2.index")
+    os.unlink(tmp_path / "w.weights.h5")
+    assert [current_key(c.path) for c in cands] == [None, None, None]
+
+
 # -- completion: HDF5 / .keras written in place ----------------------------------------------
 
 
@@ -449,6 +595,64 @@ for i in range(1, count + 1):
 """
 
 
+@dataclass
+class Race:
+    """What polling saw while a writer process saved (see _race)."""
+
+    judged: dict[str, Candidate]  # key -> candidate judged complete
+    captured: dict[str, Path | None]  # key -> frozen copy (None: deleted before it was captured)
+    pending: set[str]  # the reasons given for incomplete candidates
+    saved: list[str]  # what the writer printed after "saved"
+    polls: int
+    seconds: float
+
+
+def _race(writer: str, run: Path, count: int, capture: Callable[[Candidate, Path], Path | None]) -> Race:
+    """Run `writer` (argv: run, count) saving as fast as it can while find_candidates and
+    check_completion poll `run` every ~5 ms. settle_seconds never elapse, so only a genuinely
+    complete checkpoint is judged complete; each is `capture`d at once, under run/../snapshots."""
+    snaps = run.parent / "snapshots"
+    run.mkdir()
+    snaps.mkdir()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer, str(run), str(count)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    race = Race({}, {}, set(), [], 0, 0.0)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        stability = StabilityTracker(NEVER)
+        t_go = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            finished = proc.poll() is not None
+            for c in find_candidates("race", str(run)):
+                if c.key in race.judged:
+                    continue
+                r = check_completion(c, time.monotonic(), stability)
+                if not r.complete:
+                    race.pending.add(r.reason.split(":")[0])
+                    continue
+                assert r.reason == "", r  # never "settled" here
+                race.judged[c.key] = c
+                race.captured[c.key] = capture(c, snaps / f"{len(race.captured)}")
+            race.polls += 1
+            if finished:
+                break
+            time.sleep(0.005)
+        race.seconds = time.monotonic() - t_go
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    race.saved = [line.split(maxsplit=1)[1] for line in out.splitlines() if line.startswith("saved")]
+    return race
+
+
 @pytest.mark.slow
 def test_race_with_a_real_checkpoint_manager(tmp_path):
     """A TF process saves 15 checkpoints of 20 MB as fast as it can (max_to_keep=3) while we
@@ -457,50 +661,10 @@ def test_race_with_a_real_checkpoint_manager(tmp_path):
     the run: it must never be half written. Checkpoints deleted meanwhile are fine."""
     from ckptwatch.verify.engine import verify_paths
 
-    run, snaps = tmp_path / "run", tmp_path / "snapshots"
-    run.mkdir()
-    snaps.mkdir()
-    count = 15
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(run), str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        stability = StabilityTracker(NEVER)  # only a genuinely complete bundle may pass here
-        judged_complete: dict[str, Candidate] = {}
-        captured: dict[str, Path | None] = {}
-        incomplete_reasons: set[str] = set()
-        polls = 0
-        t_go = time.monotonic()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            finished = proc.poll() is not None
-            for c in find_candidates("race", str(run)):
-                if c.key in judged_complete:
-                    continue
-                r = check_completion(c, time.monotonic(), stability)
-                if not r.complete:
-                    incomplete_reasons.add(r.reason.split(":")[0])
-                    continue
-                assert r.reason == "", r  # never "settled" here
-                judged_complete[c.key] = c
-                captured[c.key] = _capture(c, snaps / f"{len(captured)}")
-            polls += 1
-            if finished:
-                break
-            time.sleep(0.005)
-        t_saving = time.monotonic() - t_go
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
-    saved = [line.split()[1] for line in out.splitlines() if line.startswith("saved")]
-    assert saved == [str(run / f"ckpt-{i}") for i in range(1, count + 1)]
+    run, count = tmp_path / "run", 15
+    race = _race(WRITER, run, count, _capture)
+    assert race.saved == [str(run / f"ckpt-{i}") for i in range(1, count + 1)]
+    judged_complete, captured = race.judged, race.captured
 
     verdicts = {}
     for key, snap in captured.items():
@@ -513,11 +677,11 @@ def test_race_with_a_real_checkpoint_manager(tmp_path):
     steps = sorted(c.step for c in judged_complete.values())
     summary = json.dumps(
         {
-            "saving_s": round(t_saving, 2),
-            "polls": polls,
+            "saving_s": round(race.seconds, 2),
+            "polls": race.polls,
             "steps": steps,
             "verified": len(verdicts),
-            "pending": sorted(incomplete_reasons),
+            "pending": sorted(race.pending),
         }
     )
     print(summary)
@@ -553,6 +717,58 @@ def _unique_values(prefix: Path, name: str) -> set[float]:
     for chunk in BundleSource(str(prefix)).read(name):  # checks the CRC32C at the end
         values.update(np.unique(chunk).tolist())
     return values
+
+
+SAVED_MODEL_WRITER = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+directory, count = sys.argv[1], int(sys.argv[2])
+m = tf.Module()
+m.v = tf.Variable(tf.zeros([5_000_000]))  # 20 MB
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(1, count + 1):
+    m.v.assign(tf.fill([5_000_000], float(i)))
+    tf.saved_model.save(m, os.path.join(directory, str(i)))  # in place, as training jobs do
+    print("saved", i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_race_with_real_saved_model_exports(tmp_path):
+    """A TF process exports 8 SavedModels of 20 MB in place (export/1 ... export/8) while we
+    poll every ~5 ms. Whatever is judged complete is captured at once and verified after the
+    run: never half written, and holding the value of its own export."""
+    from ckptwatch.verify.engine import verify_paths
+
+    count = 8
+    race = _race(SAVED_MODEL_WRITER, tmp_path / "export", count, _capture_saved_model)
+    assert race.saved == [str(i) for i in range(1, count + 1)]
+    steps = sorted(c.step for c in race.judged.values())
+    assert steps == list(range(1, count + 1)), (steps, race.pending)
+    for key, snap in race.captured.items():
+        report, _ = verify_paths(str(snap))
+        step = race.judged[key].step
+        assert report.verdict in ("pass", "warn"), (step, report.to_dict()["findings"])
+        assert _unique_values(snap / "variables" / "variables", "v/.ATTRIBUTES/VARIABLE_VALUE") == {float(step)}
+    print(json.dumps({"exports": count, "polls": race.polls, "pending": sorted(race.pending)}))
+
+
+def _capture_saved_model(c: Candidate, dest: Path) -> Path:
+    """Freeze a SavedModel as it is now: a copy of saved_model.pb and the index, hard links to
+    the data shards (TF never writes a shard after renaming it)."""
+    from ckptwatch.formats.bundle import BundleSource, shard_path
+
+    src = Path(c.path)
+    (dest / "variables").mkdir(parents=True)
+    (dest / "saved_model.pb").write_bytes((src / "saved_model.pb").read_bytes())
+    prefix, src_prefix = dest / "variables" / "variables", str(src / "variables" / "variables")
+    Path(f"{prefix}.index").write_bytes(Path(f"{src_prefix}.index").read_bytes())
+    n = BundleSource(str(prefix)).num_shards  # judged complete: the index must parse
+    for k in range(n):
+        os.link(shard_path(src_prefix, k, n), shard_path(str(prefix), k, n))
+    return dest
 
 
 # -- the main process stays light ----------------------------------------------------------------
