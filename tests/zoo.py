@@ -29,19 +29,26 @@ def probe_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # -- Keras -------------------------------------------------------------------------------------
 
 
-def mlp(extra: bool = False, compile: bool = True):
+def mlp(extra: bool = False, compile: bool = True, dtype: str | None = None):
     import keras
 
-    layers = [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu", name="hidden")]
+    layers = [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu", name="hidden", dtype=dtype)]
     if extra:
-        layers.append(keras.layers.Dense(16, activation="relu", name="extra"))
-    layers.append(keras.layers.Dense(CLASSES, name="logits"))
+        layers.append(keras.layers.Dense(16, activation="relu", name="extra", dtype=dtype))
+    layers.append(keras.layers.Dense(CLASSES, name="logits", dtype=dtype))
     model = keras.Sequential(layers, name="mlp")
     if compile:  # a compiled Keras model tracks its optimizer: Checkpoint(model=m) then holds it too
         model.compile(
             optimizer=keras.optimizers.Adam(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
     return model
+
+
+def hangs():
+    """A factory that never returns (a model check that overruns its timeout)."""
+    import time
+
+    time.sleep(3600)
 
 
 def mlp_and_optimizer():
@@ -217,6 +224,12 @@ def build_scenarios(root: str) -> dict[str, str]:
     kernels[0].assign(originals[0])
     p["keras"] = os.path.join(root, "model.keras")
     m.save(p["keras"])
+    p["weights"] = os.path.join(root, "model.weights.h5")  # Keras 3 layout, optimizer state included
+    m.save_weights(p["weights"])
+    p["legacy_h5"] = os.path.join(root, "legacy.h5")  # Keras 2 layout (model_weights/...)
+    mlp(compile=False).save(p["legacy_h5"])
+    p["float64_weights"] = os.path.join(root, "float64.weights.h5")
+    mlp(compile=False, dtype="float64").save_weights(p["float64_weights"])
     p["lambda"] = os.path.join(root, "lambda.keras")
     _keras_model_with_lambda().save(p["lambda"])
     p["net"] = save_net(os.path.join(p["net"], "ckpt-1"))

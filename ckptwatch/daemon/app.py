@@ -402,7 +402,8 @@ class Daemon:
             return
         report = msg.get("report") if status == "ok" else None
         if report is None:
-            report = error_report(c, msg.get("message") or "the worker could not verify it", "integrity.unreadable")
+            message = msg.get("message") or "the worker could not verify it"
+            report = error_report(c, message, msg.get("check") or "integrity.unreadable")
         elif job.payload.get("golden_missing"):
             report["findings"].append(
                 {

@@ -71,7 +71,7 @@ class Worker:
     def __init__(self, device: str):
         self.device = device
         self.proc: subprocess.Popen | None = None
-        self.state = "stopped"  # starting | idle | busy | backoff | gave_up | stopped
+        self.state = "stopped"  # starting | idle | busy | exiting | backoff | gave_up | stopped
         self.job: Job | None = None
         self.job_started = 0.0
         self.last_seen = 0.0
@@ -179,23 +179,25 @@ class Supervisor:
         except (BrokenPipeError, OSError):
             self._terminate(w, "stdin closed")
 
-    def readable(self, w: Worker) -> None:
+    def readable(self, w: Worker) -> bool:
+        """Handle what the worker wrote; False when nothing more can be read now (or ever: EOF)."""
         assert w.proc and w.proc.stdout
         try:
             data = os.read(w.proc.stdout.fileno(), 1 << 20)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # EOF: the worker is exiting; tick() reaps it
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(w.proc.stdout)
-            return
+            return False
         w.buffer += data
         *lines, w.buffer = w.buffer.split(b"\n")
         for line in lines:
             if line.strip():
                 self._message(w, line)
+        return True
 
     def _message(self, w: Worker, line: bytes) -> None:
         w.last_seen = time.monotonic()
@@ -212,6 +214,8 @@ class Supervisor:
             w.progress = msg.get("tensor")
         elif kind == "result" and w.job is not None and msg.get("id") == w.job.id:
             job, w.job, w.state = w.job, None, "idle"
+            if msg.get("exiting"):  # it leaves on its own (a model check overran): no new job for it
+                w.state, w.term_sent = "exiting", time.monotonic()
             self.on_result(job, msg)
 
     # -- the arbiter's turn ----------------------------------------------------------------
@@ -221,10 +225,11 @@ class Supervisor:
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is not None:
                 self._reaped(w, now)
-            elif w.proc is not None and w.state in ("starting", "idle", "busy"):
+            elif w.proc is not None and w.state in ("starting", "idle", "busy", "exiting"):
                 if w.term_sent is not None:
                     if now - w.term_sent > KILL_GRACE:
-                        self.log.warning("worker ignored SIGTERM, killing it", device=w.device, pid=w.proc.pid)
+                        what = "did not exit" if w.state == "exiting" else "ignored SIGTERM"
+                        self.log.warning(f"worker {what}, killing it", device=w.device, pid=w.proc.pid)
                         with contextlib.suppress(ProcessLookupError):
                             w.proc.kill()
                 elif w.state == "busy" and now - w.job_started > self.settings.job_timeout:
@@ -251,6 +256,8 @@ class Supervisor:
     def _reaped(self, w: Worker, now: float) -> None:
         assert w.proc is not None
         code = w.proc.returncode
+        while w.proc.stdout and not w.proc.stdout.closed and self.readable(w):
+            pass  # a result written just before the exit (a model check past its timeout) still counts
         self._forget(w)
         pid, w.proc = w.proc.pid, None
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"

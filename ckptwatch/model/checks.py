@@ -56,7 +56,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
             finally:
                 source.close()
         elif kind in ("hdf5", "keras"):
-            out = restore.restore_keras_file(built, location)
+            out = restore.restore_keras_file(built, location, policy)
         else:
             out.findings.append(Finding("warn", "restore.skipped", f"a {kind} file holds no values to restore"))
         return (Loaded(built.model, built, f"factory {spec.factory}") if out.restored else None), out

@@ -14,20 +14,26 @@ before TensorFlow restores anything. Name-based checkpoints (TF1 Saver) match
 variable names to keys. Then TF restores for real, and we compare every restored
 variable, bit for bit, with the value our own reader gets for its key (fidelity),
 and name every variable still holding its initial value (the "weights look random
-after restore" failure).
+after restore" failure). Keras weight files go through Keras' own loader, then a round
+trip (saved again by Keras, compared key by key) stands in for the walk and the fidelity
+check.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+import shutil
+import tempfile
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ckptwatch.config import Policy
-from ckptwatch.formats.base import TensorInfo
+from ckptwatch.formats.base import META, TensorInfo
 from ckptwatch.formats.bundle import OBJECT_GRAPH_KEY, BundleSource
 from ckptwatch.model.runtime import tensorflow
 from ckptwatch.verify.report import Finding
@@ -216,6 +222,40 @@ def _slash(path: str) -> str:
     return path.removeprefix("(root).").replace(".", "/")
 
 
+def _status(
+    out: RestoreOutcome, policy: Policy, unmatched: list[tuple[str, str]], unused: list[tuple[str, str]]
+) -> set[str]:
+    """Findings for model variables left without a value (`unmatched`: name, what it is) and
+    for checkpoint values no model variable takes (`unused`: name, key), under the watch's
+    policy. Returns the unmatched names the policy does not allow."""
+    strict = [(n, what) for n, what in unmatched if not _allowed(policy.allow_unrestored, n, _slash(n))]
+    out.unmatched = len(strict)
+    _named(
+        out.findings,
+        "fail",
+        "restore.unmatched",
+        [(n, f"{n} ({what}) has no value in the checkpoint: it keeps its initializer") for n, what in strict],
+    )
+    _named(
+        out.findings,
+        "info",
+        "restore.unmatched",
+        [
+            (n, f"{n} has no value in the checkpoint (allowed by allow_unrestored)")
+            for n, _ in unmatched
+            if _allowed(policy.allow_unrestored, n, _slash(n))
+        ],
+    )
+    severity = {"consumed": "fail", "existing": "warn", "partial": "info"}[policy.restore]
+    hard, soft = [], []
+    for name, key in unused:
+        why = f"{name}: a checkpoint value no model object takes" + (f" ({key})" if key != name else "")
+        (soft if _allowed(policy.allow_unused, name, key, _slash(name)) else hard).append((name, why))
+    _named(out.findings, severity, "restore.unused", hard)
+    _named(out.findings, "info", "restore.unused", soft)
+    return {n for n, _ in strict}
+
+
 def _renames(unmatched: list[tuple[str, Any]], unused: list[tuple[str, tuple, str]]) -> list[Finding]:
     """Propose the prefix mapping that would line names up again (a renamed scope or attribute)."""
     missing = [TensorInfo(_slash(name), str(dtype), tuple(shape), 0) for name, (shape, dtype), _ in unused]
@@ -302,38 +342,19 @@ def restore_bundle(built: Built, source: BundleSource, prefix: str, policy: Poli
                 pairs.append(Variable(name, v, name))
         unmatched = [(name, v) for name, v in by_name.items() if name not in keys]
         unused = [(k, (infos[k].shape, infos[k].dtype), k) for k in sorted(keys - set(by_name))]
-    allowed = [(n, v) for n, v in unmatched if _allowed(policy.allow_unrestored, n, _slash(n))]
-    unmatched_named = [(n, v) for n, v in unmatched if not _allowed(policy.allow_unrestored, n, _slash(n))]
-    out.unmatched = len(unmatched_named)
     _named(
         out.findings,
         "fail",
         "restore.shape",
         [(n, f"{n}: {why}: TensorFlow refuses this restore") for n, why in shapes],
     )
-    _named(
-        out.findings,
-        "fail",
-        "restore.unmatched",
-        [
-            (n, f"{n} ({_label(v)}, {list(v.shape)}) has no value in the checkpoint: it keeps its initializer")
-            for n, v in unmatched_named
-        ],
+    strict = _status(
+        out,
+        policy,
+        [(n, f"{_label(v)}, {list(v.shape)}") for n, v in unmatched],
+        [(name, key) for name, _, key in unused],
     )
-    _named(
-        out.findings,
-        "info",
-        "restore.unmatched",
-        [(n, f"{n} has no value in the checkpoint (allowed by allow_unrestored)") for n, _ in allowed],
-    )
-    severity = {"consumed": "fail", "existing": "warn", "partial": "info"}[policy.restore]
-    strict, lenient = [], []
-    for name, _, key in unused:
-        (lenient if _allowed(policy.allow_unused, name, key, _slash(name)) else strict).append(
-            (name, f"{name}: a checkpoint value no model object takes ({key})")
-        )
-    _named(out.findings, severity, "restore.unused", strict)
-    _named(out.findings, "info", "restore.unused", lenient)
+    unmatched_named = [(n, v) for n, v in unmatched if n in strict]
     out.findings += _renames(unmatched_named, unused)
     out.section = {
         "method": method,
@@ -398,7 +419,7 @@ def _fidelity(
     paired = set()
     for p in pairs:
         paired.add(id(p.obj))
-        expected = np.concatenate([c.reshape(-1) for c in source.read(p.key)] or [np.empty(0)])
+        expected = _joined(source.read(p.key))
         actual = _value(p.obj).reshape(-1)
         checked += 1
         same = actual.dtype.itemsize == expected.dtype.itemsize and actual.tobytes() == expected.tobytes()
@@ -415,21 +436,38 @@ def _fidelity(
     ]
 
 
-def restore_keras_file(built: Built, path: str) -> RestoreOutcome:
-    """`.weights.h5`, `.h5` or `.keras` into a factory-built Keras model: Keras' own strict loader."""
+def restore_keras_file(built: Built, path: str, policy: Policy) -> RestoreOutcome:
+    """`.weights.h5`, `.h5` or `.keras` into a factory-built Keras model, with Keras' own
+    loader (it refuses shape mismatches). Keras 3 files are then checked by a round trip: the
+    model's weights, saved again by Keras to a private temp file (the key layout is Keras'
+    own: by position, not by layer name), must hold the file's keys with the same values,
+    bit for bit. A key only in the file is unused, one only in the model unmatched. Legacy
+    Keras 2 `.h5` files have another layout: for them only the initializer check is left."""
     out = RestoreOutcome()
     model = built.model
     variables = list(getattr(model, "weights", []))
     before = [_value(v).tobytes() for v in variables]
-    out.section = {"method": "keras-load_weights", "matched": len(variables), "unmatched": [], "unused": []}
+    out.section = {
+        "method": "keras-load_weights",
+        "matched": len(variables),
+        "unmatched": [],
+        "unused": [],
+        "shape_mismatches": [],
+        "tf_status": None,
+        "fidelity": None,
+        "initializer": [],
+    }
     try:
         model.load_weights(path)
     except Exception as e:
         out.findings.append(Finding("fail", "restore.error", f"Keras could not load the weights: {_first_line(e)}"))
         return out
     out.restored = True
-    still = [getattr(v, "path", getattr(v, "name", "?")) for v, b in zip(variables, before, strict=True)
-             if _value(v).tobytes() == b and np.any(_value(v))]  # fmt: skip
+    if _round_trip(out, model, path, policy):
+        return out
+    still = [
+        _label(v) for v, b in zip(variables, before, strict=True) if _value(v).tobytes() == b and np.any(_value(v))
+    ]
     out.section["initializer"] = still
     _named(
         out.findings,
@@ -438,3 +476,57 @@ def restore_keras_file(built: Built, path: str) -> RestoreOutcome:
         [(n, f"{n} holds the same values as before the load (its initial value)") for n in still],
     )
     return out
+
+
+def _round_trip(out: RestoreOutcome, model: Any, path: str, policy: Policy) -> bool:
+    """The Keras 3 fidelity check of restore_keras_file; False if the file's layout is not
+    the one Keras 3 writes (no key in common)."""
+    from ckptwatch.formats import open_checkpoint
+    from ckptwatch.formats.hdf5 import open_hdf5
+
+    workdir = tempfile.mkdtemp(prefix="ckptwatch-")  # private (0700), never next to the input
+    try:
+        again = os.path.join(workdir, "restored.weights.h5")
+        try:
+            model.save_weights(again)
+        except Exception:  # e.g. not a Keras 3 model: the initializer check still applies
+            return False
+        with open_checkpoint(path) as original, open_hdf5(again) as restored:
+            in_file = {t.name: t for t in original.tensors() if t.kind != META}
+            in_model = {t.name: t for t in restored.tensors() if t.kind != META}
+            common = sorted(in_file.keys() & in_model.keys())
+            if not common:
+                return False
+            wrong = []
+            for k in common:
+                expected, actual = _joined(original.read(k)), _joined(restored.read(k))
+                if expected.dtype != actual.dtype:
+                    wrong.append(
+                        (k, f"{k}: the model holds {actual.dtype}, the file {expected.dtype}: converted on load")
+                    )
+                elif expected.tobytes() != actual.tobytes():
+                    wrong.append((k, f"{k} differs from the file's value after the load"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    unmatched = sorted(in_model.keys() - in_file.keys())
+    unused = sorted(in_file.keys() - in_model.keys())
+    _status(
+        out,
+        policy,
+        [(k, f"{in_model[k].dtype}, {list(in_model[k].shape)}") for k in unmatched],
+        [(k, k) for k in unused],
+    )
+    _named(out.findings, "fail", "restore.fidelity", wrong)
+    out.section.update(
+        method="keras-load_weights+round-trip",
+        matched=len(common),
+        unmatched=unmatched,
+        unused=unused,
+        fidelity={"checked": len(common), "mismatched": len(wrong)},
+        initializer=unmatched,
+    )
+    return True
+
+
+def _joined(chunks: Iterator[np.ndarray]) -> np.ndarray:
+    return np.concatenate([c.reshape(-1) for c in chunks] or [np.empty(0)])

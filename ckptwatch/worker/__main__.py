@@ -97,14 +97,15 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
         try:
             add_model_checks(report, candidate, job.get("golden"), spec, policy)
         except ModelTimeout as e:
-            channel.send({**result, "status": "error", "message": str(e)})
+            timeout = {"status": "error", "check": "functional.timeout", "message": str(e), "exiting": True}
+            channel.send({**result, **timeout})
             os._exit(MODEL_TIMEOUT_EXIT)
         except CheckpointNotFound as e:
             if not checkpoint_exists(candidate):
                 return {**result, "status": "vanished", "message": str(e)}
             return {**result, "status": "error", "message": str(e)}
         except CkptwatchError as e:
-            return {**result, "status": "error", "message": f"model-aware checks: {e}"}
+            return {**result, "status": "error", "check": "restore.error", "message": f"model-aware checks: {e}"}
     doc = report.to_dict()
     integrity_ok = not any(f["severity"] == "fail" and f["check"].startswith("integrity.") for f in doc["findings"])
     if job.get("fingerprint_out") and prints and integrity_ok:

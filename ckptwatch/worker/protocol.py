@@ -1,13 +1,16 @@
 """The pipe protocol between the daemon and a worker: one JSON object per line.
 
-daemon -> worker (stdin):   {"id", "candidate", "previous", "golden", "policy", "fingerprint_out", "threads"}
+daemon -> worker (stdin):   {"id", "candidate", "previous", "previous_fingerprint", "golden",
+                             "policy", "fingerprint_out", "threads", "model": {...} | null}
 worker -> daemon (stdout):  {"type": "ready", "pid", "device"}
                             {"type": "heartbeat"}
                             {"type": "progress", "id", "tensor"}
                             {"type": "result", "id", "status": "ok" | "vanished" | "error",
-                             "report": {...} | null, "fingerprint": path | null, "message": str}
-Exit codes at or above 3 are reserved: the supervisor does not restart such a
-worker, since the same start would fail the same way.
+                             "report": {...} | null, "fingerprint": path | null, "message": str,
+                             "check": the finding's check id for an error (optional),
+                             "exiting": true when the worker exits right after it (optional)}
+The exit codes in RESERVED_EXITS stop restarts: the same start would fail the same
+way. Any other exit (70 after a model check overran its timeout) is restarted.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ SCENARIOS = {
     "keras-file": ("keras", {}, "pass", set()),
     "savedmodel": ("savedmodel", {}, "pass", set()),
     "lambda": ("lambda", {}, "fail", {"restore.unsafe"}),
+    "hangs": ("healthy", {"factory": "zoo:hangs", "timeout": 2}, "error", {"functional.timeout"}),
     "golden-outputs": ("perturbed", {"factory": "zoo:mlp_and_optimizer", "golden_outputs": "OUTPUTS"}, "fail",
                        {"functional.divergence"}),
 }  # fmt: skip
@@ -98,7 +99,8 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
         failing = {f["check"] for f in report["findings"] if f["severity"] == "fail"}
         assert report["verdict"] == verdict, (name, report["findings"])
         assert must_fail <= failing, (name, failing)
-        assert report["model"] is not None and report["model"]["device"] == "cpu", (name, report["model"])
+        if verdict != "error":
+            assert report["model"] is not None and report["model"]["device"] == "cpu", (name, report["model"])
 
     healthy = report_of(d, committed["healthy"])["model"]
     assert healthy["restore"]["fidelity"]["mismatched"] == 0 and healthy["smoke_step"]["changed"] == 4
@@ -110,6 +112,10 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
     assert d.wait_for("verification started", timeout=60, checkpoint=second)["previous"] == committed["savedmodel"]
     assert outcome(d, second, timeout=120)["event"] == "checkpoint verified"
     assert report_of(d, second)["drift"]["previous"] is not None
+    (timeout,) = [f for f in report_of(d, committed["hangs"])["findings"] if f["severity"] == "fail"]
+    assert timeout["message"].endswith("took longer than 2 s"), timeout
+    assert d.wait_for("worker exited", reason="exit code 70")["device"] == "cpu"  # the stuck thread goes with it
+    assert d.events("verification lost, retrying") == [], "no job went to the worker on its way out"
     renamed = report_of(d, committed["tf2-renamed"])
     assert [f["tensor"] for f in renamed["findings"] if f["check"] == "restore.unmatched"] == ["(root).model.backbone"]
 

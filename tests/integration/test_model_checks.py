@@ -216,6 +216,59 @@ def test_model_options_errors_are_one_line(run_cli, files, tmp_path):
     assert r.returncode == 2 and "not a plain array file" in r.stderr, r.stderr[-500:]
 
 
+def test_model_checks_past_their_timeout_are_an_error(run_cli, files):
+    probe = ["--probe", files["probe"]]
+    r = run_cli("verify", files["healthy"], "--model", Z + "hangs", *probe, "--model-timeout", "2", timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"ckptwatch: error: model-aware checks of {files['healthy']} took longer than 2 s"
+    )
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
 def test_report_model_section_is_null_without_model_checks(run_cli, files):
     r = run_cli("verify", files["healthy"], "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["model"] is None
+
+
+# -- Keras weight files into a factory-built model: Keras' loader, then a round trip ------------------
+
+
+def test_keras_weights_file_restored_bit_exact_by_round_trip(files):
+    rep = in_process(files["weights"], factory=Z + "mlp_and_optimizer", probe=files["probe"])
+    assert rep["verdict"] == "pass", rep["findings"]
+    r = rep["model"]["restore"]
+    assert r["method"] == "keras-load_weights+round-trip"
+    assert r["unmatched"] == [] and r["unused"] == [] and r["initializer"] == []
+    assert r["fidelity"] == {"checked": r["matched"], "mismatched": 0} and r["matched"] > 4  # + optimizer state
+
+
+def test_keras_weights_file_without_the_optimizer_leaves_its_state_unused(files):
+    spec = {"factory": Z + "mlp_model_only", "probe": files["probe"]}
+    rep = in_process(files["weights"], **spec)
+    assert rep["verdict"] == "fail" and checks(rep) == {"restore.unused"}, rep["findings"]
+    unused = named(rep, "restore.unused")
+    assert unused and all(u.startswith("optimizer/vars/") for u in unused), unused
+    rep = in_process(files["weights"], Policy(allow_unused=["optimizer/*"]), **spec)
+    assert rep["verdict"] == "pass" and checks(rep, "info") >= {"restore.unused"}, rep["findings"]
+
+
+def test_keras_weights_file_into_a_model_with_another_layer_is_refused(files):
+    rep = in_process(files["weights"], factory=Z + "mlp_v2_and_optimizer", probe=files["probe"])
+    assert rep["verdict"] == "fail" and "restore.error" in checks(rep), rep["findings"]
+    assert rep["model"]["functional"] is None
+
+
+def test_keras_weights_converted_on_load_are_named(files):
+    rep = in_process(files["float64_weights"], factory=Z + "mlp_model_only", probe=files["probe"])
+    assert rep["verdict"] == "fail" and checks(rep) == {"restore.fidelity"}, rep["findings"]
+    assert sorted(named(rep, "restore.fidelity")) == [f"layers/dense{s}/vars/{i}" for s in ("", "_1") for i in (0, 1)]
+    assert all("float32, the file float64" in f["message"] for f in rep["findings"] if f["check"] == "restore.fidelity")
+
+
+def test_legacy_keras2_h5_is_loaded_without_a_round_trip(files):
+    rep = in_process(files["legacy_h5"], factory=Z + "mlp_model_only", probe=files["probe"])
+    assert rep["verdict"] in ("pass", "warn"), rep["findings"]
+    r = rep["model"]["restore"]
+    assert r["method"] == "keras-load_weights" and r["fidelity"] is None
+    assert rep["model"]["functional"]["nonfinite_outputs"] == 0
