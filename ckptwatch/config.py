@@ -351,7 +351,8 @@ class ModelConfig(_Section):
     factory: Annotated[str, AfterValidator(_check_factory)] | None = Field(
         None,
         description='"module:function" returning a Keras model, a tf.Module, or a dict like the job\'s '
-        "tf.train.Checkpoint(**objects); not needed for .keras files and SavedModels (loaded in safe mode)",
+        "tf.train.Checkpoint(**objects); not needed for .keras files, full-model .h5 files and SavedModels "
+        "(loaded in safe mode)",
     )
     probe: NpzPath | None = Field(None, validate_default=True, description="arrays x (and optional y)")
     smoke_step: bool = Field(False, description="also run one training step on the probe batch")
@@ -366,7 +367,9 @@ class ModelConfig(_Section):
     @classmethod
     def _factory_or_probe(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None and info.data.get("factory") is None and "factory" in info.data:
-            raise _fail("give a factory, a probe, or both (a .keras file or SavedModel needs no factory)")
+            raise _fail(
+                "give a factory, a probe, or both (a .keras file, a full-model .h5 or a SavedModel needs no factory)"
+            )
         return value
 
     def spec(self) -> dict:

@@ -232,6 +232,8 @@ def build_scenarios(root: str) -> dict[str, str]:
     mlp(compile=False, dtype="float64").save_weights(p["float64_weights"])
     p["lambda"] = os.path.join(root, "lambda.keras")
     _keras_model_with_lambda().save(p["lambda"])
+    p["legacy_lambda"] = os.path.join(root, "lambda.h5")
+    _keras_model_with_lambda().save(p["legacy_lambda"])
     p["net"] = save_net(os.path.join(p["net"], "ckpt-1"))
     p["tf1"] = save_tf1(os.path.join(p["tf1"], "model.ckpt"))
     p["savedmodel"] = os.path.join(root, "savedmodel")

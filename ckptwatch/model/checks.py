@@ -4,8 +4,8 @@ functional check on a probe batch, and the optional one-step smoke test.
     check_model(candidate, golden, spec, policy) -> (model section, findings)
 
 The model comes from the operator's factory (restored from the checkpoint), or,
-for files that carry their own model (.keras, SavedModel), from the file in
-safe mode. The golden reference for the functional check is, in order: stored
+for files that carry their own model (.keras, full-model .h5, SavedModel), from the
+file in safe mode. The golden reference for the functional check is, in order: stored
 golden outputs (spec.golden_outputs), or the golden checkpoint restored the same
 way. Nothing is written anywhere.
 """
@@ -60,8 +60,9 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         else:
             out.findings.append(Finding("warn", "restore.skipped", f"a {kind} file holds no values to restore"))
         return (Loaded(built.model, built, f"factory {spec.factory}") if out.restored else None), out
-    if kind == "keras":
-        why = safety.keras_config_refusal(read_config(location))
+    config = read_config(location) if kind == "keras" else _legacy_config(location) if kind == "hdf5" else None
+    if kind == "keras" or config is not None:
+        why = safety.keras_config_refusal(config)
         if why:
             out.findings.append(
                 Finding(
@@ -76,7 +77,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         model = _keras_load(location)
         out.restored = True
         out.section = {"method": "keras-load_model(safe_mode=True)", "matched": len(model.weights)}
-        return Loaded(model, restore.Built({"model": model}, model), "keras file"), out
+        return Loaded(model, restore.Built({"model": model}, model), f"{kind} file"), out
     if kind == "savedmodel":
         directory = os.path.dirname(os.path.dirname(location))
         why, signature = safety.saved_model_refusal(os.path.join(directory, "saved_model.pb"))
@@ -102,6 +103,15 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         )
     )
     return None, out
+
+
+def _legacy_config(path: str) -> dict | None:
+    """The architecture a legacy Keras 2 full-model `.h5` carries (`model_config`, parsed as
+    JSON only), None for a weights-only file."""
+    from ckptwatch.formats.hdf5 import open_hdf5
+
+    with open_hdf5(path) as source:
+        return source.config
 
 
 def _signature_caller(fn: Any):

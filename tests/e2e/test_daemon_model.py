@@ -52,6 +52,8 @@ SCENARIOS = {
     "nan": ("nan", {"factory": "zoo:mlp_and_optimizer", "smoke_step": True}, "fail", {"functional.smoke"}),
     "keras-file": ("keras", {}, "pass", set()),
     "savedmodel": ("savedmodel", {}, "pass", set()),
+    "legacy-h5": ("legacy_h5", {}, "pass", set()),
+    "legacy-lambda": ("legacy_lambda", {}, "fail", {"restore.unsafe"}),
     "lambda": ("lambda", {}, "fail", {"restore.unsafe"}),
     "hangs": ("healthy", {"factory": "zoo:hangs", "timeout": 2}, "error", {"functional.timeout"}),
     "golden-outputs": ("perturbed", {"factory": "zoo:mlp_and_optimizer", "golden_outputs": "OUTPUTS"}, "fail",
@@ -88,7 +90,7 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
         if scenario == "savedmodel":  # exported in place, as serving exports are: export/<version>/
             committed[name] = str(dirs[name] / "1")
             zoo.save_serving_model(committed[name])
-        elif src.endswith(".keras"):
+        elif src.endswith((".keras", ".h5")):
             committed[name] = _commit_file(src, dirs[name])
         else:
             committed[name] = install(src, dirs[name], os.path.basename(src), staging=tmp_path / "staging")

@@ -266,6 +266,20 @@ def test_keras_weights_converted_on_load_are_named(files):
     assert all("float32, the file float64" in f["message"] for f in rep["findings"] if f["check"] == "restore.fidelity")
 
 
+def test_legacy_full_model_h5_is_loaded_in_safe_mode_with_no_factory(files):
+    rep = in_process(files["legacy_h5"], probe=files["probe"])
+    assert rep["verdict"] == "pass", rep["findings"]
+    assert rep["model"]["source"] == "hdf5 file"
+    assert rep["model"]["restore"]["method"] == "keras-load_model(safe_mode=True)"
+    assert rep["model"]["functional"]["nonfinite_outputs"] == 0
+    rep = in_process(files["legacy_lambda"], probe=files["probe"])
+    assert rep["verdict"] == "fail" and checks(rep) == {"restore.unsafe"}, rep["findings"]
+    (unsafe,) = [f["message"] for f in rep["findings"] if f["check"] == "restore.unsafe"]
+    assert "refused to load lambda.h5 in safe mode: layer 'scale' is a Lambda layer" in unsafe, unsafe
+    rep = in_process(files["weights"], probe=files["probe"])  # weights only: nothing to build a model from
+    assert rep["verdict"] == "warn" and checks(rep, "warn") == {"restore.skipped"}, rep["findings"]
+
+
 def test_legacy_keras2_h5_is_loaded_without_a_round_trip(files):
     rep = in_process(files["legacy_h5"], factory=Z + "mlp_model_only", probe=files["probe"])
     assert rep["verdict"] in ("pass", "warn"), rep["findings"]
