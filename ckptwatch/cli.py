@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 
 class _Group(click.Group):
-    """Turns our errors (and anything unexpected) into one line and exit 2."""
+    """Turns our errors (and anything unexpected) into one line and exit 2 (or the error's own code)."""
 
     invoked_args: tuple[str, ...] = ()  # what main() was called with, to re-run in a child
 
@@ -32,7 +32,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CkptwatchError as e:
             click.echo(f"ckptwatch: error: {e}", err=True)
-            ctx.exit(EXIT_ERROR)
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:

@@ -3,17 +3,29 @@
     CkptwatchError                 base; str() is one line meant for the user
     ├── UsageError                 bad arguments or options          -> exit 2
     ├── CheckpointNotFound         a path that holds no checkpoint    -> exit 2
+    ├── TryAgainLater              the daemon cannot start *now*      -> exit 75 (EX_TEMPFAIL)
+    │                              (its listen address is in use): a service manager restarts it
     └── CheckpointUnreadable       a checkpoint we cannot open at all
         └── (formats.base.IntegrityError lives next to the readers: it is a
             *verdict* about the candidate, not an error of the tool)
 
-The CLI maps every CkptwatchError to one line on stderr and exit 2; a broken
-candidate is never an error but a `fail` verdict with findings.
+The CLI maps every CkptwatchError to one line on stderr and its `exit_code` (2
+unless said otherwise); a broken candidate is never an error but a `fail` verdict
+with findings.
 """
 
 
 class CkptwatchError(Exception):
     """Base class: the message is one line, shown to the user as is."""
+
+    exit_code = 2
+
+
+class TryAgainLater(CkptwatchError):
+    """A condition that may clear by itself (an address in use): systemd's
+    RestartPreventExitStatus=2 stops restarts for config errors, not for this."""
+
+    exit_code = 75
 
 
 class UsageError(CkptwatchError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import os
 import queue
 import selectors
@@ -39,7 +40,7 @@ from ckptwatch.daemon.publish import publish
 from ckptwatch.daemon.scheduler import Scheduler
 from ckptwatch.daemon.state import GoodCheckpoint, State
 from ckptwatch.daemon.supervisor import Job, Supervisor, WorkerSettings
-from ckptwatch.errors import CkptwatchError
+from ckptwatch.errors import CkptwatchError, TryAgainLater
 from ckptwatch.formats import checkpoint_exists
 from ckptwatch.verify.report import Finding, unverified_report
 
@@ -169,7 +170,11 @@ class Daemon:
         except OSError as e:
             self.log.error("cannot listen", listen=cfg.daemon.listen, error=str(e))
             self.state.close()
-            raise CkptwatchError(f"cannot listen on {cfg.daemon.listen}: {e.strerror or e}") from None
+            # in use, or not assigned yet at boot: may clear by itself, so the service manager retries
+            transient = e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+            raise (TryAgainLater if transient else CkptwatchError)(
+                f"cannot listen on {cfg.daemon.listen}: {e.strerror or e}"
+            ) from None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.supervisor.start()

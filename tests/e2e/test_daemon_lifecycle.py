@@ -179,14 +179,14 @@ def test_bad_listen_flag_exits_2_naming_the_flag(tmp_path):
     assert "daemon.listen" in lines[0] and "--listen" in lines[0], lines[0]
 
 
-def test_listen_address_in_use_exits_2(tmp_path):
+def test_listen_address_in_use_exits_75_so_systemd_retries(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         p = _cli(tmp_path, "watch", "--config", str(_good_config(tmp_path, f"127.0.0.1:{port}")))
     errors = [line for line in p.stderr.strip().splitlines()]
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert p.returncode == 75, (p.returncode, p.stdout, p.stderr)  # EX_TEMPFAIL: not in RestartPreventExitStatus
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "Traceback" not in p.stderr, p.stderr
     assert '"daemon started"' not in p.stdout and '"worker started"' not in p.stdout, p.stdout
 
