@@ -295,7 +295,7 @@ class DaemonConfig(_Section):
         "auto", description="auto: inotify where the platform has it, else polling"
     )
     poll_interval: float = Field(
-        1.0, gt=0, description="seconds: polling observer period, and re-check period of incomplete checkpoints"
+        1.0, gt=0, description="seconds: polling observer period, and how often every watch directory is rescanned"
     )
     settle_seconds: float = Field(
         2.0, ge=0, description="seconds an HDF5/.keras file must stay unchanged after close to count as complete"

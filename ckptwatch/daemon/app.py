@@ -78,6 +78,7 @@ class Daemon:
         self.dirty: set[str] = set()
         self.incomplete: dict[str, dict[str, Candidate]] = {}
         self.exporting: set[str] = set()  # watches with a SavedModel export under way (no event shows its end)
+        self.scan_problems: dict[str, str] = {}  # watch -> why its last rescan failed
         self.in_flight: dict[str, Job] = {}  # watch -> job
         self.seen_keys: set[tuple[str, str]] = set()
         self.attempts: dict[str, int] = {}  # candidate key -> attempts lost so far (workers died or timed out)
@@ -122,6 +123,7 @@ class Daemon:
             restart_backoff_max=w.restart_backoff_max,
             memory_limit_mb=w.memory_limit_mb,
             tensorflow=any(watch.model is not None for watch in self.config.watches),
+            tmp_dir=os.path.join(d.state_dir, "tmp"),
         )
 
     def _watch_statuses(self) -> None:
@@ -259,7 +261,7 @@ class Daemon:
                     self.dirty.update(n for n, c in self.incomplete.items() if c)
                     self.dirty.update(self.exporting)
                 for name in list(self.dirty):
-                    self._rescan(name)
+                    self._rescan_guarded(name)
                 self.dirty.clear()
                 self._dispatch()
                 self.supervisor.tick()
@@ -321,14 +323,32 @@ class Daemon:
         self.metrics.checkpoint_skipped(c.watch, reason)
         self.log.info("checkpoint skipped", watch=c.watch, checkpoint=c.path, step=c.step, reason=reason, detail=detail)
 
+    def _rescan_guarded(self, name: str) -> None:
+        """_rescan, where one unreadable directory (or a bug) stops neither the other watches
+        nor the daemon; logged once per new problem, not once per poll_interval."""
+        try:
+            self._rescan(name)
+        except Exception as e:
+            problem = f"{type(e).__name__}: {e}"
+            if self.scan_problems.get(name) != problem:
+                self.scan_problems[name] = problem
+                if isinstance(e, OSError):
+                    self.log.error("cannot scan the watch directory", watch=name, error=problem)
+                else:
+                    self.log.exception("rescan failed", watch=name)
+            return
+        if self.scan_problems.pop(name, None):
+            self.log.info("watch directory scanned again", watch=name)
+
     def _rescan(self, name: str) -> None:
         try:
             w = self.config.watch(name)
         except KeyError:
             return
         now = time.monotonic()
-        candidates = discovery.find_candidates(w.name, w.path, list(w.include), list(w.exclude))
-        if discovery.exports_in_progress(w.path, time.time(), list(w.include), list(w.exclude)):
+        found = discovery.scan(w.name, w.path, list(w.include), list(w.exclude))
+        candidates = found.candidates
+        if found.exporting:
             self.exporting.add(name)
         else:
             self.exporting.discard(name)

@@ -16,11 +16,15 @@ writers work (see FIELD-NOTES):
   way, or a copier is still at work).
 - SavedModel directories (`tf.saved_model.save`, Keras `model.export`): the variables
   bundle is written first (as above, under `variables/`), then assets, then
-  `saved_model.pb` by atomic rename -- TF's own "the last file operation". Complete =
-  `saved_model.pb` exists, no temp artefact remains in the directory or `variables/`, the
-  variables bundle is whole and not newer than `saved_model.pb` (newer: a re-export into
-  the same directory is under way). The watch directory itself may be one, or hold one
-  per subdirectory (`export/1/`, `export/2/`, ...); deeper levels are not scanned.
+  `saved_model.pb` by atomic rename -- TF's own "the last file operation" -- then
+  `fingerprint.pb`. Complete = `saved_model.pb` exists and is not empty, no temp artefact
+  remains in the directory or `variables/`, the variables bundle is whole and not newer
+  than `saved_model.pb` (newer: a re-export into the same directory is under way), and
+  either `fingerprint.pb` is not older than `saved_model.pb` or, without it (TF1's
+  SavedModelBuilder writes saved_model.pb in place), nothing changed for `settle_seconds`.
+  The watch directory itself may be one, or hold one per subdirectory (`export/1/`,
+  `export/2/`, ...; not symlinks to them, not Estimator's `temp-<ts>/`); deeper levels
+  are not scanned.
 - Keras `.h5` / `.weights.h5` / `.keras`: written in place by h5py / zipfile with no
   marker, so complete = (size, mtime_ns, inode) unchanged for `settle_seconds`.
 - A bundle (or SavedModel) that stays broken (index does not parse, a shard is missing)
@@ -44,11 +48,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import glob
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ckptwatch.daemon.model import Candidate, Completion
 from ckptwatch.formats.base import IntegrityError
@@ -60,6 +67,7 @@ __all__ = [
     "HDF5",
     "KERAS",
     "SAVEDMODEL",
+    "Scan",
     "StabilityTracker",
     "candidate_key",
     "check_completion",
@@ -69,6 +77,7 @@ __all__ = [
     "find_candidates",
     "is_temporary",
     "saved_model_marker",
+    "scan",
     "temp_leftovers",
 ]
 
@@ -79,12 +88,14 @@ _HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
 _KERAS_SUFFIX = ".keras"
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # what ckptwatch.formats.resolve accepts
 _SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside one
+_FINGERPRINT = "fingerprint.pb"  # TF2 writes it right after saved_model.pb
 
 # Artefacts of a save in progress, never candidates themselves:
 #   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
 #   writes), checkpoint.tmp<hex> and model.ckpt-N.meta.tmp<hex> (TF's state / graph files),
-#   *.tmp, *.partial (copiers, downloaders).
-_TEMPORARY = re.compile(r"_temp(_[0-9a-fA-F-]+)?$|\.tempstate|^checkpoint\.tmp|\.tmp[0-9a-f]*$|\.partial$")
+#   *.tmp, *.partial (copiers, downloaders), temp-<timestamp>/ (Estimator's exporters, renamed
+#   to <timestamp>/ when done).
+_TEMPORARY = re.compile(r"_temp(_[0-9a-fA-F-]+)?$|\.tempstate|^checkpoint\.tmp|\.tmp[0-9a-f]*$|\.partial$|^temp-\d+$")
 
 EXPORT_WINDOW = 300.0  # seconds a SavedModel export with no saved_model.pb yet counts as under way
 
@@ -131,6 +142,64 @@ def saved_model_marker(directory: str) -> str | None:
     return None
 
 
+@dataclass
+class Scan:
+    """What one pass over a watch directory found."""
+
+    candidates: list[Candidate]  # sorted by step (then path)
+    exporting: list[str]  # subdirectories where a SavedModel export is under way (see exports_in_progress)
+
+
+def scan(
+    watch: str,
+    directory: str,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    now: float | None = None,
+    window: float = EXPORT_WINDOW,
+) -> Scan:
+    """find_candidates and exports_in_progress in one pass over `directory` (`now`: unix time).
+
+    A directory that does not exist gives nothing; other errors reading `directory` itself
+    (permissions, I/O) are raised as OSError. Entries that vanish or cannot be stat'ed during
+    the scan are skipped.
+    """
+    directory = os.path.abspath(directory)
+    now = time.time() if now is None else now
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return Scan([], [])
+    found, exporting = [], []
+    for entry in entries:
+        if is_temporary(entry.name) or not _matches(_base_name(entry.name), include, exclude):
+            continue
+        if _is_dir(entry):
+            if entry.is_symlink():  # `latest -> 3`: the same export twice; watch the real ones
+                continue
+            marker = _saved_model_stat(entry.path)
+            if marker is not None:
+                found.append(_candidate(watch, entry.path, SAVEDMODEL, marker))
+            elif _export_under_way(entry.path, now, window):
+                exporting.append(entry.path)
+            continue
+        kind_base = classify(entry.name)
+        if kind_base is None:
+            continue
+        try:
+            st = entry.stat()  # follows symlinks: a linked checkpoint file counts
+        except OSError:  # vanished (or a dangling link) meanwhile
+            continue
+        if _is_regular(st):
+            found.append(_candidate(watch, os.path.join(directory, kind_base[1]), kind_base[0], st))
+    itself = _saved_model_stat(directory)
+    if itself is not None and _matches(os.path.basename(directory), include, exclude):
+        found.append(_candidate(watch, directory, SAVEDMODEL, itself))
+    found.sort(key=lambda c: c.sort_key)
+    return Scan(found, sorted(exporting))
+
+
 def find_candidates(
     watch: str,
     directory: str,
@@ -141,25 +210,12 @@ def find_candidates(
 
     One candidate per `<prefix>.index` (a prefix whose data shards exist but whose index does
     not yet is not a candidate yet), per Keras file (`*.weights.h5`, `*.h5`, `*.hdf5`,
-    `*.keras`) and per SavedModel: `directory` itself, or a subdirectory, once its
-    saved_model.pb exists. Temp artefacts and hidden entries are ignored. include/exclude are
-    glob patterns matched against the base name (`ckpt-3` for a bundle, `w.weights.h5` for a
-    file, `3` for `export/3/`). A directory that does not exist gives []; entries that vanish
-    during the scan are skipped.
+    `*.keras`) and per SavedModel: `directory` itself, or a subdirectory (not a symlink to
+    one), once its saved_model.pb exists. Temp artefacts and hidden entries are ignored.
+    include/exclude are glob patterns matched against the base name (`ckpt-3` for a bundle,
+    `w.weights.h5` for a file, `3` for `export/3/`).
     """
-    directory = os.path.abspath(directory)
-    try:
-        with os.scandir(directory) as it:
-            entries = list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = []
-    for path, kind, st in [*_entries(directory, entries), *_saved_model(directory)]:
-        base = os.path.basename(path)
-        if _matches(base, include, exclude):
-            found.append(Candidate(watch, path, kind, step_from_path(base), candidate_key(path, st)))
-    found.sort(key=lambda c: c.sort_key)
-    return found
+    return scan(watch, directory, include, exclude).candidates
 
 
 def exports_in_progress(
@@ -176,22 +232,30 @@ def exports_in_progress(
     Writes inside them raise no event on the watch directory, so the daemon re-checks a watch
     often while it has any; an export abandoned midway stops counting after `window`.
     """
+    return scan("", directory, include, exclude, now, window).exporting
+
+
+def _saved_model_stat(directory: str) -> os.stat_result | None:
+    marker = saved_model_marker(directory)
+    return _stat(marker) if marker else None
+
+
+def _base_name(name: str) -> str:
+    """What include/exclude match: the prefix for a bundle index, else the name itself."""
+    kind_base = classify(name)
+    return kind_base[1] if kind_base else name
+
+
+def _candidate(watch: str, path: str, kind: str, st: os.stat_result) -> Candidate:
+    return Candidate(watch, path, kind, step_from_path(os.path.basename(path)), candidate_key(path, st))
+
+
+def _export_under_way(path: str, now: float, window: float) -> bool:
     try:
-        with os.scandir(os.path.abspath(directory)) as it:
-            subdirs = [e.path for e in it if not is_temporary(e.name) and _is_dir(e)]
-    except OSError:
-        return []
-    found = []
-    for sub in subdirs:
-        if not _matches(os.path.basename(sub), include, exclude) or saved_model_marker(sub):
-            continue
-        try:
-            changed = max(os.stat(sub).st_mtime, os.stat(os.path.join(sub, "variables")).st_mtime)
-        except OSError:  # no variables/: not an export (or not yet)
-            continue
-        if now - changed <= window:
-            found.append(sub)
-    return sorted(found)
+        changed = max(os.stat(path).st_mtime, os.stat(os.path.join(path, "variables")).st_mtime)
+    except OSError:  # no variables/: not an export (or not yet)
+        return False
+    return now - changed <= window
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -201,41 +265,16 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _entries(directory: str, entries: list[os.DirEntry]) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(path, kind, stat of the file that keys it) for each checkpoint entry of `directory`."""
-    for entry in entries:
-        if is_temporary(entry.name):
-            continue
-        if _is_dir(entry):  # follows symlinks, like the stat below
-            yield from _saved_model(entry.path)
-            continue
-        kind_base = classify(entry.name)
-        if kind_base is None:
-            continue
-        kind, base = kind_base
-        try:
-            st = entry.stat()  # follows symlinks: a linked checkpoint file counts
-        except OSError:  # vanished (or a dangling link) meanwhile
-            continue
-        if _is_regular(st):
-            yield os.path.join(directory, base), kind, st
-
-
-def _saved_model(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    marker = saved_model_marker(directory)
-    st = _stat(marker) if marker else None
-    if st is not None:
-        yield directory, SAVEDMODEL, st
-
-
 def _is_regular(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
 def _stat(path: str) -> os.stat_result | None:
+    """The stat of a regular file at `path`, None if there is none we can stat (missing, a
+    directory, a symlink loop, a directory we may not search: lost+found on a volume)."""
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     return st if _is_regular(st) else None
 
@@ -348,7 +387,7 @@ def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTra
         stability.forget(prefix)
         return Completion(False, "changed since it was found")
     problem = _bundle_problem(prefix, st)
-    return _judge(candidate, index, st, problem, lambda: _bundle_signature(prefix), now, stability)
+    return _judge(candidate, index, st, problem, functools.partial(_bundle_signature, prefix), now, stability)
 
 
 def _saved_model_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
@@ -367,13 +406,23 @@ def _saved_model_completion(candidate: Candidate, now: float, stability: Stabili
         stability.forget(directory)
         return Completion(False, f"save in progress: {leftovers[0]} remains")
     index_st = _stat(prefix + _INDEX_SUFFIX)
+    fingerprint = _stat(os.path.join(directory, _FINGERPRINT))
     if index_st is None:
         problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} missing"
     elif index_st.st_mtime_ns > st.st_mtime_ns:
         problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} is newer than {os.path.basename(marker)}"
+    elif st.st_size == 0:
+        problem = f"{os.path.basename(marker)} is empty"
     else:
         problem = _bundle_problem(prefix, index_st)
-    return _judge(candidate, marker, st, problem, lambda: _tree_signature(directory), now, stability)
+    signature = functools.partial(_tree_signature, directory)
+    if problem is None and (fingerprint is None or fingerprint.st_mtime_ns < st.st_mtime_ns):
+        # Only TF2's tf.saved_model.save renames saved_model.pb into place, then writes
+        # fingerprint.pb; TF1's SavedModelBuilder (Estimator exporters) writes it in place.
+        # Without that sign, whole is not enough: the files must also stay unchanged.
+        in_place = f"{os.path.basename(marker)} may still be written in place (no newer {_FINGERPRINT})"
+        return _judge(candidate, marker, st, in_place, signature, now, stability, settled="")
+    return _judge(candidate, marker, st, problem, signature, now, stability)
 
 
 def _saved_model_leftovers(directory: str, prefix: str) -> list[str]:
@@ -393,10 +442,11 @@ def _judge(
     signature: Callable[[], Signature],
     now: float,
     stability: StabilityTracker,
+    settled: str = "settled",
 ) -> Completion:
     """The verdict once the files were examined: `keyed` (the file the key was taken from,
     `st` its stat before) must still be unchanged; then complete, or pending on `problem`
-    unless the files (by `signature`) have settled."""
+    unless the files (by `signature`) have settled: complete, with reason `settled`."""
     after = _stat(keyed)
     if after is None:
         stability.forget(candidate.path)
@@ -405,7 +455,7 @@ def _judge(
         stability.forget(candidate.path)
         return Completion(False, "changed since it was found")
     if problem:
-        return _unless_settled(candidate.path, problem, signature(), now, stability)
+        return _unless_settled(candidate.path, problem, signature(), now, stability, settled)
     stability.forget(candidate.path)
     return Completion(True)
 
@@ -467,12 +517,12 @@ def _tree_signature(directory: str) -> Signature:
 
 
 def _unless_settled(
-    key: str, problem: str, signature: Signature, now: float, stability: StabilityTracker
+    key: str, problem: str, signature: Signature, now: float, stability: StabilityTracker, settled: str = "settled"
 ) -> Completion:
     """A broken checkpoint is pending while its files change, and "settled" (complete, to be
     verified and failed) once nothing has changed for settle_seconds and no temp artefact
     remains (checked by the caller)."""
     unchanged = stability.observe_signature(key, signature, now)
     if unchanged >= stability.settle_seconds:
-        return Completion(True, "settled")
+        return Completion(True, settled)
     return Completion(False, problem)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,12 +51,24 @@ class WorkerSettings:
     restart_backoff_max: float = 60.0
     memory_limit_mb: int | None = None
     tensorflow: bool = False  # a watch has model-aware checks: workers import TF at start (exit 3 if they cannot)
+    tmp_dir: str | None = None  # each worker's TMPDIR lives below it, emptied at each start
+
+
+def worker_tmp(device: str, settings: WorkerSettings) -> str | None:
+    """A worker's own TMPDIR: what a worker that exits at once (os._exit after a model check
+    overran) leaves there is removed when the next one starts."""
+    if settings.tmp_dir is None:
+        return None
+    return os.path.join(settings.tmp_dir, "worker-" + device.replace(":", "-"))
 
 
 def worker_env(device: str, settings: WorkerSettings) -> dict[str, str]:
     """Pin the device: `cpu` hides every GPU; `gpu:N` shows only GPU N. TF must
     grow GPU memory on demand (or stay under a cap) so the training job keeps its memory."""
     env = dict(os.environ)
+    tmp = worker_tmp(device, settings)
+    if tmp is not None:
+        env["TMPDIR"] = tmp
     env["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device.split(":", 1)[1]
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -124,6 +137,10 @@ class Supervisor:
         cmd += ["--heartbeat", str(self.settings.heartbeat_interval)]
         if self.settings.tensorflow:
             cmd.append("--tensorflow")
+        tmp = worker_tmp(w.device, self.settings)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp, mode=0o700, exist_ok=True)
         w.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env(w.device, self.settings), bufsize=0
         )

@@ -82,6 +82,9 @@ def open_checkpoint(path: str) -> CheckpointSource:
     if kind == "bundle":
         return BundleSource(location)
     if kind == "savedmodel":
+        directory = os.path.dirname(os.path.dirname(location))
+        if not any(os.path.getsize(p) for p in glob.glob(os.path.join(glob.escape(directory), "saved_model.pb*"))):
+            raise IntegrityError("integrity.savedmodel", f"{path}: saved_model.pb is empty")
         if not os.path.isfile(location + ".index"):
             raise IntegrityError("integrity.index", f"{path}: SavedModel has no variables/variables.index")
         return BundleSource(location, format="savedmodel")

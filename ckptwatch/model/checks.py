@@ -74,7 +74,13 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
                 )
             )
             return None, out
-        model = _keras_load(location)
+        try:
+            model = _keras_load(location)
+        except Exception as e:  # e.g. a class Keras does not know (no code is imported for it)
+            out.findings.append(
+                Finding("fail", "restore.error", f"Keras could not load the model: {restore.first_line(e)}")
+            )
+            return None, out
         out.restored = True
         out.section = {"method": "keras-load_model(safe_mode=True)", "matched": len(model.weights)}
         return Loaded(model, restore.Built({"model": model}, model), f"{kind} file"), out
@@ -90,8 +96,13 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
                 )
             )
             return None, out
-        loaded = tensorflow().saved_model.load(directory)
-        fn = loaded.signatures[signature]
+        try:
+            loaded = tensorflow().saved_model.load(directory)
+            fn = loaded.signatures[signature]
+        except Exception as e:  # e.g. a Keras 2 SavedModel under Keras 3 (FIELD-NOTES)
+            message = f"TensorFlow could not load the SavedModel: {restore.first_line(e)}"
+            out.findings.append(Finding("fail", "restore.error", message))
+            return None, out
         out.restored = True
         out.section = {"method": f"saved_model.load, signature {signature!r}", "matched": len(fn.variables)}
         return Loaded(_signature_caller(fn), None, "saved_model"), out

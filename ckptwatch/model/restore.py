@@ -379,14 +379,15 @@ def restore_bundle(built: Built, source: BundleSource, prefix: str, policy: Poli
         elif pairs:
             tf.compat.v1.train.Saver(var_list={p.key: _tf_variable(p.obj) for p in pairs}).restore(None, prefix)
     except Exception as e:  # TF's restore raising is itself the finding
-        out.findings.append(Finding("fail", "restore.error", f"TensorFlow could not restore it: {_first_line(e)}"))
+        out.findings.append(Finding("fail", "restore.error", f"TensorFlow could not restore it: {first_line(e)}"))
         return out
     out.restored = True
     _fidelity(out, source, pairs, before, variables, py_names)
     return out
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """`TypeName: the first line of the message`, for findings."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
@@ -399,9 +400,9 @@ def _tf_assertions(status: Any) -> dict:
             getattr(status, name)()
             result[name] = "ok"
         except AssertionError as e:
-            result[name] = _first_line(e).removeprefix("AssertionError: ")
+            result[name] = first_line(e).removeprefix("AssertionError: ")
         except Exception as e:
-            result[name] = _first_line(e)
+            result[name] = first_line(e)
     return result
 
 
@@ -460,7 +461,7 @@ def restore_keras_file(built: Built, path: str, policy: Policy) -> RestoreOutcom
     try:
         model.load_weights(path)
     except Exception as e:
-        out.findings.append(Finding("fail", "restore.error", f"Keras could not load the weights: {_first_line(e)}"))
+        out.findings.append(Finding("fail", "restore.error", f"Keras could not load the weights: {first_line(e)}"))
         return out
     out.restored = True
     if _round_trip(out, model, path, policy):
@@ -489,7 +490,8 @@ def _round_trip(out: RestoreOutcome, model: Any, path: str, policy: Policy) -> b
         again = os.path.join(workdir, "restored.weights.h5")
         try:
             model.save_weights(again)
-        except Exception:  # e.g. not a Keras 3 model: the initializer check still applies
+        except Exception as e:  # e.g. not a Keras 3 model, or no room: the initializer check still applies
+            out.findings.append(Finding("info", "restore.fidelity", f"not compared key by key: {first_line(e)}"))
             return False
         with open_checkpoint(path) as original, open_hdf5(again) as restored:
             in_file = {t.name: t for t in original.tensors() if t.kind != META}

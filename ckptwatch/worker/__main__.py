@@ -169,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             channel.send(run_job(job, channel, args.device))
         except Exception as e:  # one bad job must not take the worker down
-            channel.send(
-                {"type": "result", "id": job.get("id"), "status": "error", "message": f"{type(e).__name__}: {e}"}
-            )
+            failed = {"status": "error", "check": "integrity.worker", "message": f"{type(e).__name__}: {e}"}
+            channel.send({"type": "result", "id": job.get("id"), **failed})
     return 0
 
 

@@ -293,3 +293,20 @@ def test_sd_notify_ready_watchdog_stopping(daemon_factory, tmp_path, big_checkpo
         assert all(pid == d.pid for _, _, pid in listener.got), "only the main process notifies"
     finally:
         listener.close()
+
+
+def test_an_unscannable_watch_directory_is_reported_once_and_the_others_go_on(tf, daemon_factory, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # scandir fails with ELOOP (run as root, nothing is merely unreadable)
+    run = tmp_path / "run"
+    run.mkdir()
+    watches = [{"name": "loop", "path": str(loop)}, {"name": "run", "path": str(run)}]
+    d = daemon_factory(watches, daemon={"poll_interval": 0.2})
+    src = tf.train.Checkpoint(v=tf.Variable(tf.range(100.0))).write(str(tmp_path / "src" / "ckpt-1"))
+    good = install(src, run, "ckpt-1", staging=tmp_path / "staging")
+    assert outcome(d, good)["verdict"] in GOOD
+    time.sleep(1.0)  # five more rescans of each watch
+    problems = d.events("cannot scan the watch directory")
+    assert [p["watch"] for p in problems] == ["loop"], problems
+    assert "Too many levels of symbolic links" in problems[0]["error"]
+    assert d.running() and not d.events("rescan failed")

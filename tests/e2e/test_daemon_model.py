@@ -111,7 +111,8 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
     assert served["model"]["functional"]["nonfinite_outputs"] == 0
     second = str(dirs["savedmodel"] / "2")  # the next export: compared with the first as "previous"
     zoo.save_serving_model(second)
-    assert d.wait_for("verification started", timeout=60, checkpoint=second)["previous"] == committed["savedmodel"]
+    started = d.wait_for("verification started", timeout=180, checkpoint=second)  # a worker restart may come first
+    assert started["previous"] == committed["savedmodel"]
     assert outcome(d, second, timeout=120)["event"] == "checkpoint verified"
     assert report_of(d, second)["drift"]["previous"] is not None
     (timeout,) = [f for f in report_of(d, committed["hangs"])["findings"] if f["severity"] == "fail"]

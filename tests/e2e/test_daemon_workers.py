@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -44,6 +45,25 @@ def test_worker_sigkilled_mid_job_is_restarted_and_the_job_retried(daemon_factor
     assert d.metric("ckptwatch_verifications_total", watch="run", verdict="pass") == 1
     assert report_of(d, big)["verdict"] == "pass"
     assert d.get("/readyz")[0] == 200
+
+
+def test_a_restarted_worker_gets_an_empty_tmpdir_of_its_own(daemon_factory, tmp_path):
+    """What a worker leaves in its TMPDIR when it exits at once (os._exit after a model check
+    overran: no finally runs) is gone when the next one starts."""
+    run = tmp_path / "run"
+    run.mkdir()
+    d = daemon_factory([{"name": "run", "path": str(run)}])
+    (worker,) = d.workers()
+    tmp = Path(worker.environ()["TMPDIR"])
+    assert tmp == d.state_dir / "tmp" / "worker-cpu" and tmp.is_dir() and not any(tmp.iterdir())
+    (tmp / "ckptwatch-left-behind").mkdir()
+    (tmp / "ckptwatch-left-behind" / "restored.weights.h5").write_bytes(b"x" * 1024)
+    mark = d.mark()
+    worker.kill()
+    d.wait_for("worker ready", after=mark)
+    (new,) = d.workers()
+    assert new.pid != worker.pid and new.environ()["TMPDIR"] == str(tmp)
+    assert not any(tmp.iterdir())
 
 
 def test_hung_worker_is_killed_on_missing_heartbeats_and_the_job_retried(daemon_factory, tmp_path, big_checkpoint):

@@ -175,6 +175,31 @@ def test_temp_artefacts_and_oddities_are_ignored(tf2_files, tmp_path):
     assert names(find_candidates("w", str(tmp_path))) == ["ckpt-1"]
 
 
+def test_symlink_loops_are_skipped_not_raised(tf2_files, saved_model_src, tmp_path):
+    """A symlink loop stands in for what cannot be stat'ed (as root, nothing is unsearchable)."""
+    shutil.copy(tf2_files / "ckpt-5.data-00000-of-00001", tmp_path / "ckpt-5.data-00000-of-00001")
+    shutil.copy(tf2_files / "ckpt-5.index", tmp_path / "ckpt-5.index")  # the index last, as TF writes
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "ckpt-7.index").symlink_to(tmp_path / "ckpt-7.index")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "saved_model.pb").symlink_to(tmp_path / "sub" / "saved_model.pb")
+    (tmp_path / "sub" / "variables").mkdir()
+    shutil.copytree(saved_model_src, tmp_path / "3")
+    (tmp_path / "3" / "variables" / "variables.data-00000-of-00001").unlink()
+    (tmp_path / "3" / "variables" / "variables.data-00000-of-00001").symlink_to(
+        tmp_path / "3" / "variables" / "variables.data-00000-of-00001"
+    )
+    cands = find_candidates("w", str(tmp_path))
+    assert names(cands) == ["3", "ckpt-5"]
+    assert complete(cands[0]) == (False, "data shard variables.data-00000-of-00001 missing")
+    assert complete(cands[1]) == (True, "")
+    assert exports_in_progress(str(tmp_path), time.time()) == [str(tmp_path / "sub")]
+    os.unlink(tmp_path / "ckpt-5.index")
+    (tmp_path / "ckpt-5.index").symlink_to(tmp_path / "ckpt-5.index")
+    assert complete(cands[1]) == (False, "vanished")
+    assert current_key(cands[1].path) is None
+
+
 def test_include_exclude_match_the_base_name(tf2_files, tmp_path):
     for step in (1, 2, 3):
         shutil.copy(tf2_files / "ckpt-5.index", tmp_path / f"ckpt-{step}.index")
@@ -427,6 +452,7 @@ def test_every_intermediate_state_of_a_saved_model_export_is_incomplete(saved_mo
     data.unlink()
     assert state() == (False, "data shard variables.data-00000-of-00001 missing")
     shutil.copy(saved_model_src / data.relative_to(d), data)
+    os.utime(data, ns=(pb.stat().st_mtime_ns,) * 2)  # not newer than the index (however slow this test runs)
     index.unlink()
     assert state() == (False, "variables/variables.index missing")
     index.write_bytes(index_bytes[:-20])
@@ -442,9 +468,52 @@ def test_every_intermediate_state_of_a_saved_model_export_is_incomplete(saved_mo
     os.utime(tmp, ns=(index.stat().st_mtime_ns + 1,) * 2)
     os.replace(tmp, pb)  # ... then the new saved_model.pb
     assert complete(old) == (False, "changed since it was found")
+    assert state() == (False, "saved_model.pb may still be written in place (no newer fingerprint.pb)")
+    fingerprint = d / "fingerprint.pb"
+    tmp = d / "fingerprint.pb.tempstate7"
+    tmp.write_bytes(fingerprint.read_bytes())
+    os.utime(tmp, ns=(pb.stat().st_mtime_ns,) * 2)
+    os.replace(tmp, fingerprint)  # ... then the new fingerprint.pb: TF2's sign of an atomic save
     assert state() == (True, "")
     shutil.rmtree(d)
     assert complete(old) == (False, "vanished")
+
+
+def test_saved_model_written_in_place_must_settle(saved_model_src, tmp_path):
+    """TF1's SavedModelBuilder (Estimator exporters) writes saved_model.pb in place and no
+    fingerprint.pb: whole is not enough, the files must stay unchanged for settle_seconds."""
+    from ckptwatch.verify.engine import verify_paths
+
+    d = tmp_path / "1700000000"
+    shutil.copytree(saved_model_src, d)
+    (d / "fingerprint.pb").unlink()
+    (c,) = find_candidates("w", str(tmp_path))
+    stability = StabilityTracker(1.0)
+    in_place = (False, "saved_model.pb may still be written in place (no newer fingerprint.pb)")
+    assert check(c, 0.0, stability) == in_place
+    with open(d / "saved_model.pb", "ab") as f:  # still being written: the clock restarts
+        f.write(b"\0")
+    (c,) = find_candidates("w", str(tmp_path))
+    assert check(c, 10.0, stability) == in_place
+    assert check(c, 10.5, stability) == in_place
+    assert check(c, 11.0, stability) == (True, "")
+    # an empty saved_model.pb is pending, then settles and fails verification
+    (d / "saved_model.pb").write_bytes(b"")
+    (c,) = find_candidates("w", str(tmp_path))
+    assert check(c, 20.0, stability) == (False, "saved_model.pb is empty")
+    assert check(c, 21.0, stability) == (True, "settled")
+    report, _ = verify_paths(c.path)
+    assert report.verdict == "fail" and report.findings[0].check == "integrity.savedmodel", report.findings
+
+
+def test_temp_and_symlinked_export_directories_are_not_candidates(saved_model_src, tmp_path):
+    """Estimator exports into temp-<timestamp>/ and renames it to <timestamp>/ when done; a
+    `latest` symlink to a version would verify the same export twice."""
+    shutil.copytree(saved_model_src, tmp_path / "temp-1700000001")
+    shutil.copytree(saved_model_src, tmp_path / "1700000000")
+    (tmp_path / "latest").symlink_to(tmp_path / "1700000000")
+    assert names(find_candidates("w", str(tmp_path))) == ["1700000000"]
+    assert exports_in_progress(str(tmp_path), time.time()) == []
 
 
 def test_exports_in_progress(saved_model_src, tmp_path):

@@ -11,6 +11,7 @@ golden outputs instead of a golden model, and the smoke step.
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -243,6 +244,14 @@ def test_keras_weights_file_restored_bit_exact_by_round_trip(files):
     assert r["fidelity"] == {"checked": r["matched"], "mismatched": 0} and r["matched"] > 4  # + optimizer state
 
 
+def test_keras_file_into_a_factory_goes_through_the_round_trip_too(files):
+    rep = in_process(files["keras"], factory=Z + "mlp_and_optimizer", probe=files["probe"])
+    assert rep["verdict"] == "pass", rep["findings"]
+    r = rep["model"]["restore"]
+    assert r["method"] == "keras-load_weights+round-trip" and r["fidelity"]["mismatched"] == 0
+    assert r["fidelity"]["checked"] == r["matched"] > 4 and r["unused"] == [] == r["unmatched"]
+
+
 def test_keras_weights_file_without_the_optimizer_leaves_its_state_unused(files):
     spec = {"factory": Z + "mlp_model_only", "probe": files["probe"]}
     rep = in_process(files["weights"], **spec)
@@ -278,6 +287,27 @@ def test_legacy_full_model_h5_is_loaded_in_safe_mode_with_no_factory(files):
     assert "refused to load lambda.h5 in safe mode: layer 'scale' is a Lambda layer" in unsafe, unsafe
     rep = in_process(files["weights"], probe=files["probe"])  # weights only: nothing to build a model from
     assert rep["verdict"] == "warn" and checks(rep, "warn") == {"restore.skipped"}, rep["findings"]
+
+
+def test_legacy_h5_naming_a_class_keras_does_not_know_is_a_restore_error(files, tmp_path):
+    """A Keras 2 config names custom classes with no `module` (nothing to refuse it by): Keras
+    cannot find the class without custom_objects, imports nothing, and that is a finding."""
+    import h5py
+
+    path = tmp_path / "custom.h5"
+    shutil.copy(files["legacy_h5"], path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        layer = config["config"]["layers"][-1]
+        layer["class_name"] = "MyCustomDense"
+        for obj in (config, *config["config"]["layers"]):
+            obj.pop("module", None)
+            obj.pop("registered_name", None)
+        f.attrs["model_config"] = json.dumps(config)
+    rep = in_process(str(path), probe=files["probe"])
+    assert rep["verdict"] == "fail" and checks(rep) == {"restore.error"}, rep["findings"]
+    (error,) = [f["message"] for f in rep["findings"] if f["check"] == "restore.error"]
+    assert error.startswith("Keras could not load the model: ") and "MyCustomDense" in error, error
 
 
 def test_legacy_keras2_h5_is_loaded_without_a_round_trip(files):
