@@ -1,11 +1,16 @@
-"""External tools the tests drive (promtool, prometheus, systemd-analyze, kubectl, node, hadolint).
+"""What tests/e2e and tests/deploy share.
 
-A missing tool skips the test on a developer's machine and fails it under CI=true, where
-`make tools` must have installed it.
+require_tool / unavailable   the external tools the tests drive (promtool, prometheus,
+                             systemd-analyze, kubectl, node, hadolint): a missing one skips the
+                             test on a developer's machine and fails it under CI=true, where
+                             `make tools` must have installed it
+log_event(raw)               one line of the daemon's JSON log as a dict
+MODEL_AWARE                  the metrics only watches with [watch.model] export
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -29,3 +34,20 @@ def require_tool(name: str, hint: str) -> str:
     if found is None:
         unavailable(f"{name} not found ({hint})")
     return found
+
+
+MODEL_AWARE = {
+    "ckptwatch_functional_agreement_ratio",
+    "ckptwatch_functional_output_max_abs_diff",
+    "ckptwatch_restore_unmatched_objects",
+}
+
+
+def log_event(raw: bytes) -> dict:
+    """A line of the daemon's JSON log; a line that is not a JSON object is {"event": None, "raw": text}."""
+    text = raw.decode("utf-8", "replace").rstrip("\n")
+    try:
+        event = json.loads(text)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) else {"event": None, "raw": text}

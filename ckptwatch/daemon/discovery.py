@@ -173,10 +173,11 @@ def scan(
         return Scan([], [])
     found, exporting = [], []
     for entry in entries:
-        if is_temporary(entry.name) or not _matches(_base_name(entry.name), include, exclude):
+        if is_temporary(entry.name):
             continue
         if _is_dir(entry):
-            if entry.is_symlink():  # `latest -> 3`: the same export twice; watch the real ones
+            # a symlink (`latest -> 3`) would be the same export twice: watch the real ones
+            if entry.is_symlink() or not _matches(entry.name, include, exclude):
                 continue
             marker = _saved_model_stat(entry.path)
             if marker is not None:
@@ -185,7 +186,7 @@ def scan(
                 exporting.append(entry.path)
             continue
         kind_base = classify(entry.name)
-        if kind_base is None:
+        if kind_base is None or not _matches(kind_base[1], include, exclude):
             continue
         try:
             st = entry.stat()  # follows symlinks: a linked checkpoint file counts
@@ -238,12 +239,6 @@ def exports_in_progress(
 def _saved_model_stat(directory: str) -> os.stat_result | None:
     marker = saved_model_marker(directory)
     return _stat(marker) if marker else None
-
-
-def _base_name(name: str) -> str:
-    """What include/exclude match: the prefix for a bundle index, else the name itself."""
-    kind_base = classify(name)
-    return kind_base[1] if kind_base else name
 
 
 def _candidate(watch: str, path: str, kind: str, st: os.stat_result) -> Candidate:

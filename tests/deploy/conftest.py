@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import VENV_BIN, require_tool
+from tests.tools import VENV_BIN, log_event, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["ROOT", "VENV_BIN", "clean_env", "require_tool", "write_config"]
@@ -79,13 +79,7 @@ class Daemon:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            try:
-                event = json.loads(text)
-                if not isinstance(event, dict):
-                    raise ValueError
-            except ValueError:
-                event = {"event": None, "raw": text}
+            event = log_event(raw)
             with self._cond:
                 self.lines.append(event)
                 self._cond.notify_all()

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
-from tests.tools import require_tool
+from tests.tools import MODEL_AWARE, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -35,11 +35,6 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
 
 # alerts about a daemon or its workers (no `watch` label in their series); all others are per watch
 NOT_PER_WATCH = {"CkptwatchWorkerDown": "device", "CkptwatchWorkerRestarting": "device", "CkptwatchDown": "instance"}
-MODEL_AWARE = {
-    "ckptwatch_functional_agreement_ratio",
-    "ckptwatch_functional_output_max_abs_diff",
-    "ckptwatch_restore_unmatched_objects",
-}
 
 
 def promtool() -> str:

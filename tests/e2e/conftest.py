@@ -43,6 +43,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.tools import log_event
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # the log events that mean the daemon is done with a checkpoint
@@ -200,13 +202,7 @@ class DaemonProc:
     def _read_stdout(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            try:
-                event = json.loads(text)
-                if not isinstance(event, dict):
-                    raise ValueError
-            except ValueError:
-                event = {"event": None, "raw": text}
+            event = log_event(raw)
             event["_t"] = time.monotonic()
             with self._cond:
                 self.lines.append(event)

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from tests import zoo
-from tests.tools import require_tool
+from tests.tools import MODEL_AWARE, require_tool
 
 from .conftest import GOOD, Trainer, outcome
 
@@ -37,12 +37,6 @@ RULES = ROOT / "deploy" / "prometheus" / "ckptwatch.rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
 
 SCRAPE_INTERVAL = 1  # seconds; also the rule evaluation interval
-# Metrics only model-aware checks ([watch.model]) export: the "model" watch makes them exist.
-MODEL_AWARE = {
-    "ckptwatch_functional_agreement_ratio",
-    "ckptwatch_functional_output_max_abs_diff",
-    "ckptwatch_restore_unmatched_objects",
-}
 
 
 def prometheus_binary() -> str:
