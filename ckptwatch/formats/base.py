@@ -19,12 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-# Tensor kinds: what a name is, so policies can treat them differently.
-WEIGHT = "weight"  # a model variable
-OPTIMIZER = "optimizer"  # optimizer slots (m, v, ...) and optimizer state (iterations, lr)
-METRIC = "metric"  # Keras metric accumulators
-COUNTER = "counter"  # save_counter, global_step: change by design, never drift-checked
-META = "meta"  # non-numeric entries: the object graph, strings; never compared
+from ckptwatch.formats.kinds import COUNTER, META, METRIC, OPTIMIZER, WEIGHT  # noqa: F401 - re-exported
 
 # Elements per chunk handed to the checks (~4 MB of float32). Small enough to
 # stay in cache while several passes run over it.
