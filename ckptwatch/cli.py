@@ -152,15 +152,13 @@ def verify(
 ) -> None:
     """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
     _isolated(path, as_json, threads)
-    from ckptwatch.config import load_policy
-    from ckptwatch.verify.engine import verify_paths
-    from ckptwatch.verify.policy import Policy
+    from ckptwatch.config import Policy, load_policy
+    from ckptwatch.verify.engine import DEFAULT_THREADS
     from ckptwatch.verify.render import render_verify
+    from ckptwatch.verify.request import ModelSpec, VerifyRequest
 
     spec = None
     if model or probe or golden_outputs or smoke_step or write_outputs:
-        from ckptwatch.model.spec import ModelSpec
-
         if not probe and (golden_outputs or smoke_step or write_outputs):
             raise UsageError("--golden-outputs, --smoke-step and --write-outputs need --probe")
         for option, value in (("--probe", probe), ("--golden-outputs", golden_outputs)):
@@ -177,28 +175,43 @@ def verify(
         updates["exclude"] = [*policy.exclude, *exclude]
     if frozen:
         updates["frozen"] = [*policy.frozen, *frozen]
-    policy = policy.model_copy(update=updates)
-    options = _options(threads)
-    options.sketch = bool(write_fingerprint)
-    report, prints = verify_paths(path, previous, golden, policy, options)
-    if spec is not None:
-        from ckptwatch.model.checks import ModelTimeout, add_model_checks
-
-        try:
-            add_model_checks(report, path, golden, spec, policy)
-        except ModelTimeout as e:  # its thread cannot be stopped: leave now
-            click.echo(f"ckptwatch: error: {e}", err=True)
-            sys.stderr.flush()
-            os._exit(EXIT_ERROR)
-    if write_fingerprint and prints:
-        from ckptwatch.formats.fingerprint import write_fingerprint as write_fp
-
-        write_fp(write_fingerprint, report.checkpoint, prints)
+    request = VerifyRequest(
+        path,
+        previous,
+        golden=golden,
+        policy=policy.model_copy(update=updates),
+        model=spec,
+        fingerprint_out=write_fingerprint,
+        threads=threads or DEFAULT_THREADS,
+    )
+    done = _verify(request)
+    if done.not_fingerprinted:
+        click.echo(f"ckptwatch: {write_fingerprint}: {done.not_fingerprinted}", err=True)
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json(done.report.to_dict())
     else:
-        click.echo(render_verify(report))
-    sys.exit(EXIT_FAIL if report.verdict == "fail" else EXIT_OK)
+        click.echo(render_verify(done.report))
+    sys.exit(EXIT_FAIL if done.report.verdict == "fail" else EXIT_OK)
+
+
+def _verify(request):
+    """verify_checkpoint as the CLI runs it: progress to the isolating parent, model checks in
+    this process, and an exit right away when they overrun (their thread cannot be stopped)."""
+    from ckptwatch.errors import ModelTimeout
+    from ckptwatch.isolate import progress_writer
+    from ckptwatch.verify.verification import verify_checkpoint
+
+    model_checks = None
+    if request.model is not None:
+        from ckptwatch.model.checks import add_model_checks
+
+        model_checks = add_model_checks
+    try:
+        return verify_checkpoint(request, progress_writer(), model_checks)
+    except ModelTimeout as e:
+        click.echo(f"ckptwatch: error: {e}", err=True)
+        sys.stderr.flush()
+        os._exit(EXIT_ERROR)
 
 
 @main.command()
@@ -225,23 +238,23 @@ def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None) ->
 @_threads
 def fingerprint(path: str, output: str, threads: int | None) -> None:
     """Write a compact fingerprint of PATH usable as --previous/--golden."""
-    from ckptwatch.formats.fingerprint import write_fingerprint
-    from ckptwatch.verify.engine import verify_paths
+    from ckptwatch.verify.engine import DEFAULT_THREADS
     from ckptwatch.verify.render import human_bytes
+    from ckptwatch.verify.request import VerifyRequest
 
-    options = _options(threads)
-    options.sketch = True
-    report, prints = verify_paths(path, options=options)
-    if report.verdict == "fail":
-        bad = "; ".join(f"{f.tensor or '-'}: {f.message}" for f in report.findings if f.severity == "fail")
-        raise CkptwatchError(f"{path}: not fingerprinted, the checkpoint is broken ({bad[:300]})")
+    request = VerifyRequest(
+        path, fingerprint_out=output, fingerprint_gate="verdict", threads=threads or DEFAULT_THREADS
+    )
     try:
-        size = write_fingerprint(output, report.checkpoint, prints)
+        done = _verify(request)
     except OSError as e:
         raise UsageError(f"{output}: {e.strerror}") from None
-    total = report.checkpoint.get("bytes") or 0
+    if done.fingerprint is None:
+        raise CkptwatchError(f"{path}: {done.not_fingerprinted or 'not fingerprinted: it holds no tensor'}")
+    size = os.path.getsize(output)
+    total = done.report.checkpoint.get("bytes") or 0
     ratio = f" ({100 * size / total:.2f}% of the checkpoint)" if total else ""
-    click.echo(f"wrote {output}: {len(prints)} tensors, {human_bytes(size)}{ratio}")
+    click.echo(f"wrote {output}: {done.report.checkpoint.get('tensors')} tensors, {human_bytes(size)}{ratio}")
 
 
 @main.command()

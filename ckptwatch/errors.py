@@ -3,8 +3,14 @@
     CkptwatchError                 base; str() is one line meant for the user
     ├── UsageError                 bad arguments or options          -> exit 2
     ├── CheckpointNotFound         a path that holds no checkpoint    -> exit 2
+    │   └── CheckpointVanished     it was there, and was deleted while being verified
+    │                              (CheckpointManager's max_to_keep): the daemon skips it
     ├── TryAgainLater              the daemon cannot start *now*      -> exit 75 (EX_TEMPFAIL)
     │                              (its listen address is in use): a service manager restarts it
+    ├── ModelChecksError           model-aware checks could not run (a factory that
+    │   │                          does not import, an unreadable probe file)
+    │   └── ModelTimeout           they ran past their time limit; the process that ran
+    │                              them must exit (a thread cannot be stopped)
     └── CheckpointUnreadable       a checkpoint we cannot open at all
         └── (formats.base.IntegrityError lives next to the readers: it is a
             *verdict* about the candidate, not an error of the tool)
@@ -38,3 +44,19 @@ class CheckpointNotFound(CkptwatchError):
 
 class CheckpointUnreadable(CkptwatchError):
     """A reference could not be opened (for a candidate this becomes a finding)."""
+
+
+class CheckpointVanished(CheckpointNotFound):
+    """The candidate was deleted while it was being verified: nobody's fault, no verdict."""
+
+
+class ModelChecksError(CkptwatchError):
+    """The model-aware checks could not run; `check` is the finding a daemon report gets."""
+
+    check = "restore.error"
+
+
+class ModelTimeout(ModelChecksError):
+    """The model-aware checks ran past their time limit."""
+
+    check = "functional.timeout"

@@ -43,6 +43,8 @@ from ckptwatch.daemon.supervisor import Job, Supervisor, WorkerSettings
 from ckptwatch.errors import CkptwatchError, TryAgainLater
 from ckptwatch.formats import checkpoint_exists
 from ckptwatch.verify.report import Finding, unverified_report
+from ckptwatch.verify.request import ModelSpec, VerifyRequest
+from ckptwatch.worker.protocol import Result
 
 RECHECK_INCOMPLETE = 0.1  # seconds between completion checks of a checkpoint being written
 STOP_BUDGET = 8.0  # SIGTERM -> exit well within systemd's/Kubernetes' 10 s
@@ -384,7 +386,7 @@ class Daemon:
             c = self.scheduler.next(set(self.in_flight))
             if c is None:
                 return
-            job = Job(uuid.uuid4().hex[:12], c.watch, c, self._payload(c), attempts=self.attempts.get(c.key, 0))
+            job = Job(uuid.uuid4().hex[:12], c.watch, c, self._request(c), attempts=self.attempts.get(c.key, 0))
             self.in_flight[c.watch] = job
             self.supervisor.dispatch(worker, job)
             self.log.info(
@@ -393,58 +395,44 @@ class Daemon:
                 checkpoint=c.path,
                 step=c.step,
                 device=worker.device,
-                previous=job.payload["previous"],
+                previous=job.request.previous,
             )
 
-    def _payload(self, c: Candidate) -> dict:
+    def _request(self, c: Candidate) -> VerifyRequest:
         w = self.config.watch(c.watch)
         good = self.state.last_good(c.watch)
         previous = fallback = None
         if good and good.key != c.key:
             fallback = good.fingerprint if checkpoint_exists(good.fingerprint) else None
             previous = good.path if _still_holds(good) else fallback
-        golden = w.golden if checkpoint_exists(w.golden) else None  # not mounted (yet): verify without it, say so
-        return {
-            "candidate": c.path,
-            "previous": previous,
-            "previous_fingerprint": fallback,  # if CheckpointManager deletes `previous` before the worker reads it
-            "golden": golden,
-            "golden_missing": w.golden if w.golden and golden is None else None,
-            "policy": w.policy_model().model_dump(),
-            "fingerprint_out": self.state.fingerprint_path(c.watch, c.path),
-            "threads": self.config.worker.threads,
-            "model": w.model.spec() if w.model else None,
-        }
+        return VerifyRequest(
+            c.path,
+            previous,
+            previous_fingerprint=fallback,  # if CheckpointManager deletes `previous` before the worker reads it
+            golden=w.golden,
+            golden_required=False,  # not mounted (yet): verified without it, with a warning
+            policy=w.policy_model(),
+            model=ModelSpec.from_dict(w.model.spec()) if w.model else None,
+            fingerprint_out=self.state.fingerprint_path(c.watch, c.path),
+            threads=self.config.worker.threads,
+        )
 
     # -- results -------------------------------------------------------------------------------
 
-    def _on_result(self, job: Job, msg: dict) -> None:
+    def _on_result(self, job: Job, msg: Result) -> None:
         c = job.candidate
         self.in_flight.pop(c.watch, None)
-        status = msg.get("status")
-        if status == "vanished":
-            self._skip(c, "vanished", msg.get("message", ""))
+        if msg.status == "vanished":
+            self._skip(c, "vanished", msg.message)
             return
-        report = msg.get("report") if status == "ok" else None
+        report = msg.report if msg.status == "ok" else None
         if report is None:
-            message = msg.get("message") or "the worker could not verify it"
-            report = error_report(c, message, msg.get("check") or "integrity.unreadable")
-        elif job.payload.get("golden_missing"):
-            report["findings"].append(
-                {
-                    "severity": "warn",
-                    "check": "integrity.reference",
-                    "tensor": None,
-                    "reference": "golden",
-                    "message": f"golden {job.payload['golden_missing']} is not available: not compared",
-                }
-            )
-            if report["verdict"] == "pass":
-                report["verdict"] = "warn"
+            message = msg.message or "the worker could not verify it"
+            report = error_report(c, message, msg.check or "integrity.unreadable")
         self._finish(c, report, time.monotonic() - job.queued_at)
         w = self.config.watch(c.watch) if c.watch in self.statuses else None
-        if msg.get("fingerprint"):  # integrity passed: this is "previous" from now on
-            self.state.set_last_good(c.watch, GoodCheckpoint(c.path, c.step, c.key, msg["fingerprint"]))
+        if msg.fingerprint:  # integrity passed: this is "previous" from now on
+            self.state.set_last_good(c.watch, GoodCheckpoint(c.path, c.step, c.key, msg.fingerprint))
         if w and w.publish_dir and report["verdict"] in ("pass", "warn"):
             try:
                 publish(w.publish_dir, c.path)

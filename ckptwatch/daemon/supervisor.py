@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptwatch.daemon.model import Candidate, WorkerStatus
-from ckptwatch.worker.protocol import RESERVED_EXITS, decode, encode
+from ckptwatch.verify.request import VerifyRequest
+from ckptwatch.worker import protocol
+from ckptwatch.worker.protocol import RESERVED_EXITS, ProtocolError, Ready, Result, decode_message, encode
 
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 START_TIMEOUT = 120.0  # a worker imports its libraries (TF for model checks) before its first heartbeat
@@ -37,7 +39,7 @@ class Job:
     id: str
     watch: str
     candidate: Candidate
-    payload: dict  # what the worker gets (see ckptwatch.worker.protocol)
+    request: VerifyRequest  # what the worker verifies
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -115,7 +117,7 @@ class Supervisor:
         devices: list[str],
         settings: WorkerSettings,
         selector: selectors.BaseSelector,
-        on_result: Callable[[Job, dict], None],
+        on_result: Callable[[Job, Result], None],
         on_lost: Callable[[Job, str], None],
         on_restart: Callable[[str], None],
         log: Any,
@@ -191,7 +193,7 @@ class Supervisor:
         job.attempts += 1
         w.job, w.state, w.job_started, w.progress = job, "busy", time.monotonic(), None
         try:
-            w.proc.stdin.write(encode({"id": job.id, **job.payload}))
+            w.proc.stdin.write(encode(protocol.Job(job.id, job.request)))
             w.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._terminate(w, "stdin closed")
@@ -219,19 +221,19 @@ class Supervisor:
     def _message(self, w: Worker, line: bytes) -> None:
         w.last_seen = time.monotonic()
         try:
-            msg = decode(line)
-        except ValueError:
-            self.log.warning("worker sent a bad line", device=w.device, line=line[:200].decode("utf-8", "replace"))
+            msg = decode_message(line)
+        except ProtocolError as e:
+            line_text = line[:200].decode("utf-8", "replace")
+            self.log.warning("worker sent a bad line", device=w.device, error=str(e), line=line_text)
             return
-        kind = msg.get("type")
-        if kind == "ready" and w.state == "starting":
+        if isinstance(msg, Ready) and w.state == "starting":
             w.state = "idle"
             self.log.info("worker ready", device=w.device, pid=w.proc.pid if w.proc else None)
-        elif kind == "progress":
-            w.progress = msg.get("tensor")
-        elif kind == "result" and w.job is not None and msg.get("id") == w.job.id:
+        elif isinstance(msg, protocol.Progress):
+            w.progress = msg.tensor
+        elif isinstance(msg, Result) and w.job is not None and msg.id == w.job.id:
             job, w.job, w.state = w.job, None, "idle"
-            if msg.get("exiting"):  # it leaves on its own (a model check overran): no new job for it
+            if msg.exiting:  # it leaves on its own (a model check overran): no new job for it
                 w.state, w.term_sent = "exiting", time.monotonic()
             self.on_result(job, msg)
 

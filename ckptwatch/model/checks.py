@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from ckptwatch.config import Policy
-from ckptwatch.errors import CkptwatchError
+from ckptwatch.errors import CkptwatchError, ModelTimeout
 from ckptwatch.formats import open_checkpoint, resolve
 from ckptwatch.formats.keras_archive import read_config
 from ckptwatch.model import compare, restore, safety
 from ckptwatch.model.runtime import device_label, seed, tensorflow
-from ckptwatch.model.spec import ModelSpec, Probe, load_outputs, load_probe, resolve_callable, save_outputs
+from ckptwatch.model.spec import Probe, load_outputs, load_probe, resolve_callable, save_outputs
 from ckptwatch.verify.report import Finding
+from ckptwatch.verify.request import ModelSpec
+from ckptwatch.verify.verification import integrity_failed
 
 
 class Loaded:
@@ -298,10 +300,6 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
-class ModelTimeout(CkptwatchError):
-    """The model-aware checks ran past their time limit; the process that ran them must exit."""
-
-
 def add_model_checks(report: Any, candidate: str, golden: str | None, spec: ModelSpec, policy: Policy) -> None:
     """Run check_model within spec.timeout and merge it into `report` (a verify Report).
 
@@ -309,10 +307,7 @@ def add_model_checks(report: Any, candidate: str, golden: str | None, spec: Mode
     reader could abort the process on a malformed file, and the verdict is already fail."""
     import threading
 
-    broken = [
-        f for f in report.findings if f.severity == "fail" and f.reference is None and f.check.startswith("integrity.")
-    ]
-    if broken:
+    if integrity_failed(report):
         report.model = {"skipped": "the checkpoint failed its integrity checks", "device": None}
         return
     result: dict = {}

@@ -1,6 +1,6 @@
-"""What a model-aware check needs, in plain data: the factory, the probe batch,
-stored golden outputs. No TensorFlow here: the daemon builds a ModelSpec from its
-config and sends it to the worker as JSON.
+"""What a model-aware check reads besides the checkpoint: the probe batch, stored golden
+outputs, the operator's factory. No TensorFlow here. (ModelSpec, what to run, is plain data
+in ckptwatch.verify.request: the daemon builds it and sends it to the worker.)
 
 Probe and output files are `.npz`, always read with `allow_pickle=False`: a probe
 file can hold arrays only, never objects (unpickling runs code).
@@ -12,33 +12,11 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ckptwatch.errors import UsageError
-
-DEFAULT_TIMEOUT = 300.0
-
-
-@dataclass
-class ModelSpec:
-    factory: str | None = None  # "module:function"; None: the checkpoint carries its model (.keras, SavedModel)
-    probe: str | None = None  # .npz with x (and y), or "module:function" returning them
-    golden_outputs: str | None = None  # .npz of the golden model's outputs on the probe batch
-    smoke_step: bool = False
-    python_path: list[str] = field(default_factory=list)  # searched first for the factory's module
-    timeout: float = DEFAULT_TIMEOUT
-    outputs_out: str | None = None  # CLI only (the daemon never writes): save the candidate's probe outputs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> ModelSpec | None:
-        if not data:
-            return None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

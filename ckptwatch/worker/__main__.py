@@ -14,9 +14,21 @@ import sys
 import threading
 import time
 
-from ckptwatch.worker.protocol import EXIT_DEVICE_MISSING, EXIT_TF_IMPORT, EXIT_USAGE, decode, encode
-
-MODEL_TIMEOUT_EXIT = 70  # after a model check overran: its thread cannot be stopped, so the process goes
+from ckptwatch.worker.protocol import (
+    EXIT_DEVICE_MISSING,
+    EXIT_MODEL_TIMEOUT,
+    EXIT_TF_IMPORT,
+    EXIT_USAGE,
+    Heartbeat,
+    Job,
+    Message,
+    Progress,
+    ProtocolError,
+    Ready,
+    Result,
+    decode_job,
+    encode,
+)
 
 
 class Channel:
@@ -27,7 +39,7 @@ class Channel:
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the protocol
         self._lock = threading.Lock()
 
-    def send(self, message: dict) -> None:
+    def send(self, message: Message) -> None:
         data = encode(message)
         with self._lock:
             try:
@@ -48,70 +60,34 @@ def _heartbeat(channel: Channel, interval: float, parent: int) -> None:
         time.sleep(interval)
         if os.getppid() != parent:
             os._exit(0)  # orphaned: the daemon died without closing our stdin
-        channel.send({"type": "heartbeat"})
+        channel.send(Heartbeat())
 
 
-def run_job(job: dict, channel: Channel, device: str) -> dict:
-    from ckptwatch.errors import CheckpointNotFound, CkptwatchError
-    from ckptwatch.formats import checkpoint_exists
-    from ckptwatch.formats.fingerprint import write_fingerprint
-    from ckptwatch.verify.engine import Options, verify_paths
-    from ckptwatch.verify.policy import Policy
+def run_job(job: Job, channel: Channel, device: str) -> Result:
+    """Verify one job the way `ckptwatch verify` does (one sequence), as a Result."""
+    from ckptwatch.errors import CheckpointVanished, CkptwatchError, ModelChecksError, ModelTimeout
+    from ckptwatch.verify.verification import verify_checkpoint
 
-    job_id, candidate = job["id"], job["candidate"]
-    options = Options(threads=int(job.get("threads") or 2), sketch=bool(job.get("fingerprint_out")))
-    options.progress = lambda tensor: channel.send({"type": "progress", "id": job_id, "tensor": tensor})
-    result = {"type": "result", "id": job_id, "device": device, "report": None, "fingerprint": None, "message": ""}
-    policy = Policy.model_validate(job.get("policy") or {})
-    previous, fallback = job.get("previous"), job.get("previous_fingerprint")
+    def progress(tensor: str) -> None:
+        channel.send(Progress(job.id, tensor))
 
-    def previous_gone() -> bool:  # CheckpointManager deleted it after the job was handed out
-        return bool(previous and fallback and previous != fallback and not checkpoint_exists(previous))
+    model_checks = None
+    if job.request.model is not None:
+        from ckptwatch.model.checks import add_model_checks
 
+        model_checks = add_model_checks
     try:
-        try:
-            report, prints = verify_paths(candidate, previous, job.get("golden"), policy, options)
-        except CkptwatchError:
-            if not previous_gone():
-                raise
-            report, prints = verify_paths(candidate, fallback, job.get("golden"), policy, options)
-        else:
-            touched_previous = any(
-                f.reference == "previous" and f.check.startswith("integrity.") for f in report.findings
-            )
-            if touched_previous and previous_gone():  # deleted while we read it: compare with its fingerprint
-                report, prints = verify_paths(candidate, fallback, job.get("golden"), policy, options)
-    except CheckpointNotFound as e:
-        vanished = not checkpoint_exists(candidate)
-        return {**result, "status": "vanished" if vanished else "error", "message": str(e)}
+        done = verify_checkpoint(job.request, progress, model_checks)
+    except CheckpointVanished as e:
+        return Result(job.id, "vanished", device, message=str(e))
+    except ModelTimeout as e:
+        channel.send(Result(job.id, "error", device, message=str(e), check=e.check, exiting=True))
+        os._exit(EXIT_MODEL_TIMEOUT)
+    except ModelChecksError as e:
+        return Result(job.id, "error", device, message=f"model-aware checks: {e}", check=e.check)
     except CkptwatchError as e:
-        return {**result, "status": "error", "message": str(e)}
-    if report.verdict == "fail" and not checkpoint_exists(candidate):
-        return {**result, "status": "vanished", "message": "deleted while being read"}
-    if job.get("model"):
-        from ckptwatch.model.checks import ModelTimeout, add_model_checks
-        from ckptwatch.model.spec import ModelSpec
-
-        spec = ModelSpec.from_dict(job["model"])
-        assert spec is not None
-        try:
-            add_model_checks(report, candidate, job.get("golden"), spec, policy)
-        except ModelTimeout as e:
-            timeout = {"status": "error", "check": "functional.timeout", "message": str(e), "exiting": True}
-            channel.send({**result, **timeout})
-            os._exit(MODEL_TIMEOUT_EXIT)
-        except CheckpointNotFound as e:
-            if not checkpoint_exists(candidate):
-                return {**result, "status": "vanished", "message": str(e)}
-            return {**result, "status": "error", "message": str(e)}
-        except CkptwatchError as e:
-            return {**result, "status": "error", "check": "restore.error", "message": f"model-aware checks: {e}"}
-    doc = report.to_dict()
-    integrity_ok = not any(f["severity"] == "fail" and f["check"].startswith("integrity.") for f in doc["findings"])
-    if job.get("fingerprint_out") and prints and integrity_ok:
-        write_fingerprint(job["fingerprint_out"], report.checkpoint, prints)
-        result["fingerprint"] = job["fingerprint_out"]
-    return {**result, "status": "ok", "report": doc}
+        return Result(job.id, "error", device, message=str(e))
+    return Result(job.id, "ok", device, report=done.report.to_dict(), fingerprint=done.fingerprint)
 
 
 def warm_up() -> None:
@@ -157,20 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     channel = Channel()
     parent = os.getppid()
     threading.Thread(target=_heartbeat, args=(channel, args.heartbeat, parent), daemon=True).start()
-    channel.send({"type": "ready", "pid": os.getpid(), "device": args.device})
+    channel.send(Ready(os.getpid(), args.device))
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
         try:
-            job = decode(line)
-        except ValueError as e:
-            channel.send({"type": "result", "id": None, "status": "error", "message": f"bad job: {e}"})
+            job = decode_job(line)
+        except ProtocolError as e:
+            channel.send(Result(None, "error", args.device, message=f"bad job: {e}"))
             continue
         try:
             channel.send(run_job(job, channel, args.device))
         except Exception as e:  # one bad job must not take the worker down
-            failed = {"status": "error", "check": "integrity.worker", "message": f"{type(e).__name__}: {e}"}
-            channel.send({"type": "result", "id": job.get("id"), **failed})
+            message = f"{type(e).__name__}: {e}"
+            channel.send(Result(job.id, "error", args.device, message=message, check="integrity.worker"))
     return 0
 
 

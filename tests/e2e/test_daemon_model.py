@@ -13,8 +13,8 @@ import pytest
 
 from ckptwatch.config import Policy
 from ckptwatch.model.checks import add_model_checks
-from ckptwatch.model.spec import ModelSpec
 from ckptwatch.verify.engine import verify_paths
+from ckptwatch.verify.request import ModelSpec
 from tests import zoo
 
 from .conftest import ROOT, install, outcome, report_of

@@ -1,0 +1,142 @@
+"""The one verification sequence: what `ckptwatch verify` and a daemon worker both run.
+
+    verify_checkpoint(request, progress=None, model_checks=None) -> Verification
+
+In order:
+1. references: a previous checkpoint deleted before or while it is read (CheckpointManager's
+   max_to_keep) is replaced by its fingerprint (`request.previous_fingerprint`); a golden
+   that is not there is an error, or a warning when the request says it is optional;
+2. the engine streams the candidate and its references through the checks;
+3. the model-aware checks, when the request asks for them: `model_checks` is the callable
+   that runs them (ckptwatch.model.checks.add_model_checks), handed in by the caller so that
+   this layer never imports TensorFlow;
+4. the fingerprint gate: only a checkpoint that passed its integrity checks (or, for
+   `ckptwatch fingerprint`, its whole verification) is fingerprinted.
+
+A candidate deleted meanwhile raises CheckpointVanished (the daemon skips it). Model checks
+that cannot run raise ModelChecksError (ModelTimeout past their time limit: the calling
+process must exit, the thread running TensorFlow cannot be stopped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ckptwatch.config import Policy
+from ckptwatch.errors import (
+    CheckpointNotFound,
+    CheckpointVanished,
+    CkptwatchError,
+    ModelChecksError,
+)
+from ckptwatch.formats import checkpoint_exists
+from ckptwatch.verify.engine import Options, Progress, verify_paths
+from ckptwatch.verify.report import Finding, Report
+from ckptwatch.verify.request import ModelSpec, VerifyRequest
+
+ModelChecks = Callable[[Report, str, "str | None", ModelSpec, Policy], None]
+
+
+@dataclass
+class Verification:
+    report: Report
+    fingerprint: str | None = None  # the fingerprint file written, if one was
+    not_fingerprinted: str | None = None  # why none was written although the request asked for one
+
+
+def verify_checkpoint(
+    request: VerifyRequest, progress: Progress | None = None, model_checks: ModelChecks | None = None
+) -> Verification:
+    options = Options(threads=request.threads, sketch=bool(request.fingerprint_out), progress=progress)
+    golden, golden_missing = request.golden, None
+    if golden and not request.golden_required and not checkpoint_exists(golden):
+        golden, golden_missing = None, golden  # not mounted (yet): verify without it, and say so
+    try:
+        report, prints = _engine(request, golden, options)
+    except CheckpointNotFound as e:
+        if not checkpoint_exists(request.candidate):
+            raise CheckpointVanished(f"{request.candidate}: deleted before it was verified") from e
+        raise
+    if report.verdict == "fail" and not checkpoint_exists(request.candidate):
+        raise CheckpointVanished(f"{request.candidate}: deleted while being read")
+    if golden_missing:
+        report.add_findings(
+            [
+                Finding(
+                    "warn",
+                    "integrity.reference",
+                    f"golden {golden_missing} is not available: not compared",
+                    None,
+                    "golden",
+                )
+            ]
+        )
+    if request.model is not None:
+        _model_checks(report, request, golden, model_checks)
+    verification = Verification(report)
+    if request.fingerprint_out:
+        verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
+        if verification.not_fingerprinted is None and prints:
+            from ckptwatch.formats.fingerprint import write_fingerprint
+
+            write_fingerprint(request.fingerprint_out, report.checkpoint, prints)
+            verification.fingerprint = request.fingerprint_out
+    return verification
+
+
+def _engine(request: VerifyRequest, golden: str | None, options: Options) -> tuple[Report, list]:
+    """The engine run, with the previous checkpoint's fingerprint standing in for it if
+    the checkpoint was deleted before or while it was read."""
+    previous, fallback = request.previous, request.previous_fingerprint
+
+    def previous_gone() -> bool:
+        return bool(previous and fallback and previous != fallback and not checkpoint_exists(previous))
+
+    def run(reference: str | None) -> tuple[Report, list]:
+        return verify_paths(request.candidate, reference, golden, request.policy, options)
+
+    try:
+        report, prints = run(previous)
+    except CkptwatchError:
+        if not previous_gone():
+            raise
+        return run(fallback)
+    touched = any(f.reference == "previous" and f.check.startswith("integrity.") for f in report.findings)
+    if touched and previous_gone():  # deleted while we read it
+        return run(fallback)
+    return report, prints
+
+
+def _model_checks(report: Report, request: VerifyRequest, golden: str | None, model_checks: ModelChecks | None) -> None:
+    assert request.model is not None
+    if model_checks is None:
+        raise ModelChecksError("model-aware checks were asked for, but this process cannot run them")
+    try:
+        model_checks(report, request.candidate, golden, request.model, request.policy)
+    except ModelChecksError:
+        raise
+    except CheckpointNotFound as e:
+        if not checkpoint_exists(request.candidate):
+            raise CheckpointVanished(f"{request.candidate}: deleted while being read") from e
+        raise ModelChecksError(str(e)) from e
+    except CkptwatchError as e:
+        raise ModelChecksError(str(e)) from e
+
+
+def integrity_failed(report: Report) -> bool:
+    """The candidate itself (not a reference) failed an integrity check."""
+    return any(
+        f.severity == "fail" and f.reference is None and f.check.startswith("integrity.") for f in report.findings
+    )
+
+
+def _fingerprint_refusal(report: Report, gate: str) -> str | None:
+    fails = [f for f in report.findings if f.severity == "fail"]
+    if gate == "integrity":
+        fails = [f for f in fails if f.reference is None and f.check.startswith("integrity.")]
+    if not fails:
+        return None
+    what = "its integrity checks" if gate == "integrity" else "verification"
+    named = "; ".join(f"{f.check} {f.tensor or '-'}: {f.message}" for f in fails[:3])
+    return f"not fingerprinted: the checkpoint failed {what} ({named[:300]})"
