@@ -153,8 +153,8 @@ def verify(
     """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
     _isolated(path, as_json, threads)
     from ckptwatch.config import load_policy
+    from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import verify_paths
-    from ckptwatch.verify.policy import Policy
     from ckptwatch.verify.render import render_verify
 
     spec = None

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from ckptwatch.config import Policy
 from ckptwatch.formats.base import META, TensorInfo
 from ckptwatch.formats.bundle import OBJECT_GRAPH_KEY, BundleSource
 from ckptwatch.model.runtime import tensorflow
+from ckptwatch.policy import Policy
 from ckptwatch.verify.report import Finding
 from ckptwatch.verify.structure import detect_renames
 

@@ -55,8 +55,8 @@ def run_job(job: dict, channel: Channel, device: str) -> dict:
     from ckptwatch.errors import CheckpointNotFound, CkptwatchError
     from ckptwatch.formats import checkpoint_exists
     from ckptwatch.formats.fingerprint import write_fingerprint
+    from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import Options, verify_paths
-    from ckptwatch.verify.policy import Policy
 
     job_id, candidate = job["id"], job["candidate"]
     options = Options(threads=int(job.get("threads") or 2), sketch=bool(job.get("fingerprint_out")))

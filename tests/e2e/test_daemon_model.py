@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptwatch.config import Policy
 from ckptwatch.model.checks import add_model_checks
 from ckptwatch.model.spec import ModelSpec
+from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import verify_paths
 from tests import zoo
 
