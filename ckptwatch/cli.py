@@ -152,7 +152,8 @@ def verify(
 ) -> None:
     """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
     _isolated(path, as_json, threads)
-    from ckptwatch.config import Policy, load_policy
+    from ckptwatch.config import load_policy
+    from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import DEFAULT_THREADS
     from ckptwatch.verify.render import render_verify
     from ckptwatch.verify.request import ModelSpec, VerifyRequest

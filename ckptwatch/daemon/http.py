@@ -31,6 +31,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
 from ckptwatch.daemon.model import Snapshot, WatchStatus
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
@@ -39,29 +40,6 @@ log = structlog.get_logger("ckptwatch.daemon.http")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 GZIP_MIN_BYTES = 1024
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """ "HOST:PORT", "[V6ADDR]:PORT" or ":PORT" (all IPv4 interfaces) -> (host, port). Port 0 = ephemeral."""
-    text = listen.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or not text[end + 1 :].startswith(":"):
-            raise ValueError(f"listen address {listen!r}: expected [IPV6]:PORT")
-        host, port_text = text[1:end], text[end + 2 :]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"listen address {listen!r}: expected HOST:PORT")
-        if ":" in host:
-            raise ValueError(f"listen address {listen!r}: write an IPv6 address in brackets, [ADDR]:PORT")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"listen address {listen!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"listen address {listen!r}: port {port} is out of range 0-65535")
-    return host or "0.0.0.0", port
 
 
 class _Server(ThreadingHTTPServer):

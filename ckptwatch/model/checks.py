@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ckptwatch.config import Policy
 from ckptwatch.errors import CkptwatchError, ModelTimeout
 from ckptwatch.formats import open_checkpoint, resolve
 from ckptwatch.formats.keras_archive import read_config
 from ckptwatch.model import compare, restore, safety
 from ckptwatch.model.runtime import device_label, seed, tensorflow
 from ckptwatch.model.spec import Probe, load_outputs, load_probe, resolve_callable, save_outputs
+from ckptwatch.policy import Policy
 from ckptwatch.verify.report import Finding
 from ckptwatch.verify.request import ModelSpec
 from ckptwatch.verify.verification import integrity_failed

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ckptwatch.config import Policy
+from ckptwatch.policy import Policy
 from ckptwatch.verify.report import Finding
 
 CHECK = "functional"

@@ -25,10 +25,11 @@ from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint
 from ckptwatch.formats.base import CHUNK_ELEMENTS, TensorInfo
 from ckptwatch.formats.fingerprint import FingerprintSource
+from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
-from ckptwatch.verify.policy import Policy, evaluate
 from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats, unverified_report
+from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
 from ckptwatch.verify.stats import StatsAccumulator, TensorStats
 

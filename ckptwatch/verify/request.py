@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from ckptwatch.config import Policy
+from ckptwatch.policy import Policy
 
 DEFAULT_THREADS = 2
 DEFAULT_MODEL_TIMEOUT = 300.0

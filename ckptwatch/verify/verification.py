@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ckptwatch.config import Policy
 from ckptwatch.errors import (
     CheckpointNotFound,
     CheckpointVanished,
@@ -31,6 +30,7 @@ from ckptwatch.errors import (
     ModelChecksError,
 )
 from ckptwatch.formats import checkpoint_exists
+from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import Options, Progress, verify_paths
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest

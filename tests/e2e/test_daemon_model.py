@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptwatch.config import Policy
 from ckptwatch.model.checks import add_model_checks
+from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import verify_paths
 from ckptwatch.verify.request import ModelSpec
 from tests import zoo

@@ -20,3 +20,20 @@ def test_demo_catches_the_flipped_bit_and_the_nan_and_exits_0(run_cli):
     assert re.search(r"^6\s+FAIL\s+nonfinite:", r.stdout, flags=re.MULTILINE)
     assert 'ckptwatch_verifications_total{verdict="fail",watch="demo-run"} 2.0' in r.stdout
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_cli_walkthrough_shows_each_fault_with_its_verdict_and_exit_code(run_cli):
+    r = run_cli("demo", "--cli", timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    rows = dict(re.findall(r"^(\S.*?)\s{2,}(PASS|WARN|FAIL)\s+\d\s", r.stdout, flags=re.MULTILINE))
+    assert rows == {
+        "healthy training step": "PASS",
+        "bit flip in a kernel": "FAIL",
+        "NaN after divergence": "FAIL",
+        "restarted from scratch": "FAIL",
+        "duplicate save": "FAIL",
+        "copy vs golden (replica)": "PASS",
+    }, r.stdout[-3000:]
+    assert re.search(r"^bit flip in a kernel\s+FAIL\s+1\s+integrity\.checksum ", r.stdout, flags=re.MULTILINE)
+    assert "Traceback" not in r.stderr

@@ -19,7 +19,9 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from ckptwatch.daemon.http import StatusServer, parse_listen, render_status_page
+from ckptwatch.config import parse_listen
+from ckptwatch.daemon import http as http_module
+from ckptwatch.daemon.http import StatusServer, render_status_page
 from ckptwatch.daemon.logs import configure_logging
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
@@ -339,15 +341,15 @@ def test_ipv6_listen(daemon: Daemon):
         srv.stop()
 
 
-def test_parse_listen():
-    assert parse_listen("127.0.0.1:9847") == ("127.0.0.1", 9847)
-    assert parse_listen("localhost:0") == ("localhost", 0)
-    assert parse_listen("[::1]:9847") == ("::1", 9847)
-    assert parse_listen("[::]:0") == ("::", 0)
-    assert parse_listen(":9847") == ("0.0.0.0", 9847)
-    for bad in ("9847", "host:", "host:http", "::1:9847", "[::1]9847", "[::1", "h:70000"):
-        with pytest.raises(ValueError, match="listen address"):
-            parse_listen(bad)
+def test_listen_address_is_parsed_by_the_config_grammar(daemon: Daemon):
+    """One listen-address parser: the server takes what `[daemon] listen` validated, and refuses
+    what the config refuses (":PORT" too: the host is written out, 0.0.0.0 or 127.0.0.1)."""
+    assert http_module.parse_listen is parse_listen
+    for good, address in (("127.0.0.1:9847", ("127.0.0.1", 9847)), ("[::1]:0", ("::1", 0))):
+        assert StatusServer(good, CollectorRegistry(), daemon.snapshot, daemon.reports).address == address
+    for bad in (":9847", "9847", "host:", "host:http", "::1:9847", "[::1]9847", "[::1", "h:70000"):
+        with pytest.raises(ValueError, match=r"HOST|port|brackets"):
+            StatusServer(bad, CollectorRegistry(), daemon.snapshot, daemon.reports)
 
 
 def test_render_status_page_without_watches():

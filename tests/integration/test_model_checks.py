@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ckptwatch.config import Policy
 from ckptwatch.model.checks import add_model_checks
+from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import verify_paths
 from ckptwatch.verify.request import ModelSpec
 from tests import zoo

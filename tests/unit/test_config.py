@@ -565,16 +565,6 @@ def test_load_policy_still_works(tmp_path: Path) -> None:
         load_policy(str(bad))
 
 
-def test_the_engine_evaluates_the_config_policy() -> None:
-    """One Policy: the verifier uses the class the config validates, and its kinds are the readers' kinds."""
-    from ckptwatch.formats import base
-    from ckptwatch.verify import policy as engine_policy
-
-    assert engine_policy.Policy is Policy
-    assert Policy(include_optimizer=True).compared_kinds() == {base.WEIGHT, base.OPTIMIZER}
-    assert Policy().compared_kinds() == {base.WEIGHT}
-
-
 def test_importing_config_stays_light() -> None:
     code = (
         "import sys, ckptwatch.config\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ckptwatch.config import Policy
 from ckptwatch.formats.memory import ArraySource
+from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import Engine, Options
 
 RNG = np.random.default_rng(7)

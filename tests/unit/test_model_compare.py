@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ckptwatch.config import Policy
 from ckptwatch.model.compare import accuracy, compare_outputs, flatten_outputs
 from ckptwatch.model.safety import keras_config_refusal
+from ckptwatch.policy import Policy
 
 
 def test_flatten_names_every_output():

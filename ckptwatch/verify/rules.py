@@ -1,4 +1,8 @@
-"""Policies: which drift is expected, which is a failure.
+"""Policy rules: which drift is expected, which is a failure.
+
+    evaluate(policy, results, global_drift, previous_stats) -> findings
+
+The schema (`Policy`: thresholds only) is `ckptwatch.policy`; this module applies it.
 
 Profile `training` (a checkpoint of a run in progress): the candidate must move
 against the previous checkpoint (a duplicate save or frozen layers are flagged)
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from ckptwatch.config import Policy  # defined with the config: the daemon validates it without numba
+from ckptwatch.policy import Policy  # schema only: the daemon validates it without numba
 from ckptwatch.verify.drift import Drift
 from ckptwatch.verify.report import Finding, TensorResult
 

@@ -1,5 +1,5 @@
 """Writes the demo's checkpoints with real TensorFlow (run as a child process:
-`python -m ckptwatch.demo_checkpoints DIR` or `... --train RUN_DIR`, so the CLI
+`python -m ckptwatch.demo.checkpoints DIR` or `... --train RUN_DIR`, so the CLI
 process stays TF-free).
 
 DIR/run/ckpt-1..3   a small Keras model trained a little between saves
@@ -78,7 +78,7 @@ def train(run_dir: str, pause: float = 0.7) -> None:
         model.fit(x, y, epochs=1, verbose=0)
         if step == 4:  # written elsewhere, damaged, then moved in: data first, index last, like TF commits
             prefix = ckpt.write(os.path.join(staging, f"ckpt-{step}"))
-            _flip_a_bit(prefix)
+            flip_a_bit(prefix)
             for name in sorted(os.listdir(staging), key=lambda n: n.endswith(".index")):
                 os.replace(os.path.join(staging, name), os.path.join(run_dir, name))
         elif step == 6:
@@ -94,7 +94,9 @@ def train(run_dir: str, pause: float = 0.7) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _flip_a_bit(prefix: str) -> None:
+def flip_a_bit(prefix: str) -> str:
+    """Flip one bit in the middle of the bundle's largest weight, in place; returns its label
+    (what `ckptwatch verify` names in the integrity.checksum finding)."""
     from ckptwatch.formats.bundle import BundleSource
 
     source = BundleSource(prefix)
@@ -105,6 +107,7 @@ def _flip_a_bit(prefix: str) -> None:
         b = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([b[0] ^ 0x10]))
+    return target.label
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
-"""`ckptwatch demo`: the daemon watching a training run, with no configuration.
+"""`ckptwatch demo` (what `make demo` runs): the real daemon watching a training run.
 
-`run_daemon_demo`: a tiny Keras model trains and saves with CheckpointManager
-into a temp dir (child process) while the real daemon (real worker process,
-real HTTP server) watches it; one checkpoint is corrupted on disk and one holds
-NaN weights; a verdict table and the metrics URL are printed.
-
-`run_demo` (`ckptwatch demo --cli`): the same faults and more, through the
-one-shot `ckptwatch verify`, showing verdicts and exit codes.
+A config for one watch over a temp dir is written, `ckptwatch watch` starts (real worker
+process, real HTTP server), and once its worker is ready a small Keras model trains and
+saves there (child process: `python -m ckptwatch.demo.checkpoints --train`), with a bit
+flipped at step 4 and NaN weights at step 6. The daemon's JSON log events give the
+verdicts; a table, the metrics and the published checkpoint are printed. Exit 0 when
+steps 4 and 6, and only they, fail.
 """
 
 from __future__ import annotations
@@ -21,83 +20,6 @@ import tempfile
 import time
 
 from ckptwatch.verify.render import table
-
-CASES = [
-    ("healthy training step", "run/ckpt-3", ["--previous", "run/ckpt-2", "--golden", "golden/ckpt-1"]),
-    ("bit flip in a kernel", "corrupt/ckpt-3", ["--previous", "run/ckpt-2", "--golden", "golden/ckpt-1"]),
-    ("NaN after divergence", "nan/ckpt-4", ["--previous", "run/ckpt-3", "--golden", "golden/ckpt-1"]),
-    ("restarted from scratch", "reset/ckpt-4", ["--previous", "run/ckpt-3", "--golden", "golden/ckpt-1"]),
-    ("duplicate save", "run/ckpt-3", ["--previous", "run/ckpt-3"]),
-    ("copy vs golden (replica)", "golden/ckpt-1", ["--golden", "run/ckpt-1", "--profile", "replica"]),
-]
-
-
-def _flip_byte_in_kernel(root: str) -> str:
-    from ckptwatch.demo_checkpoints import _flip_a_bit
-    from ckptwatch.formats.bundle import BundleSource
-
-    os.makedirs(os.path.join(root, "corrupt"))
-    for f in os.listdir(os.path.join(root, "run")):
-        if f.startswith("ckpt-3."):
-            shutil.copy(os.path.join(root, "run", f), os.path.join(root, "corrupt", f))
-    prefix = os.path.join(root, "corrupt", "ckpt-3")
-    _flip_a_bit(prefix)
-    source = BundleSource(prefix)
-    return max((t for t in source.tensors() if t.kind == "weight"), key=lambda t: t.nbytes).label
-
-
-def _ckptwatch(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ckptwatch", *args], cwd=cwd, capture_output=True, text=True)
-
-
-def run_demo(keep: bool = False) -> int:
-    root = tempfile.mkdtemp(prefix="ckptwatch-demo-")
-    try:
-        print(f"ckptwatch demo: writing a small training run with TensorFlow into {root} ...", flush=True)
-        t0 = time.time()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        gen = subprocess.run(
-            [sys.executable, "-m", "ckptwatch.demo_checkpoints", root], env=env, capture_output=True, text=True
-        )
-        if gen.returncode != 0:
-            print(gen.stderr[-2000:], file=sys.stderr)
-            print("ckptwatch demo: could not generate checkpoints with TensorFlow", file=sys.stderr)
-            return 2
-        flipped = _flip_byte_in_kernel(root)
-        print(f"  done in {time.time() - t0:.1f}s; flipped one bit inside {flipped} of corrupt/ckpt-3\n")
-        rows, failures = [], 0
-        for title, candidate, extra in CASES:
-            cmd = ["verify", candidate, *extra]
-            proc = _ckptwatch(*cmd, "--json", cwd=root)
-            if proc.returncode == 2:
-                print(f"  {title}: error: {proc.stderr.strip()}")
-                failures += 1
-                continue
-            report = json.loads(proc.stdout)
-            first = next((f for f in report["findings"] if f["severity"] != "info"), None)
-            what = f"{first['check']} {_short(first['tensor'], report)}: {first['message']}" if first else "-"
-            rows.append([title, report["verdict"].upper(), str(proc.returncode), what[:110]])
-            print(f"$ ckptwatch {' '.join(cmd)}")
-            print(f"  -> {report['verdict'].upper()} (exit {proc.returncode})  {what[:150]}\n", flush=True)
-        print(table(["CASE", "VERDICT", "EXIT", "FIRST FINDING"], rows))
-        print("\nThe full human report for the corrupt checkpoint:\n")
-        print(_ckptwatch("verify", "corrupt/ckpt-3", "--previous", "run/ckpt-2", cwd=root).stdout)
-        if keep:
-            print(f"checkpoints kept in {root}")
-        return 1 if failures else 0
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def _short(tensor: str | None, report: dict) -> str:
-    if not tensor:
-        return "(whole checkpoint)"
-    for t in report["tensors"]:
-        if t["name"] == tensor:
-            return t["display"]
-    return tensor
-
 
 DEMO_CONFIG = """
 [daemon]
@@ -165,7 +87,7 @@ def run_daemon_demo(serve: bool = False, listen: str = "127.0.0.1:0", timeout: f
                 print(f"  daemon up: status page {url}/  metrics {url}/metrics", flush=True)
             elif e.get("event") == "worker ready" and trainer is None:
                 trainer = subprocess.Popen(
-                    [sys.executable, "-m", "ckptwatch.demo_checkpoints", "--train", os.path.join(root, "run")],
+                    [sys.executable, "-m", "ckptwatch.demo.checkpoints", "--train", os.path.join(root, "run")],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
