@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 __all__ = ["describe_validation_error", "one_line", "quoted"]
 
@@ -75,7 +76,7 @@ def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     return []
 
 
-def _reason(e: dict, model: type[BaseModel] | None) -> str:
+def _reason(e: ErrorDetails, model: type[BaseModel] | None) -> str:
     kind, loc = e["type"], tuple(e["loc"])
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _keys_at(model, loc[:-1]), n=1)

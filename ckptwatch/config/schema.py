@@ -268,7 +268,7 @@ class ModelConfig(_Section):
 # `[watch.policy]`: every key of Policy except `profile`, which is set on the watch. A schema of
 # its own (not a Policy subclass), so that it cannot be handed to the verifier by mistake: the
 # verifier gets `Watch.policy_model()`, the full Policy with the watch's profile.
-WatchPolicy = create_model(
+WatchPolicy = create_model(  # type: ignore[call-overload]  # fields built at run time: no overload fits
     "WatchPolicy",
     __config__=ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False),
     **{name: (f.annotation, f) for name, f in Policy.model_fields.items() if name != "profile"},
@@ -283,7 +283,7 @@ class Watch(_Section):
     publish_dir: PathStr | None = Field(None, description="where `checkpoint` names the newest passing checkpoint")
     include: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1, description="globs on checkpoint names")
     exclude: list[Glob] = Field(default_factory=list, description="globs on checkpoint names")
-    policy: WatchPolicy | None = None  # type: ignore[valid-type]
+    policy: WatchPolicy | None = None
     model: ModelConfig | None = None
 
     @field_validator("golden")

@@ -70,7 +70,7 @@ def run_daemon_demo(serve: bool = False, listen: str = "127.0.0.1:0", timeout: f
 
     threading.Thread(target=read_logs, daemon=True).start()
     trainer = None
-    verdicts: dict[int, dict] = {}
+    verdicts: dict[int | None, dict] = {}
     url = None
     try:
         deadline = time.monotonic() + timeout

@@ -156,7 +156,7 @@ def smoke_step(loaded: Loaded, probe: Probe) -> tuple[dict, list[Finding]]:
     tf = tensorflow()
     built = loaded.built
     model = built.model if built else None
-    if model is None or not getattr(model, "trainable_variables", None):
+    if built is None or model is None or not getattr(model, "trainable_variables", None):
         return {"ran": False}, [Finding("warn", "functional.smoke", "smoke step skipped: no trainable model")]
     if probe.y is None:
         return {"ran": False}, [Finding("warn", "functional.smoke", "smoke step skipped: the probe has no labels y")]

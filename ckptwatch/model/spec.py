@@ -89,6 +89,6 @@ def load_outputs(path: str) -> dict[str, np.ndarray]:
 
 def save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
     try:
-        np.savez(path, **outputs)
+        np.savez(path, **outputs)  # type: ignore[arg-type]  # numpy's stub: a key could be "allow_pickle"
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror or e}") from None

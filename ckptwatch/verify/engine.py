@@ -261,8 +261,12 @@ class Engine:
         for ref in refs:
             total = PairSums()
             for o in outcomes:
-                r = o.result
-                if ref.role in o.sums and r.kind in compared and not policy.settings_for(r.name, r.display)["exclude"]:
+                res = o.result
+                if (
+                    ref.role in o.sums
+                    and res.kind in compared
+                    and not policy.settings_for(res.name, res.display)["exclude"]
+                ):
                     total.add(o.sums[ref.role])
             global_drift[ref.role] = total.drift() if total.count else None
         previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
@@ -370,12 +374,13 @@ def diff_paths(a: str, b: str, top: int | None = None, options: Options | None =
     if top:
         rows = rows[:top]
     structural = [f.to_dict() for f in report.findings if f.check.startswith(("structure.", "integrity.", "nonfinite"))]
+    overall = report.drift.get("previous")
     return clean_floats(
         {
             "schema": DIFF_SCHEMA,
             "a": report.checkpoint,
             "b": {"path": src_b.path, "format": src_b.format, "step": src_b.step},
-            "drift": report.drift["previous"].to_dict() if report.drift.get("previous") else None,
+            "drift": overall.to_dict() if overall else None,
             "findings": structural,
             "tensors": rows,
         }

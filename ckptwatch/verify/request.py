@@ -70,7 +70,7 @@ class VerifyRequest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerifyRequest:
+    def from_dict(cls, data: object) -> VerifyRequest:
         """The inverse of to_dict; raises ValueError (or pydantic's, a ValueError) on bad data."""
         if not isinstance(data, dict) or not isinstance(data.get("candidate"), str):
             raise ValueError("a request needs a candidate path")

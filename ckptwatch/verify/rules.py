@@ -16,10 +16,12 @@ Thresholds can be overridden per tensor glob; the last matching override wins.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ckptwatch.policy import Policy  # schema only: the daemon validates it without numba
-from ckptwatch.verify.drift import Drift
+from ckptwatch.verify.drift import Drift, ReferenceStats
 from ckptwatch.verify.report import Finding, TensorResult
+from ckptwatch.verify.stats import TensorStats
 
 
 def is_floating(dtype: str) -> bool:
@@ -34,7 +36,7 @@ def evaluate(
     policy: Policy,
     results: list[TensorResult],
     global_drift: dict[str, Drift | None],
-    previous_stats: dict[str, object],
+    previous_stats: Mapping[str, TensorStats | ReferenceStats],
 ) -> list[Finding]:
     """Findings from drift and statistics. `previous_stats` maps candidate tensor
     names to the previous checkpoint's TensorStats (for norm growth and resets)."""
@@ -102,7 +104,9 @@ def _replica_findings(t: TensorResult, s: dict) -> list[Finding]:
     ]
 
 
-def _training_findings(t: TensorResult, s: dict, policy: Policy, prev_stats) -> list[Finding]:
+def _training_findings(
+    t: TensorResult, s: dict, policy: Policy, prev_stats: TensorStats | ReferenceStats | None
+) -> list[Finding]:
     out: list[Finding] = []
     d = t.drift.get("previous")
     stats = t.stats

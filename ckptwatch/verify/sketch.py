@@ -72,7 +72,7 @@ class SketchBuilder:
         self.k = 0
 
     def update(self, chunk: np.ndarray) -> None:
-        self.hasher.update(np.ascontiguousarray(chunk).view(np.uint8))
+        self.hasher.update(np.ascontiguousarray(chunk).view(np.uint8).data)
         end = self.offset + chunk.size
         hi = int(np.searchsorted(self.positions, end))
         if hi > self.k:

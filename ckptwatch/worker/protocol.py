@@ -107,7 +107,7 @@ def decode_job(line: bytes) -> Job:
     if doc.get("type") != "job" or not isinstance(doc.get("id"), str):
         raise ProtocolError("not a job")
     try:
-        return Job(doc["id"], VerifyRequest.from_dict(doc.get("request")))  # type: ignore[arg-type]
+        return Job(doc["id"], VerifyRequest.from_dict(doc.get("request")))
     except (ValueError, TypeError) as e:
         raise ProtocolError(f"bad request: {e}") from None
 
@@ -132,7 +132,7 @@ _FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
 def decode_message(line: bytes) -> Message:
     """A worker's line as a message; ProtocolError for anything else."""
     doc = _object(line)
-    cls = _TYPES.get(doc.pop("type", None))  # type: ignore[arg-type]
+    cls = _TYPES.get(str(doc.pop("type", "")))
     if cls is None or cls is Job:
         raise ProtocolError("unknown message type")
     expected = _FIELD_TYPES[cls]
@@ -142,6 +142,7 @@ def decode_message(line: bytes) -> Message:
     if cls is Result and doc.get("status") not in ("ok", "vanished", "error"):
         raise ProtocolError(f"result: bad status {doc.get('status')!r}")
     try:
-        return cls(**doc)  # type: ignore[no-any-return]
+        message: Message = cls(**doc)
+        return message
     except TypeError as e:  # a required field is missing
         raise ProtocolError(f"{_NAMES[cls]}: {e}") from None

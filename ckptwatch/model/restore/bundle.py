@@ -153,6 +153,7 @@ def _fidelity(
     checked, wrong, initial = 0, [], []
     paired = set()
     for p in pairs:
+        assert p.key is not None  # paired: it restored from this key
         paired.add(id(p.obj))
         expected = joined(source.read(p.key))
         actual = as_array(p.obj).reshape(-1)

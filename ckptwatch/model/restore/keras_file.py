@@ -7,6 +7,7 @@ in for the matching walk and the fidelity check of bundles.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -79,7 +80,7 @@ def _round_trip(out: RestoreOutcome, model: Any, path: str, policy: Policy) -> b
         except Exception as e:  # e.g. not a Keras 3 model, or no room: the initializer check still applies
             out.findings.append(Finding("info", "restore.fidelity", f"not compared key by key: {first_line(e)}"))
             return False
-        with open_checkpoint(path) as original, open_hdf5(again) as restored:
+        with contextlib.closing(open_checkpoint(path)) as original, open_hdf5(again) as restored:
             in_file = {t.name: t for t in original.tensors() if t.kind != META}
             in_model = {t.name: t for t in restored.tensors() if t.kind != META}
             common = sorted(in_file.keys() & in_model.keys())

@@ -77,7 +77,8 @@ def status_findings(
         ],
     )
     severity = {"consumed": "fail", "existing": "warn", "partial": "info"}[policy.restore]
-    hard, soft = [], []
+    hard: list[tuple[str, str]] = []
+    soft: list[tuple[str, str]] = []
     for name, key in unused:
         why = f"{name}: a checkpoint value no model object takes" + (f" ({key})" if key != name else "")
         (soft if allowed(policy.allow_unused, name, key, slash(name)) else hard).append((name, why))
