@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ckptwatch.formats.bundle import _fields
 from ckptwatch.formats.table import TableError, read_varint
+from ckptwatch.formats.wire import fields
 
 _OPTIMIZER_EDGES = {"optimizer", "_optimizer"}
 MAX_PATHS_PER_NODE = 8
@@ -41,16 +41,16 @@ class GraphNode:
 def parse_nodes(graph: bytes) -> list[GraphNode]:
     """The nodes of a serialized TrackableObjectGraph; node 0 is the root."""
     nodes: list[GraphNode] = []
-    for number, _, value in _fields(memoryview(graph)):
+    for number, _, value in fields(memoryview(graph)):
         if number != 1:
             continue
         node = GraphNode()
-        for n2, _, v2 in _fields(value):  # type: ignore[arg-type]
+        for n2, _, v2 in fields(value):  # type: ignore[arg-type]
             if n2 == 1:  # ObjectReference
-                ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                ref = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
                 node.children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
             elif n2 == 2:  # SerializedTensor
-                ser = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                ser = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
                 node.attributes.append(
                     (
                         bytes(ser.get(1, b"")).decode("utf-8", "replace"),
@@ -58,7 +58,7 @@ def parse_nodes(graph: bytes) -> list[GraphNode]:
                     )
                 )
             elif n2 == 3:  # SlotVariableReference
-                ref = {n3: v3 for n3, _, v3 in _fields(v2)}  # type: ignore[arg-type]
+                ref = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
                 node.slots.append(
                     (int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace"), int(ref.get(3, 0)))
                 )

@@ -1,0 +1,229 @@
+"""The protobuf wire format of a TF bundle index, decoded without TensorFlow or protobuf.
+
+    fields(buf)            -> (field number, wire type, value) for each field of a message
+    parse_entry(buf)       -> BundleEntry          (BundleEntryProto)
+    parse_header(buf)      -> (num_shards, big_endian)   (BundleHeaderProto, the entry keyed "")
+    slice_key_name(key)    -> the tensor a slice entry belongs to
+    read_index(path)       -> BundleIndex          (the whole index file, checked)
+
+Light on purpose (struct, crc32c through table.py; no numpy): the daemon's main process
+reads an index header through it to learn a bundle's shard count.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ckptwatch.formats.base import IntegrityError
+from ckptwatch.formats.table import TableError, iter_table, read_varint, unmask_crc
+
+# tensorflow/core/framework/types.proto
+DTYPE_NAMES = {
+    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
+    8: "complex64", 9: "int64", 10: "bool", 11: "qint8", 12: "quint8", 13: "qint32",
+    14: "bfloat16", 15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "float16",
+    20: "resource", 21: "variant", 22: "uint32", 23: "uint64", 24: "float8_e5m2",
+    25: "float8_e4m3fn", 26: "float8_e4m3fnuz", 27: "float8_e4m3b11fnuz", 28: "float8_e5m2fnuz",
+    29: "int4", 30: "uint4",
+}  # fmt: skip
+
+MAX_INDEX_BYTES = 1 << 30  # an index is metadata only; a bigger one is hostile
+MAX_SHARDS = 1 << 16  # more data files than this is not a plausible checkpoint
+
+Extent = tuple[int, int | None]  # (start, length); length None = the whole dimension
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    dtype: int = 0
+    shape: tuple[int, ...] = ()
+    shard_id: int = 0
+    offset: int = 0
+    size: int = 0
+    crc32c: int | None = None
+    slices: tuple[tuple[Extent, ...], ...] = ()  # set when TF stored the tensor in slices
+
+    @property
+    def sliced(self) -> bool:
+        return bool(self.slices)
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES.get(self.dtype, f"dtype{self.dtype}")
+
+
+def check_entry_crc(entry: BundleEntry, crc: int, name: str, where: str = "") -> None:
+    """Raise integrity.checksum unless `crc` (of the bytes read) matches the entry's stored one."""
+    if entry.crc32c is not None and unmask_crc(entry.crc32c) != crc:
+        raise IntegrityError(
+            "integrity.checksum",
+            f"checksum does not match: stored {unmask_crc(entry.crc32c):#010x} vs. calculated {crc:#010x}"
+            + (f" in {where}" if where else ""),
+            name,
+        )
+
+
+def fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
+    """Iterate protobuf wire-format fields: (field number, wire type, value)."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        tag, pos = read_varint(buf, pos, end)
+        number, wire = tag >> 3, tag & 7
+        value: object
+        if wire == 0:
+            value, pos = read_varint(buf, pos, end)
+        elif wire == 1:
+            if pos + 8 > end:
+                raise TableError("fixed64 field runs past the entry")
+            (value,) = struct.unpack_from("<Q", buf, pos)
+            pos += 8
+        elif wire == 2:
+            length, pos = read_varint(buf, pos, end)
+            if pos + length > end:
+                raise TableError("length-delimited field runs past the entry")
+            value = buf[pos : pos + length]
+            pos += length
+        elif wire == 5:
+            if pos + 4 > end:
+                raise TableError("fixed32 field runs past the entry")
+            (value,) = struct.unpack_from("<I", buf, pos)
+            pos += 4
+        else:
+            raise TableError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def signed64(v: int) -> int:
+    """A varint read as unsigned, taken as the int64 it encodes."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def parse_shape(buf: memoryview) -> tuple[int, ...]:
+    """A TensorShapeProto: its dimensions (an unknown rank is an error)."""
+    dims = []
+    for number, wire, value in fields(buf):
+        if number == 2 and wire == 2:  # Dim
+            size = 0
+            for n2, w2, v2 in fields(value):  # type: ignore[arg-type]
+                if n2 == 1 and w2 == 0:
+                    size = signed64(v2)  # type: ignore[arg-type]
+            dims.append(size)
+        elif number == 3 and value:
+            raise TableError("shape of unknown rank")
+    return tuple(dims)
+
+
+def parse_entry(buf: memoryview) -> BundleEntry:
+    """A BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices."""
+    kw: dict = {}
+    for number, wire, value in fields(buf):
+        if number == 1 and wire == 0:
+            kw["dtype"] = value
+        elif number == 2 and wire == 2:
+            kw["shape"] = parse_shape(value)  # type: ignore[arg-type]
+        elif number == 3 and wire == 0:
+            kw["shard_id"] = value
+        elif number == 4 and wire == 0:
+            kw["offset"] = signed64(value)  # type: ignore[arg-type]
+        elif number == 5 and wire == 0:
+            kw["size"] = signed64(value)  # type: ignore[arg-type]
+        elif number == 6 and wire == 5:
+            kw["crc32c"] = value
+        elif number == 7 and wire == 2:
+            kw.setdefault("slices", []).append(parse_slice(value))  # type: ignore[arg-type]
+    if "slices" in kw:
+        kw["slices"] = tuple(kw["slices"])
+    return BundleEntry(**kw)
+
+
+def parse_slice(buf: memoryview) -> tuple[Extent, ...]:
+    """A TensorSliceProto: (start, length) per dimension, length None for the whole one."""
+    extents = []
+    for number, wire, value in fields(buf):
+        if number == 1 and wire == 2:
+            ext = {n: v for n, _, v in fields(value)}  # type: ignore[arg-type]
+            start = signed64(int(ext.get(1, 0)))  # type: ignore[call-overload]
+            length = signed64(int(ext[2])) if 2 in ext else None  # type: ignore[call-overload]
+            extents.append((start, length))
+    return tuple(extents)
+
+
+def slice_key_name(key: bytes) -> str | None:
+    """The tensor name inside a slice key (OrderedCode: 0, escaped name, \\x00\\x01, extents)."""
+    if not key.startswith(b"\x00"):
+        return None
+    out, i = bytearray(), 1
+    while i + 1 < len(key):
+        b, nxt = key[i], key[i + 1]
+        if b == 0 and nxt == 1:
+            return out.decode("utf-8", "replace")
+        if b == 0 and nxt == 0xFF:
+            out.append(0)
+            i += 2
+        elif b == 0xFF and nxt == 0:
+            out.append(0xFF)
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    return None
+
+
+def parse_header(buf: memoryview) -> tuple[int, bool]:
+    """A BundleHeaderProto: (num_shards, big_endian)."""
+    num_shards, big_endian = 1, False
+    for number, wire, value in fields(buf):
+        if number == 1 and wire == 0:
+            num_shards = value  # type: ignore[assignment]
+        elif number == 2 and wire == 0:
+            big_endian = value == 1
+    return num_shards, big_endian
+
+
+@dataclass
+class BundleIndex:
+    """What an index file says, before any data file is looked at."""
+
+    num_shards: int = 1
+    big_endian: bool = False
+    entries: list[tuple[str, BundleEntry]] = field(default_factory=list)  # in key order
+    slices: dict[str, list[BundleEntry]] = field(default_factory=dict)  # parent name -> its stored slices
+
+
+def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
+    """Read and check `<prefix>.index`: every block (checksums, key order) and the header;
+    with header_only the tensor entries are not decoded (the shard count is all that is
+    wanted). Raises IntegrityError("integrity.index", ...) saying what is wrong, OSError
+    when the file cannot be read."""
+    size = os.path.getsize(index_path)
+    if size > MAX_INDEX_BYTES:
+        raise IntegrityError("integrity.index", f"{index_path}: {size} bytes is too large for an index")
+    with open(index_path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise IntegrityError("integrity.index", f"{index_path}: index file is empty")
+    index, header_seen, key = BundleIndex(), False, b""
+    try:
+        for key, value in iter_table(data):
+            if key == b"":
+                index.num_shards, index.big_endian = parse_header(value)
+                header_seen = True
+            elif header_only:
+                continue
+            elif key[:1] == b"\x00":  # a slice of a tensor stored in slices; its parent entry is listed
+                parent = slice_key_name(key)
+                if parent is not None:
+                    index.slices.setdefault(parent, []).append(parse_entry(value))
+            else:
+                index.entries.append((key.decode("utf-8", "replace"), parse_entry(value)))
+    except TableError as e:
+        where = f" (after entry {key.decode('utf-8', 'replace')!r})" if key else ""
+        raise IntegrityError("integrity.index", f"{index_path}: {e}{where}") from None
+    if not header_seen:
+        raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
+    if not 1 <= index.num_shards <= MAX_SHARDS:
+        raise IntegrityError("integrity.index", f"{index_path}: implausible shard count {index.num_shards}")
+    return index
