@@ -18,7 +18,7 @@ import os
 from ckptwatch.errors import CheckpointNotFound
 from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.bundle import BundleSource, read_state_file
-from ckptwatch.formats.fingerprint import FingerprintSource, looks_like_fingerprint
+from ckptwatch.formats.layout import looks_like_fingerprint
 
 __all__ = [
     "CheckpointSource",
@@ -88,8 +88,10 @@ def open_checkpoint(path: str) -> CheckpointSource:
         if not os.path.isfile(location + ".index"):
             raise IntegrityError("integrity.index", f"{path}: SavedModel has no variables/variables.index")
         return BundleSource(location, format="savedmodel")
-    if kind == "fingerprint":
-        return FingerprintSource(location)
+    if kind == "fingerprint":  # a reference only: ckptwatch.verify.engine.open_reference opens it
+        raise CheckpointNotFound(
+            f"{path} is a fingerprint (statistics, no tensor data): give it as --previous or --golden (diff: as B)"
+        )
     if kind == "keras":
         from ckptwatch.formats.keras_archive import open_keras_archive
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
-from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint
+from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
 from ckptwatch.formats.base import CHUNK_ELEMENTS, TensorInfo
-from ckptwatch.formats.fingerprint import FingerprintSource
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
+from ckptwatch.verify.fingerprint import FingerprintSource
 from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats, unverified_report
 from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
@@ -295,9 +295,11 @@ class Engine:
 
 
 def open_reference(path: str, role: str) -> CheckpointSource:
-    """Open a previous/golden reference; any failure is a tool error (exit 2)."""
+    """Open a previous/golden reference (a checkpoint or a fingerprint); any failure is a
+    tool error (exit 2)."""
     try:
-        return open_checkpoint(path)
+        kind, location = resolve(path)
+        return FingerprintSource(location) if kind == "fingerprint" else open_checkpoint(path)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"{role} reference {e}") from None
     except IntegrityError as e:

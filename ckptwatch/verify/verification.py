@@ -78,7 +78,7 @@ def verify_checkpoint(
     if request.fingerprint_out:
         verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
         if verification.not_fingerprinted is None and prints:
-            from ckptwatch.formats.fingerprint import write_fingerprint
+            from ckptwatch.verify.fingerprint import write_fingerprint
 
             write_fingerprint(request.fingerprint_out, report.checkpoint, prints)
             verification.fingerprint = request.fingerprint_out

@@ -124,6 +124,21 @@ def test_garbage_fingerprint_as_golden_is_an_error(run_cli, keras_run, keras_pri
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect", "fingerprint", "diff"])
+def test_fingerprint_as_candidate_is_a_usage_error(
+    run_cli, keras_run, keras_prints, tmp_path: Path, command: str
+) -> None:
+    """A fingerprint is a reference only (no tensor data): given where a checkpoint must be
+    read it is one clear line and exit 2, never "internal error"."""
+    fp = keras_prints["previous"]
+    args = {"fingerprint": ("-o", tmp_path / "again.json"), "diff": (keras_run.candidate,)}.get(command, ())
+    r = run_cli(command, fp, *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"{fp} is a fingerprint" in lines[0] and "--previous or --golden" in lines[0], lines
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_broken_checkpoint_is_not_fingerprinted(run_cli, small_module, copy_ckpt, tmp_path: Path) -> None:
     prefix = copy_ckpt(small_module.path, tmp_path / "c")
     with open(prefix + ".data-00000-of-00001", "r+b") as f:

@@ -1,8 +1,10 @@
 """Fingerprint files: a checkpoint's metadata, statistics and sketches, without its data.
 
 Written by `ckptwatch fingerprint PATH -o FILE` (and by the daemon for each
-checkpoint it verifies), accepted wherever a reference is: CheckpointManager may
-delete the previous checkpoint, and golden checkpoints are often not mounted.
+checkpoint it verifies), accepted wherever a reference is (engine.open_reference opens
+it): CheckpointManager may delete the previous checkpoint, and golden checkpoints are
+often not mounted. Never a candidate: it holds no tensor data. ckptwatch.formats only
+detects one (formats.layout.looks_like_fingerprint), it does not open it.
 JSON (gzip when the name ends in .gz); samples are base64 little-endian floats.
 """
 
@@ -17,27 +19,15 @@ from collections.abc import Iterator
 import numpy as np
 
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.formats.layout import FINGERPRINT_SCHEMA as SCHEMA
+from ckptwatch.formats.layout import looks_like_fingerprint
 from ckptwatch.verify.sketch import TensorSketch
 from ckptwatch.verify.stats import TensorStats
 
-SCHEMA = "ckptwatch.fingerprint/v1"
+__all__ = ["SCHEMA", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
+
 MAX_FINGERPRINT_BYTES = 256 << 20
 _SMALL_FLOATS = {"float32", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "bool"}
-
-
-def looks_like_fingerprint(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    if head[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as f:
-                head = f.read(4096)
-        except (OSError, EOFError):
-            return False
-    return head.lstrip()[:1] == b"{" and SCHEMA.encode() in head
 
 
 def _encode_sample(values: np.ndarray, dtype: str) -> dict:
