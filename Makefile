@@ -52,6 +52,7 @@ test: $(STAMP) lint tools
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/main_rss.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out

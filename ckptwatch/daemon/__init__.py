@@ -4,6 +4,7 @@ TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
     model.py       domain types shared by the parts below (no behaviour)
     events.py      watchdog handler: filesystem events -> `Touched` on a queue
     discovery.py   which checkpoints a directory holds, and whether one is completely written
+    stability.py   settle clocks: how long files have been unchanged
     scheduler.py   per-watch queues, coalescing, "previous" resolution
     supervisor.py  worker processes: spawn, jobs, heartbeats, timeouts, restarts
     state.py       SQLite state (reports, fingerprints) in state_dir

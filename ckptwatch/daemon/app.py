@@ -41,7 +41,7 @@ from ckptwatch.daemon.scheduler import Scheduler
 from ckptwatch.daemon.state import GoodCheckpoint, State
 from ckptwatch.daemon.supervisor import Job, Supervisor, WorkerSettings
 from ckptwatch.errors import CkptwatchError, TryAgainLater
-from ckptwatch.formats import checkpoint_exists
+from ckptwatch.formats.layout import checkpoint_exists
 from ckptwatch.verify.report import Finding, unverified_report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
 from ckptwatch.worker.protocol import Result

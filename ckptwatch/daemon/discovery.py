@@ -4,9 +4,10 @@
     check_completion(candidate, now, stability) -> Completion
     StabilityTracker(settle_seconds)                                      "unchanged for how long"
 
-Pure functions over the filesystem: read-only, no TensorFlow (bundle indexes are parsed
-by ckptwatch.formats.bundle in pure Python). What "complete" means follows how the
-writers work (see FIELD-NOTES):
+Pure functions over the filesystem: read-only, no TensorFlow, no numpy. What a format's files
+are (suffixes, SavedModel markers, temp artefacts, a bundle's shard count from its index
+header) is ckptwatch.formats.layout's to say; the settle clocks are in daemon/stability.py.
+What "complete" means follows how the writers work (see FIELD-NOTES):
 
 - TF bundles (TF2 Checkpoint / CheckpointManager, TF1 Saver): shards are written under
   `<prefix>_temp/` (or as `<prefix>.data-K-of-N.tempstate*`), renamed into place, then
@@ -46,20 +47,35 @@ re-check finds them.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
-import glob
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ckptwatch.daemon.model import Candidate, Completion
+from ckptwatch.daemon.stability import (
+    Signature,
+    StabilityTracker,
+    files_signature,
+    regular_stat,
+    stat_signature,
+    tree_signature,
+)
+from ckptwatch.formats import layout
 from ckptwatch.formats.base import IntegrityError
-from ckptwatch.formats.bundle import BundleSource, shard_path
+from ckptwatch.formats.layout import (
+    BUNDLE,
+    HDF5,
+    KERAS,
+    SAVEDMODEL,
+    classify,
+    is_temporary,
+    saved_model_marker,
+    temp_leftovers,
+)
 from ckptwatch.formats.names import step_from_path
 
 __all__ = [
@@ -81,47 +97,8 @@ __all__ = [
     "temp_leftovers",
 ]
 
-BUNDLE, HDF5, KERAS, SAVEDMODEL = "bundle", "hdf5", "keras", "savedmodel"
-
-_INDEX_SUFFIX = ".index"
-_HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
-_KERAS_SUFFIX = ".keras"
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # what ckptwatch.formats.resolve accepts
-_SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside one
-_FINGERPRINT = "fingerprint.pb"  # TF2 writes it right after saved_model.pb
-
-# Artefacts of a save in progress, never candidates themselves:
-#   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
-#   writes), checkpoint.tmp<hex> and model.ckpt-N.meta.tmp<hex> (TF's state / graph files),
-#   *.tmp, *.partial (copiers, downloaders), temp-<timestamp>/ (Estimator's exporters, renamed
-#   to <timestamp>/ when done).
-_TEMPORARY = re.compile(r"_temp(_[0-9a-fA-F-]+)?$|\.tempstate|^checkpoint\.tmp|\.tmp[0-9a-f]*$|\.partial$|^temp-\d+$")
-
 EXPORT_WINDOW = 300.0  # seconds a SavedModel export with no saved_model.pb yet counts as under way
-
-Signature = tuple  # what "unchanged" compares: (size, mtime_ns, inode) per file
-
-
-def is_temporary(name: str) -> bool:
-    """True for hidden files and the temporary artefacts of a save or a copy."""
-    return name.startswith(".") or bool(_TEMPORARY.search(name))
-
-
-def classify(name: str) -> tuple[str, str] | None:
-    """(kind, base name) of a directory entry that is a checkpoint, else None.
-
-    `ckpt-3.index` -> ("bundle", "ckpt-3"); `w.weights.h5` -> ("hdf5", "w.weights.h5");
-    `m.keras` -> ("keras", "m.keras"). Data shards, state files and temp artefacts -> None.
-    """
-    if is_temporary(name):
-        return None
-    if name.endswith(_INDEX_SUFFIX) and len(name) > len(_INDEX_SUFFIX):
-        return BUNDLE, name[: -len(_INDEX_SUFFIX)]
-    if name.endswith(_KERAS_SUFFIX) and len(name) > len(_KERAS_SUFFIX):
-        return KERAS, name
-    if name.endswith(_HDF5_SUFFIXES):
-        return HDF5, name
-    return None
+_VARIABLES_INDEX = layout.SAVED_MODEL_VARIABLES + layout.INDEX_SUFFIX
 
 
 def candidate_key(path: str, st: os.stat_result) -> str:
@@ -131,15 +108,6 @@ def candidate_key(path: str, st: os.stat_result) -> str:
 
 def _matches(base: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(base, p) for p in include) and not any(fnmatch.fnmatchcase(base, p) for p in exclude)
-
-
-def saved_model_marker(directory: str) -> str | None:
-    """The path of `directory`'s saved_model.pb (or .pbtxt) if it is a SavedModel, else None."""
-    for name in _SAVED_MODEL_FILES:
-        path = os.path.join(directory, name)
-        if _stat(path) is not None:
-            return path
-    return None
 
 
 @dataclass
@@ -192,7 +160,7 @@ def scan(
             st = entry.stat()  # follows symlinks: a linked checkpoint file counts
         except OSError:  # vanished (or a dangling link) meanwhile
             continue
-        if _is_regular(st):
+        if stat.S_ISREG(st.st_mode):
             found.append(_candidate(watch, os.path.join(directory, kind_base[1]), kind_base[0], st))
     itself = _saved_model_stat(directory)
     if itself is not None and _matches(os.path.basename(directory), include, exclude):
@@ -238,7 +206,7 @@ def exports_in_progress(
 
 def _saved_model_stat(directory: str) -> os.stat_result | None:
     marker = saved_model_marker(directory)
-    return _stat(marker) if marker else None
+    return regular_stat(marker) if marker else None
 
 
 def _candidate(watch: str, path: str, kind: str, st: os.stat_result) -> Candidate:
@@ -260,68 +228,6 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _is_regular(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode)
-
-
-def _stat(path: str) -> os.stat_result | None:
-    """The stat of a regular file at `path`, None if there is none we can stat (missing, a
-    directory, a symlink loop, a directory we may not search: lost+found on a volume)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st if _is_regular(st) else None
-
-
-def _signature(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-class StabilityTracker:
-    """How long files have been unchanged, by (size, mtime_ns, inode), as seen by observe().
-
-    The clock starts at the first observation: a file is never taken as settled on its mtime
-    alone (a writer's clock on another host may be skewed). `now` is any monotonic-enough
-    clock, the same for every call (time.monotonic()). Not thread-safe: one owner.
-    """
-
-    def __init__(self, settle_seconds: float):
-        if settle_seconds < 0:
-            raise ValueError(f"settle_seconds must be >= 0, not {settle_seconds}")
-        self.settle_seconds = float(settle_seconds)
-        self._seen: dict[str, tuple[Signature, float]] = {}
-
-    def observe(self, path: str, now: float) -> float:
-        """Seconds `path` has been unchanged (0.0 on first sight, after a change, or when it
-        does not exist; a missing path is forgotten)."""
-        st = _stat(path)
-        if st is None:
-            self.forget(path)
-            return 0.0
-        return self.observe_signature(path, _signature(st), now)
-
-    def observe_signature(self, key: str, signature: Signature, now: float) -> float:
-        """observe() for a caller-built signature (several files under one key)."""
-        seen = self._seen.get(key)
-        if seen is None or seen[0] != signature:
-            self._seen[key] = (signature, now)
-            return 0.0
-        return max(0.0, now - seen[1])
-
-    def settled(self, path: str, now: float) -> bool:
-        return self.observe(path, now) >= self.settle_seconds
-
-    def forget(self, path: str) -> None:
-        self._seen.pop(path, None)
-
-    def __contains__(self, path: object) -> bool:
-        return path in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 def check_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
     """Whether `candidate` (as found: same key) is completely written; if not, why.
 
@@ -339,19 +245,19 @@ def current_key(path: str) -> str | None:
     """The key the checkpoint at `path` (bundle prefix, SavedModel directory or file) has
     now, None when it is gone: equal to a recorded key while the same bytes are there."""
     marker = saved_model_marker(path)
-    st = _stat(marker or path + _INDEX_SUFFIX) or _stat(path)
+    st = regular_stat(marker or path + layout.INDEX_SUFFIX) or regular_stat(path)
     return candidate_key(path, st) if st is not None else None
 
 
 def _file_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
-    st = _stat(candidate.path)
+    st = regular_stat(candidate.path)
     if st is None:
         stability.forget(candidate.path)
         return Completion(False, "vanished")
     if candidate_key(candidate.path, st) != candidate.key:
         stability.forget(candidate.path)
         return Completion(False, "changed since it was found")
-    unchanged = stability.observe_signature(candidate.path, _signature(st), now)
+    unchanged = stability.observe_signature(candidate.path, stat_signature(st), now)
     if unchanged < stability.settle_seconds:
         return Completion(
             False, f"may still be written: unchanged for {unchanged:.1f} s of {stability.settle_seconds:g} s"
@@ -359,22 +265,14 @@ def _file_completion(candidate: Candidate, now: float, stability: StabilityTrack
     return Completion(True)
 
 
-def temp_leftovers(prefix: str) -> list[str]:
-    """Base names of the temp artefacts of an unfinished save of `prefix`, if any remain."""
-    esc = glob.escape(prefix)
-    found = glob.glob(esc + "_temp") + glob.glob(esc + "_temp_*")
-    found += glob.glob(esc + ".data-*.tempstate*") + glob.glob(esc + ".index.tempstate*")
-    return sorted(os.path.basename(p) for p in found)
-
-
 def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
     prefix = candidate.path
-    index = prefix + _INDEX_SUFFIX
+    index = prefix + layout.INDEX_SUFFIX
     leftovers = temp_leftovers(prefix)
     if leftovers:
         stability.forget(prefix)
         return Completion(False, f"save in progress: {leftovers[0]} remains")
-    st = _stat(index)
+    st = regular_stat(index)
     if st is None:
         stability.forget(prefix)
         return Completion(False, "vanished")
@@ -382,51 +280,43 @@ def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTra
         stability.forget(prefix)
         return Completion(False, "changed since it was found")
     problem = _bundle_problem(prefix, st)
-    return _judge(candidate, index, st, problem, functools.partial(_bundle_signature, prefix), now, stability)
+    return _judge(candidate, index, st, problem, functools.partial(_bundle_files, prefix), now, stability)
 
 
 def _saved_model_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
     directory = candidate.path
     marker = saved_model_marker(directory)
-    st = _stat(marker) if marker else None
+    st = regular_stat(marker) if marker else None
     if marker is None or st is None:
         stability.forget(directory)
         return Completion(False, "vanished")
     if candidate_key(directory, st) != candidate.key:
         stability.forget(directory)
         return Completion(False, "changed since it was found")
-    prefix = os.path.join(directory, _SAVED_MODEL_VARIABLES)
-    leftovers = _saved_model_leftovers(directory, prefix)
+    prefix = os.path.join(directory, layout.SAVED_MODEL_VARIABLES)
+    leftovers = layout.saved_model_leftovers(directory)
     if leftovers:
         stability.forget(directory)
         return Completion(False, f"save in progress: {leftovers[0]} remains")
-    index_st = _stat(prefix + _INDEX_SUFFIX)
-    fingerprint = _stat(os.path.join(directory, _FINGERPRINT))
+    index_st = regular_stat(prefix + layout.INDEX_SUFFIX)
+    fingerprint = regular_stat(os.path.join(directory, layout.SAVED_MODEL_FINGERPRINT))
     if index_st is None:
-        problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} missing"
+        problem = f"{_VARIABLES_INDEX} missing"
     elif index_st.st_mtime_ns > st.st_mtime_ns:
-        problem = f"{_SAVED_MODEL_VARIABLES}{_INDEX_SUFFIX} is newer than {os.path.basename(marker)}"
+        problem = f"{_VARIABLES_INDEX} is newer than {os.path.basename(marker)}"
     elif st.st_size == 0:
         problem = f"{os.path.basename(marker)} is empty"
     else:
         problem = _bundle_problem(prefix, index_st)
-    signature = functools.partial(_tree_signature, directory)
+    files = functools.partial(tree_signature, directory)
     if problem is None and (fingerprint is None or fingerprint.st_mtime_ns < st.st_mtime_ns):
         # Only TF2's tf.saved_model.save renames saved_model.pb into place, then writes
         # fingerprint.pb; TF1's SavedModelBuilder (Estimator exporters) writes it in place.
         # Without that sign, whole is not enough: the files must also stay unchanged.
-        in_place = f"{os.path.basename(marker)} may still be written in place (no newer {_FINGERPRINT})"
-        return _judge(candidate, marker, st, in_place, signature, now, stability, settled="")
-    return _judge(candidate, marker, st, problem, signature, now, stability)
-
-
-def _saved_model_leftovers(directory: str, prefix: str) -> list[str]:
-    """Temp artefacts of an unfinished export: `saved_model.pb.tempstate*` and the like next
-    to saved_model.pb, and those of the variables bundle, as paths relative to `directory`."""
-    found = [os.path.join(os.path.dirname(_SAVED_MODEL_VARIABLES), n) for n in temp_leftovers(prefix)]
-    with contextlib.suppress(OSError):
-        found += [n for n in os.listdir(directory) if _TEMPORARY.search(n)]
-    return sorted(found)
+        newer = layout.SAVED_MODEL_FINGERPRINT
+        in_place = f"{os.path.basename(marker)} may still be written in place (no newer {newer})"
+        return _judge(candidate, marker, st, in_place, files, now, stability, settled="")
+    return _judge(candidate, marker, st, problem, files, now, stability)
 
 
 def _judge(
@@ -442,11 +332,11 @@ def _judge(
     """The verdict once the files were examined: `keyed` (the file the key was taken from,
     `st` its stat before) must still be unchanged; then complete, or pending on `problem`
     unless the files (by `signature`) have settled: complete, with reason `settled`."""
-    after = _stat(keyed)
+    after = regular_stat(keyed)
     if after is None:
         stability.forget(candidate.path)
         return Completion(False, "vanished")
-    if _signature(after) != _signature(st):
+    if stat_signature(after) != stat_signature(st):
         stability.forget(candidate.path)
         return Completion(False, "changed since it was found")
     if problem:
@@ -460,17 +350,15 @@ def _bundle_problem(prefix: str, index_st: os.stat_result) -> str | None:
     index does not parse, a data shard is missing, or one is newer than the index (a rewrite
     of the same prefix is under way, or a copier is still at work)."""
     try:
-        source = BundleSource(prefix)
-        num_shards = source.num_shards
-        source.close()
+        num_shards = layout.bundle_shard_count(prefix)
     except (IntegrityError, ValueError) as e:  # ValueError: TableError escaping a parse path
         return f"index does not parse: {_short(e, prefix)}"
     except OSError as e:  # vanished meanwhile: the caller's re-stat tells
         return f"index unreadable: {e.strerror or e}"
     missing, newer = [], []
     for k in range(num_shards):
-        shard = shard_path(prefix, k, num_shards)
-        sst = _stat(shard)
+        shard = layout.shard_path(prefix, k, num_shards)
+        sst = regular_stat(shard)
         if sst is None:
             missing.append(os.path.basename(shard))
         elif sst.st_mtime_ns > index_st.st_mtime_ns:
@@ -488,27 +376,10 @@ def _short(e: Exception, prefix: str) -> str:
     return str(e).replace(os.path.dirname(prefix) + os.sep, "")
 
 
-def _bundle_signature(prefix: str) -> Signature:
+def _bundle_files(prefix: str) -> Signature:
     """Every file of the bundle (index and any data shards) with size, mtime and inode."""
-    parts = []
-    esc = glob.escape(prefix)
-    for p in sorted([prefix + _INDEX_SUFFIX, *glob.glob(esc + ".data-*")]):
-        st = _stat(p)
-        if st is not None:
-            parts.append((os.path.basename(p), *_signature(st)))
-    return tuple(parts)
-
-
-def _tree_signature(directory: str) -> Signature:
-    """Every file under `directory` (a SavedModel: a few files) with size, mtime and inode."""
-    parts = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            st = _stat(os.path.join(root, name))
-            if st is not None:
-                parts.append((os.path.relpath(os.path.join(root, name), directory), *_signature(st)))
-    return tuple(parts)
+    paths = sorted([prefix + layout.INDEX_SUFFIX, *layout.data_shards(prefix)])
+    return files_signature(paths, os.path.dirname(prefix))
 
 
 def _unless_settled(

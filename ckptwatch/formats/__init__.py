@@ -1,13 +1,19 @@
-"""Open any supported checkpoint (or fingerprint) from a path a user gives.
+"""Open any supported checkpoint from a path a user gives.
 
+    resolve(path) -> (kind, location)
     open_checkpoint(path) -> CheckpointSource
 
 Accepts: a bundle prefix (`run/ckpt-3`) or its `.index`; a directory with a
 `checkpoint` state file (its latest checkpoint); a SavedModel directory; a
-Keras `.h5` / `.weights.h5` / `.keras` file; a fingerprint file.
+Keras `.h5` / `.weights.h5` / `.keras` file. `resolve` also recognises a
+fingerprint file (kind "fingerprint"), which is a reference only: it holds no
+tensor data, and ckptwatch.verify opens it (verify.engine.open_reference).
 
-Raises CheckpointNotFound when nothing checkpoint-like is at the path, and
-IntegrityError when it is a checkpoint but broken beyond opening.
+Raises CheckpointNotFound when nothing checkpoint-like is at the path (or it is a
+fingerprint), and IntegrityError when it is a checkpoint but broken beyond opening.
+
+Light at import (no numpy): the readers load when a checkpoint is opened, so the
+daemon's main process can use formats.layout, formats.names and formats.base.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import glob
 import os
 
 from ckptwatch.errors import CheckpointNotFound
+from ckptwatch.formats import layout
 from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityProblem, TensorInfo
-from ckptwatch.formats.bundle import BundleSource, read_state_file
-from ckptwatch.formats.layout import looks_like_fingerprint
+from ckptwatch.formats.layout import checkpoint_exists
 
 __all__ = [
     "CheckpointSource",
@@ -30,69 +36,64 @@ __all__ = [
     "resolve",
 ]
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-
-def checkpoint_exists(path: str | None) -> bool:
-    """A file, directory or bundle prefix (its `.index`) is present: used to tell a
-    deleted checkpoint (CheckpointManager's max_to_keep) from a broken one."""
-    return bool(path) and (os.path.exists(path) or os.path.exists(f"{path}.index"))
-
 
 def resolve(path: str) -> tuple[str, str]:
     """(kind, location): kind is bundle | savedmodel | hdf5 | keras | fingerprint."""
     p = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(p):
-        if os.path.isfile(os.path.join(p, "saved_model.pb")) or os.path.isfile(os.path.join(p, "saved_model.pbtxt")):
-            return "savedmodel", os.path.join(p, "variables", "variables")
-        latest = read_state_file(p)
+        if layout.saved_model_marker(p):
+            return layout.SAVEDMODEL, os.path.join(p, layout.SAVED_MODEL_VARIABLES)
+        latest = layout.read_state_file(p)
         if latest:
-            return "bundle", latest
-        if glob.glob(os.path.join(glob.escape(p), "*.index")):
+            return layout.BUNDLE, latest
+        if glob.glob(os.path.join(glob.escape(p), "*" + layout.INDEX_SUFFIX)):
             raise CheckpointNotFound(
                 f"{path}: no `checkpoint` state file; name a checkpoint prefix such as {path}/ckpt-1"
             )
         raise CheckpointNotFound(f"{path}: directory holds no checkpoint")
     if os.path.isfile(p):
         name = os.path.basename(p)
-        if name == "checkpoint":
+        if name == layout.STATE_FILE:
             return resolve(os.path.dirname(p))
-        if name.endswith(".index"):
-            return "bundle", p[: -len(".index")]
-        if name.endswith(".keras"):
-            return "keras", p
-        if name.endswith((".h5", ".hdf5")):
-            return "hdf5", p
-        if looks_like_fingerprint(p):
-            return "fingerprint", p
+        if name.endswith(layout.INDEX_SUFFIX):
+            return layout.BUNDLE, p[: -len(layout.INDEX_SUFFIX)]
+        if name.endswith(layout.KERAS_SUFFIX):
+            return layout.KERAS, p
+        if name.endswith(layout.HDF5_SUFFIXES):
+            return layout.HDF5, p
+        if layout.looks_like_fingerprint(p):
+            return layout.FINGERPRINT, p
         with open(p, "rb") as f:
             head = f.read(8)
-        if head == _HDF5_MAGIC:
-            return "hdf5", p
-        if head[:2] == b"PK":
-            return "keras", p
+        if head == layout.HDF5_MAGIC:
+            return layout.HDF5, p
+        if head.startswith(layout.ZIP_MAGIC):
+            return layout.KERAS, p
         raise CheckpointNotFound(f"{path}: not a checkpoint, Keras file or fingerprint")
-    if os.path.isfile(p + ".index") or glob.glob(glob.escape(p) + ".data-*"):
-        return "bundle", p
+    if os.path.isfile(p + layout.INDEX_SUFFIX) or layout.data_shards(p):
+        return layout.BUNDLE, p
     raise CheckpointNotFound(f"{path}: no such file, directory or checkpoint prefix")
 
 
 def open_checkpoint(path: str) -> CheckpointSource:
+    """The checkpoint at `path`, opened for reading (not a fingerprint: see resolve)."""
     kind, location = resolve(path)
-    if kind == "bundle":
-        return BundleSource(location)
-    if kind == "savedmodel":
-        directory = os.path.dirname(os.path.dirname(location))
-        if not any(os.path.getsize(p) for p in glob.glob(os.path.join(glob.escape(directory), "saved_model.pb*"))):
-            raise IntegrityError("integrity.savedmodel", f"{path}: saved_model.pb is empty")
-        if not os.path.isfile(location + ".index"):
-            raise IntegrityError("integrity.index", f"{path}: SavedModel has no variables/variables.index")
-        return BundleSource(location, format="savedmodel")
-    if kind == "fingerprint":  # a reference only: ckptwatch.verify.engine.open_reference opens it
+    if kind == layout.FINGERPRINT:  # a reference only: ckptwatch.verify.engine.open_reference opens it
         raise CheckpointNotFound(
             f"{path} is a fingerprint (statistics, no tensor data): give it as --previous or --golden (diff: as B)"
         )
-    if kind == "keras":
+    if kind in (layout.BUNDLE, layout.SAVEDMODEL):
+        from ckptwatch.formats.bundle import BundleSource
+
+        if kind == layout.BUNDLE:
+            return BundleSource(location)
+        directory = os.path.dirname(os.path.dirname(location))
+        if not any(os.path.getsize(p) for p in glob.glob(os.path.join(glob.escape(directory), "saved_model.pb*"))):
+            raise IntegrityError("integrity.savedmodel", f"{path}: saved_model.pb is empty")
+        if not os.path.isfile(location + layout.INDEX_SUFFIX):
+            raise IntegrityError("integrity.index", f"{path}: SavedModel has no variables/variables.index")
+        return BundleSource(location, format="savedmodel")
+    if kind == layout.KERAS:
         from ckptwatch.formats.keras_archive import open_keras_archive
 
         return open_keras_archive(location)

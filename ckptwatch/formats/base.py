@@ -15,11 +15,22 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from ckptwatch.formats.kinds import COUNTER, META, METRIC, OPTIMIZER, WEIGHT  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:  # numpy is the readers' (formats.dtypes): this module stays light for the daemon
+    import numpy as np
+
+# The dtype names a reader may report that hold numbers (formats.dtypes maps each to its numpy
+# dtype); any other name (string, resource, variant, qint8, ...) is not numeric.
+NUMERIC_DTYPE_NAMES = frozenset(
+    {
+        "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+        "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "bfloat16",
+        "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz",
+    }
+)  # fmt: skip
 
 # Elements per chunk handed to the checks (~4 MB of float32). Small enough to
 # stay in cache while several passes run over it.
@@ -44,7 +55,7 @@ class TensorInfo:
 
     @property
     def numeric(self) -> bool:
-        return self.kind != META and self.dtype in NUMERIC_DTYPES
+        return self.kind != META and self.dtype in NUMERIC_DTYPE_NAMES
 
     @property
     def label(self) -> str:
@@ -90,27 +101,6 @@ class CheckpointSource(Protocol):
     def total_bytes(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-# numpy dtype for each dtype name a reader may report; names absent here are non-numeric.
-def _numeric_dtypes() -> dict[str, np.dtype]:
-    import ml_dtypes
-
-    table = {
-        name: np.dtype(name)
-        for name in (
-            "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-            "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
-        )
-    }  # fmt: skip
-    table["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
-    for name in ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz"):
-        if hasattr(ml_dtypes, name):
-            table[name] = np.dtype(getattr(ml_dtypes, name))
-    return table
-
-
-NUMERIC_DTYPES: dict[str, np.dtype] = _numeric_dtypes()
 
 
 def checked_size(shape: tuple[int, ...], itemsize: int, limit: int) -> int:

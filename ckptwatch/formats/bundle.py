@@ -9,7 +9,6 @@ checking the CRC32C when the last chunk has been read.
 
 from __future__ import annotations
 
-import glob
 import os
 import struct
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import numpy as np
 from ckptwatch.formats.base import (
     CHUNK_ELEMENTS,
     META,
-    NUMERIC_DTYPES,
     OPTIMIZER,
     WEIGHT,
     FileSet,
@@ -30,14 +28,15 @@ from ckptwatch.formats.base import (
     TensorInfo,
     checked_size,
 )
-from ckptwatch.formats.layout import read_state_file, shard_path
+from ckptwatch.formats.dtypes import NUMERIC_DTYPES
+from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
 from ckptwatch.formats.sliced import Part, SliceMismatch, resolve_slices, stream_sliced
 from ckptwatch.formats.table import TableError, read_varint
 from ckptwatch.formats.wire import DTYPE_NAMES, BundleEntry, check_entry_crc, read_index
 
-__all__ = ["DTYPE_NAMES", "OBJECT_GRAPH_KEY", "BundleEntry", "BundleSource", "read_state_file", "shard_path"]
+__all__ = ["DTYPE_NAMES", "OBJECT_GRAPH_KEY", "BundleEntry", "BundleSource", "shard_path"]
 
 
 class BundleSource:
@@ -50,9 +49,9 @@ class BundleSource:
         self.problems: list[IntegrityProblem] = []
         self._entries: dict[str, BundleEntry] = {}
         self._infos: list[TensorInfo] = []
-        index_path = prefix + ".index"
+        index_path = prefix + INDEX_SUFFIX
         if not os.path.isfile(index_path):
-            shards = glob.glob(glob.escape(prefix) + ".data-*")
+            shards = data_shards(prefix)
             raise IntegrityError(
                 "integrity.index",
                 f"{index_path}: index file missing" + (f" ({len(shards)} data shard(s) present)" if shards else ""),
@@ -142,14 +141,12 @@ class BundleSource:
                 self.problems.append(
                     IntegrityProblem("integrity.shard_missing", f"{os.path.basename(p)} is missing ({n} tensors)")
                 )
-        leftovers = glob.glob(glob.escape(self.path) + "_temp*") + glob.glob(
-            glob.escape(self.path) + ".data-*.tempstate*"
-        )
+        leftovers = temp_leftovers(self.path)
         if leftovers:
             self.problems.append(
                 IntegrityProblem(
                     "integrity.incomplete",
-                    f"temporary files of an unfinished save remain: {os.path.basename(leftovers[0])}",
+                    f"temporary files of an unfinished save remain: {leftovers[0]}",
                 )
             )
 

@@ -25,12 +25,12 @@ import numpy as np
 from ckptwatch.formats.base import (
     CHUNK_ELEMENTS,
     META,
-    NUMERIC_DTYPES,
     IntegrityError,
     IntegrityProblem,
     TensorInfo,
     checked_size,
 )
+from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
 
 CHECK = "integrity.h5"

@@ -1,14 +1,76 @@
-"""Where the files of a checkpoint are, by format: facts the readers and the daemon share.
+"""Which files make up a checkpoint, by format: the facts the readers and the daemon share.
 
-Light on purpose (stdlib only): the daemon's main process uses it.
+    classify(name)            a directory entry -> ("bundle", prefix name) | ("hdf5"|"keras", name) | None
+    is_temporary(name)        a save's (or a copier's) temp artefact, never a checkpoint
+    saved_model_marker(dir)   saved_model.pb / .pbtxt: what makes a directory a SavedModel
+    shard_path, data_shards   a bundle's data files; bundle_shard_count(prefix) from its index header
+    temp_leftovers(prefix), saved_model_leftovers(dir)   what an unfinished save leaves behind
+    checkpoint_exists(path), read_state_file(dir), looks_like_fingerprint(path)
+
+Light on purpose (stdlib, and crc32c through the index reader; no numpy): the daemon's main
+process decides with it whether a checkpoint is completely written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import gzip
 import os
+import re
 
-FINGERPRINT_SCHEMA = "ckptwatch.fingerprint/v1"  # written and read by ckptwatch.verify.fingerprint
+from ckptwatch.formats.wire import read_index
+
+BUNDLE, HDF5, KERAS, SAVEDMODEL, FINGERPRINT = "bundle", "hdf5", "keras", "savedmodel", "fingerprint"
+
+INDEX_SUFFIX = ".index"
+HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
+KERAS_SUFFIX = ".keras"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK"  # a .keras archive
+STATE_FILE = "checkpoint"  # `model_checkpoint_path: "ckpt-3"`, written by Saver / CheckpointManager
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside a SavedModel
+SAVED_MODEL_FINGERPRINT = "fingerprint.pb"  # TF2 writes it right after saved_model.pb
+FINGERPRINT_SCHEMA = "ckptwatch.fingerprint/v1"  # ckptwatch's own; written and read by ckptwatch.verify.fingerprint
+
+# Artefacts of a save in progress, never checkpoints themselves:
+#   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
+#   writes), checkpoint.tmp<hex> and model.ckpt-N.meta.tmp<hex> (TF's state / graph files),
+#   *.tmp, *.partial (copiers, downloaders), temp-<timestamp>/ (Estimator's exporters, renamed
+#   to <timestamp>/ when done).
+TEMPORARY = re.compile(r"_temp(_[0-9a-fA-F-]+)?$|\.tempstate|^checkpoint\.tmp|\.tmp[0-9a-f]*$|\.partial$|^temp-\d+$")
+
+
+def is_temporary(name: str) -> bool:
+    """True for hidden files and the temporary artefacts of a save or a copy."""
+    return name.startswith(".") or bool(TEMPORARY.search(name))
+
+
+def classify(name: str) -> tuple[str, str] | None:
+    """(kind, base name) of a directory entry that is a checkpoint file, else None.
+
+    `ckpt-3.index` -> ("bundle", "ckpt-3"); `w.weights.h5` -> ("hdf5", "w.weights.h5");
+    `m.keras` -> ("keras", "m.keras"). Data shards, state files and temp artefacts -> None.
+    """
+    if is_temporary(name):
+        return None
+    if name.endswith(INDEX_SUFFIX) and len(name) > len(INDEX_SUFFIX):
+        return BUNDLE, name[: -len(INDEX_SUFFIX)]
+    if name.endswith(KERAS_SUFFIX) and len(name) > len(KERAS_SUFFIX):
+        return KERAS, name
+    if name.endswith(HDF5_SUFFIXES):
+        return HDF5, name
+    return None
+
+
+def saved_model_marker(directory: str) -> str | None:
+    """The path of `directory`'s saved_model.pb (or .pbtxt) if it has one, else None."""
+    for name in SAVED_MODEL_FILES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def shard_path(prefix: str, shard: int, num_shards: int) -> str:
@@ -16,9 +78,46 @@ def shard_path(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
 
 
+def data_shards(prefix: str) -> list[str]:
+    """The data files present for `prefix` (whatever the index says), sorted."""
+    return sorted(glob.glob(glob.escape(prefix) + ".data-*"))
+
+
+def bundle_shard_count(prefix: str) -> int:
+    """How many data files the bundle at `prefix` has, from its index's header entry. The
+    whole index is checked as a table (block checksums, key order); tensor entries are not
+    decoded. Raises IntegrityError when the index does not parse, OSError when it cannot
+    be read."""
+    return read_index(prefix + INDEX_SUFFIX, header_only=True).num_shards
+
+
+def temp_leftovers(prefix: str) -> list[str]:
+    """Base names of the temp artefacts of an unfinished save of `prefix`, if any remain."""
+    esc = glob.escape(prefix)
+    found = glob.glob(esc + "_temp") + glob.glob(esc + "_temp_*")
+    found += glob.glob(esc + ".data-*.tempstate*") + glob.glob(esc + ".index.tempstate*")
+    return sorted(os.path.basename(p) for p in found)
+
+
+def saved_model_leftovers(directory: str) -> list[str]:
+    """Temp artefacts of an unfinished export: `saved_model.pb.tempstate*` and the like next
+    to saved_model.pb, and those of the variables bundle, as paths relative to `directory`."""
+    prefix = os.path.join(directory, SAVED_MODEL_VARIABLES)
+    found = [os.path.join(os.path.dirname(SAVED_MODEL_VARIABLES), n) for n in temp_leftovers(prefix)]
+    with contextlib.suppress(OSError):
+        found += [n for n in os.listdir(directory) if TEMPORARY.search(n)]
+    return sorted(found)
+
+
+def checkpoint_exists(path: str | None) -> bool:
+    """A file, directory or bundle prefix (its `.index`) is present: used to tell a
+    deleted checkpoint (CheckpointManager's max_to_keep) from a broken one."""
+    return bool(path) and (os.path.exists(path) or os.path.exists(f"{path}{INDEX_SUFFIX}"))
+
+
 def read_state_file(directory: str) -> str | None:
     """The latest checkpoint prefix named by `<directory>/checkpoint`, or None."""
-    path = os.path.join(directory, "checkpoint")
+    path = os.path.join(directory, STATE_FILE)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read(1 << 20)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from ckptwatch.formats.base import COUNTER, META, METRIC, OPTIMIZER, WEIGHT
+from ckptwatch.formats.kinds import COUNTER, META, METRIC, OPTIMIZER, WEIGHT
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _ATTRIBUTE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ckptwatch.verify.drift import Drift
-from ckptwatch.verify.stats import TensorStats
+if TYPE_CHECKING:  # annotations only: the daemon's main process imports this module, never numpy
+    from ckptwatch.verify.drift import Drift
+    from ckptwatch.verify.stats import TensorStats
 
 SCHEMA = "ckptwatch.report/v1"
 DIFF_SCHEMA = "ckptwatch.diff/v1"
