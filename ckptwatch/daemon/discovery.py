@@ -300,6 +300,7 @@ def _saved_model_completion(candidate: Candidate, now: float, stability: Stabili
         return Completion(False, f"save in progress: {leftovers[0]} remains")
     index_st = regular_stat(prefix + layout.INDEX_SUFFIX)
     fingerprint = regular_stat(os.path.join(directory, layout.SAVED_MODEL_FINGERPRINT))
+    problem: str | None
     if index_st is None:
         problem = f"{_VARIABLES_INDEX} missing"
     elif index_st.st_mtime_ns > st.st_mtime_ns:

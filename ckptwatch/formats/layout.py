@@ -112,7 +112,7 @@ def saved_model_leftovers(directory: str) -> list[str]:
 def checkpoint_exists(path: str | None) -> bool:
     """A file, directory or bundle prefix (its `.index`) is present: used to tell a
     deleted checkpoint (CheckpointManager's max_to_keep) from a broken one."""
-    return bool(path) and (os.path.exists(path) or os.path.exists(f"{path}{INDEX_SUFFIX}"))
+    return path is not None and path != "" and (os.path.exists(path) or os.path.exists(path + INDEX_SUFFIX))
 
 
 def read_state_file(directory: str) -> str | None:

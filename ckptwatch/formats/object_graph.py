@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ckptwatch.formats.table import TableError, read_varint
-from ckptwatch.formats.wire import fields
+from ckptwatch.formats.wire import as_bytes, as_int, fields
 
 _OPTIMIZER_EDGES = {"optimizer", "_optimizer"}
 MAX_PATHS_PER_NODE = 8
@@ -39,35 +39,42 @@ class GraphNode:
 
 
 def parse_nodes(graph: bytes) -> list[GraphNode]:
-    """The nodes of a serialized TrackableObjectGraph; node 0 is the root."""
+    """The nodes of a serialized TrackableObjectGraph; node 0 is the root. A field of the
+    wrong wire type raises TableError (never a huge allocation or a TypeError)."""
     nodes: list[GraphNode] = []
     for number, _, value in fields(memoryview(graph)):
         if number != 1:
             continue
         node = GraphNode()
-        for n2, _, v2 in fields(value):  # type: ignore[arg-type]
+        for n2, _, v2 in fields(as_bytes(value)):
             if n2 == 1:  # ObjectReference
-                ref = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
-                node.children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
+                ref = _message(v2)
+                node.children.append((_int(ref, 1), _text(ref, 2)))
             elif n2 == 2:  # SerializedTensor
-                ser = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
-                node.attributes.append(
-                    (
-                        bytes(ser.get(1, b"")).decode("utf-8", "replace"),
-                        bytes(ser.get(3, b"")).decode("utf-8", "replace"),
-                    )
-                )
+                ser = _message(v2)
+                node.attributes.append((_text(ser, 1), _text(ser, 3)))
             elif n2 == 3:  # SlotVariableReference
-                ref = {n3: v3 for n3, _, v3 in fields(v2)}  # type: ignore[arg-type]
-                node.slots.append(
-                    (int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace"), int(ref.get(3, 0)))
-                )
+                ref = _message(v2)
+                node.slots.append((_int(ref, 1), _text(ref, 2), _int(ref, 3)))
         nodes.append(node)
     for node in nodes:
         for child, _ in node.children:
             if not 0 <= child < len(nodes):
                 raise TableError(f"object graph refers to node {child} of {len(nodes)}")
     return nodes
+
+
+def _message(value: int | memoryview) -> dict[int, int | memoryview]:
+    return {number: v for number, _, v in fields(as_bytes(value))}
+
+
+def _int(message: dict[int, int | memoryview], number: int) -> int:
+    return as_int(message.get(number, 0))
+
+
+def _text(message: dict[int, int | memoryview], number: int) -> str:
+    value = message.get(number)
+    return "" if value is None else bytes(as_bytes(value)).decode("utf-8", "replace")
 
 
 def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:

@@ -66,13 +66,14 @@ def check_entry_crc(entry: BundleEntry, crc: int, name: str, where: str = "") ->
         )
 
 
-def fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
-    """Iterate protobuf wire-format fields: (field number, wire type, value)."""
+def fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """Iterate protobuf wire-format fields: (field number, wire type, value); the value is an
+    int for varint and fixed-width fields, a memoryview of the bytes for length-delimited ones."""
     pos, end = 0, len(buf)
     while pos < end:
         tag, pos = read_varint(buf, pos, end)
         number, wire = tag >> 3, tag & 7
-        value: object
+        value: int | memoryview
         if wire == 0:
             value, pos = read_varint(buf, pos, end)
         elif wire == 1:
@@ -96,6 +97,20 @@ def fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
         yield number, wire, value
 
 
+def as_bytes(value: int | memoryview) -> memoryview:
+    """The bytes of a length-delimited field; a number where bytes belong is a malformed message."""
+    if isinstance(value, int):
+        raise TableError("a number where a length-delimited field belongs")
+    return value
+
+
+def as_int(value: int | memoryview) -> int:
+    """The value of a varint or fixed-width field; bytes where a number belongs are malformed."""
+    if not isinstance(value, int):
+        raise TableError("a length-delimited field where a number belongs")
+    return value
+
+
 def signed64(v: int) -> int:
     """A varint read as unsigned, taken as the int64 it encodes."""
     return v - (1 << 64) if v >= 1 << 63 else v
@@ -107,9 +122,9 @@ def parse_shape(buf: memoryview) -> tuple[int, ...]:
     for number, wire, value in fields(buf):
         if number == 2 and wire == 2:  # Dim
             size = 0
-            for n2, w2, v2 in fields(value):  # type: ignore[arg-type]
+            for n2, w2, v2 in fields(as_bytes(value)):
                 if n2 == 1 and w2 == 0:
-                    size = signed64(v2)  # type: ignore[arg-type]
+                    size = signed64(as_int(v2))
             dims.append(size)
         elif number == 3 and value:
             raise TableError("shape of unknown rank")
@@ -123,17 +138,17 @@ def parse_entry(buf: memoryview) -> BundleEntry:
         if number == 1 and wire == 0:
             kw["dtype"] = value
         elif number == 2 and wire == 2:
-            kw["shape"] = parse_shape(value)  # type: ignore[arg-type]
+            kw["shape"] = parse_shape(as_bytes(value))
         elif number == 3 and wire == 0:
             kw["shard_id"] = value
         elif number == 4 and wire == 0:
-            kw["offset"] = signed64(value)  # type: ignore[arg-type]
+            kw["offset"] = signed64(as_int(value))
         elif number == 5 and wire == 0:
-            kw["size"] = signed64(value)  # type: ignore[arg-type]
+            kw["size"] = signed64(as_int(value))
         elif number == 6 and wire == 5:
             kw["crc32c"] = value
         elif number == 7 and wire == 2:
-            kw.setdefault("slices", []).append(parse_slice(value))  # type: ignore[arg-type]
+            kw.setdefault("slices", []).append(parse_slice(as_bytes(value)))
     if "slices" in kw:
         kw["slices"] = tuple(kw["slices"])
     return BundleEntry(**kw)
@@ -144,9 +159,9 @@ def parse_slice(buf: memoryview) -> tuple[Extent, ...]:
     extents = []
     for number, wire, value in fields(buf):
         if number == 1 and wire == 2:
-            ext = {n: v for n, _, v in fields(value)}  # type: ignore[arg-type]
-            start = signed64(int(ext.get(1, 0)))  # type: ignore[call-overload]
-            length = signed64(int(ext[2])) if 2 in ext else None  # type: ignore[call-overload]
+            ext = {n: v for n, _, v in fields(as_bytes(value))}
+            start = signed64(as_int(ext.get(1, 0)))
+            length = signed64(as_int(ext[2])) if 2 in ext else None
             extents.append((start, length))
     return tuple(extents)
 
@@ -177,7 +192,7 @@ def parse_header(buf: memoryview) -> tuple[int, bool]:
     num_shards, big_endian = 1, False
     for number, wire, value in fields(buf):
         if number == 1 and wire == 0:
-            num_shards = value  # type: ignore[assignment]
+            num_shards = as_int(value)
         elif number == 2 and wire == 0:
             big_endian = value == 1
     return num_shards, big_endian

@@ -142,3 +142,18 @@ def test_every_numeric_dtype_name_has_a_numpy_dtype() -> None:
 
     assert set(NUMERIC_DTYPES) == NUMERIC_DTYPE_NAMES
     assert NUMERIC_DTYPES["bfloat16"].itemsize == 2 and NUMERIC_DTYPES["float8_e4m3fn"].itemsize == 1
+
+
+def test_a_field_of_the_wrong_wire_type_is_a_table_error() -> None:
+    """A hostile object graph with a number where a name belongs: TableError (the reader turns it
+    into a finding), never bytes(<huge number>) or a TypeError."""
+    from ckptwatch.formats.object_graph import parse_nodes
+    from ckptwatch.formats.table import TableError
+    from ckptwatch.formats.wire import parse_slice
+
+    reference = b"\x10" + b"\x80" * 5 + b"\x20"  # ObjectReference{local_name: <varint 2**40>}
+    node = b"\x0a" + bytes([len(reference)]) + reference
+    with pytest.raises(TableError, match="a number where a length-delimited field belongs"):
+        parse_nodes(b"\x0a" + bytes([len(node)]) + node)
+    with pytest.raises(TableError, match="a length-delimited field where a number belongs"):
+        parse_slice(memoryview(b"\x0a\x03" + b"\x0a\x01x"))  # an extent whose start is bytes
