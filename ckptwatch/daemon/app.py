@@ -415,6 +415,7 @@ class Daemon:
             model=ModelSpec.from_dict(w.model.spec()) if w.model else None,
             fingerprint_out=self.state.fingerprint_path(c.watch, c.path),
             threads=self.config.worker.threads,
+            discovered=True,
         )
 
     # -- results -------------------------------------------------------------------------------

@@ -60,6 +60,10 @@ class VerifyRequest:
     # checks is fingerprinted ("integrity"); `ckptwatch fingerprint` asks for a passing verdict.
     fingerprint_out: str | None = None
     fingerprint_gate: Literal["integrity", "verdict"] = "integrity"
+    # True (the daemon): the candidate was found complete, so a candidate that is gone now was
+    # deleted (a skip, not a verdict) even if parts of it remain. False (the CLI): only one that
+    # was there when the verification started and is gone at its end counts as deleted.
+    discovered: bool = False
     threads: int = DEFAULT_THREADS
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Verification:
 def verify_checkpoint(
     request: VerifyRequest, progress: Progress | None = None, model_checks: ModelChecks | None = None
 ) -> Verification:
+    present = request.discovered or checkpoint_exists(request.candidate)
     options = Options(threads=request.threads, sketch=bool(request.fingerprint_out), progress=progress)
     golden, golden_missing = request.golden, None
     if golden and not request.golden_required and not checkpoint_exists(golden):
@@ -55,10 +56,10 @@ def verify_checkpoint(
     try:
         report, prints = _engine(request, golden, options)
     except CheckpointNotFound as e:
-        if not checkpoint_exists(request.candidate):
+        if request.discovered and not checkpoint_exists(request.candidate):
             raise CheckpointVanished(f"{request.candidate}: deleted before it was verified") from e
         raise
-    if report.verdict == "fail" and not checkpoint_exists(request.candidate):
+    if report.verdict == "fail" and present and not checkpoint_exists(request.candidate):
         raise CheckpointVanished(f"{request.candidate}: deleted while being read")
     if golden_missing:
         report.add_findings(

@@ -130,5 +130,16 @@ def test_missing_optional_golden_is_a_warning_missing_required_golden_an_error(w
 
 
 def test_a_vanished_candidate_is_vanished_not_a_verdict(worker, tmp_path: Path) -> None:
-    result = worker.verify(VerifyRequest(str(tmp_path / "gone" / "ckpt-3")))
+    result = worker.verify(VerifyRequest(str(tmp_path / "gone" / "ckpt-3"), discovered=True))
     assert result.status == "vanished" and "deleted" in result.message
+
+
+def test_a_bundle_whose_index_is_missing_fails_unless_the_daemon_saw_it_whole(
+    worker, keras_run, copy_ckpt, tmp_path: Path
+) -> None:
+    prefix = copy_ckpt(keras_run.candidate, tmp_path / "half")
+    os.remove(prefix + ".index")  # the data shard remains
+    given = worker.verify(VerifyRequest(prefix))  # a path someone gave: a broken checkpoint
+    assert given.status == "ok" and given.report is not None and given.report["verdict"] == "fail"
+    deleted = worker.verify(VerifyRequest(prefix, discovered=True))  # CheckpointManager deletes the index first
+    assert deleted.status == "vanished"
