@@ -295,7 +295,7 @@ class Watcher:
         d = self._dirs[path]
         handler = d.handlers.pop(name)
         was_armed = d.observed is not None
-        if was_armed and self._observer is not None:
+        if d.observed is not None and self._observer is not None:
             if d.handlers:
                 with contextlib.suppress(KeyError):
                     self._observer.remove_handler_for_watch(handler, d.observed)

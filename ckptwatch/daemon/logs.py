@@ -30,7 +30,7 @@ def _timestamper() -> structlog.processors.TimeStamper:
 
 def _leading_keys(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Put timestamp, level, event and logger first, for people reading raw JSON lines."""
-    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event", "logger") if k in event_dict}
+    head: dict[str, Any] = {k: event_dict.pop(k) for k in ("timestamp", "level", "event", "logger") if k in event_dict}
     head.update(event_dict)
     return head
 
