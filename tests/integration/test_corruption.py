@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 from pathlib import Path
 
 import crc32c
@@ -15,7 +14,8 @@ import numpy as np
 import pytest
 
 from ckptwatch.formats.bundle import BundleSource
-from ckptwatch.formats.table import build_table, mask_crc
+from ckptwatch.formats.table import build_table
+from tests.wire import HEADER, bundle_entry
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -159,34 +159,6 @@ def test_broken_index(run_cli, small, how: str) -> None:
 # -- hostile indexes crafted with build_table ------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int64 -> ten-byte two's complement, as protobuf writes it
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: int | bytes, fixed32: bool = False) -> bytes:
-    if fixed32:
-        return _varint(number << 3 | 5) + struct.pack("<I", value)
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    return _varint(number << 3) + _varint(value)
-
-
-def bundle_entry(dims: list[int], offset: int, size: int, crc: int, shard: int = 0, dtype: int = 1) -> bytes:
-    """A BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c (masked)."""
-    shape = b"".join(_field(2, _field(1, d)) for d in dims)
-    return (
-        _field(1, dtype) + _field(2, shape) + (_field(3, shard) if shard else b"")
-        + _field(4, offset) + _field(5, size) + _field(6, mask_crc(crc), fixed32=True)
-    )  # fmt: skip
-
-
-HEADER = _field(1, 1) + _field(3, _field(1, 1))  # BundleHeaderProto: num_shards=1, version{producer=1}
 VALUES = np.array([1.0, 2.0, 3.0, 4.0], dtype="<f4")
 
 HOSTILE = {

@@ -22,15 +22,7 @@ from ckptwatch.formats.table import (
     read_varint,
     unmask_crc,
 )
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tests.wire import varint
 
 
 def raw_table(entries: list[tuple[bytes, bytes]], restart_interval: int = 1, block_entries: int = 1000) -> bytes:
