@@ -17,6 +17,10 @@ from ckptwatch.formats.table import TableError, read_varint
 from ckptwatch.formats.wire import as_bytes, as_int, fields
 
 _OPTIMIZER_EDGES = {"optimizer", "_optimizer"}
+# Keras 3 optimizers track the variables they train as `<optimizer>/_trainable_variables/N`. A
+# model variable reachable only that way (a layer kept in a plain Python list of a subclassed
+# model is outside TF's object graph) is a model weight, not optimizer state.
+_TRAINED_VARIABLES = "_trainable_variables"
 MAX_PATHS_PER_NODE = 8
 
 
@@ -112,4 +116,12 @@ def preferred_path(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], bool]
     outside = [p for p in paths if not (set(p) & _OPTIMIZER_EDGES) and not any(e.startswith("[slot") for e in p)]
     if outside:
         return outside[0], False
+    trained = [p for p in paths if _trained_by_optimizer(p)]
+    if trained:
+        return trained[0], False
     return paths[0], True
+
+
+def _trained_by_optimizer(path: tuple[str, ...]) -> bool:
+    """`(..., optimizer, _trainable_variables, N)`: a model variable the optimizer trains."""
+    return len(path) >= 3 and path[-3] in _OPTIMIZER_EDGES and path[-2] == _TRAINED_VARIABLES

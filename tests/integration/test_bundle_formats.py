@@ -194,3 +194,42 @@ def test_tensors_sliced_by_the_sharding_policy_are_streamed(tf, sliced_sharding)
         assert got == np.ascontiguousarray(expected).tobytes(), name
         compared += 1
     assert compared >= 1
+
+
+def test_layers_kept_in_a_python_list_are_weights_and_their_explosion_fails(tf, keras, run_cli, tmp_path: Path) -> None:
+    """A subclassed model keeping layers in a plain list: their variables are outside TF's object
+    graph, reachable only as `optimizer/_trainable_variables/N`. They are model weights all the
+    same, so a x1000 explosion of one of them fails (it passed when they counted as optimizer state)."""
+
+    class ListModel(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
+            self.head = keras.layers.Dense(1)
+
+        def call(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)
+
+    x = np.random.default_rng(0).standard_normal((32, 5)).astype("float32")
+    model, opt = ListModel(), keras.optimizers.Adam(1e-2)
+    model.compile(opt, "mse")
+    model.fit(x, x.sum(1, keepdims=True), epochs=2, verbose=0)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
+    previous = ckpt.write(str(tmp_path / "run" / "ckpt-1"))
+    model.fit(x, x.sum(1, keepdims=True), epochs=1, verbose=0)
+    healthy = ckpt.write(str(tmp_path / "run" / "ckpt-2"))
+    kernel = model.blocks[1].kernel
+    kernel.assign(kernel * 1000.0)
+    exploded = ckpt.write(str(tmp_path / "exploded" / "ckpt-2"))
+
+    infos = {t.name: t for t in open_checkpoint(healthy).tensors()}
+    listed = [t for n, t in infos.items() if n.startswith("optimizer/_trainable_variables/")]
+    assert len(listed) == 4 and all(t.kind == WEIGHT for t in listed)  # 2 list-held Dense: kernel, bias
+    assert all(t.kind == OPTIMIZER for n, t in infos.items() if n.startswith("optimizer/_variables/"))
+    assert run_cli("verify", healthy, "--previous", previous).returncode == 0
+    r = run_cli("verify", exploded, "--previous", previous, "--json")
+    assert r.returncode == 1, r.stderr
+    failed = {(f["check"], f["tensor"]) for f in r.json()["findings"] if f["severity"] == "fail"}
+    assert ("drift.jump", "optimizer/_trainable_variables/2/.ATTRIBUTES/VARIABLE_VALUE") in failed, failed
