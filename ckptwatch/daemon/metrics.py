@@ -103,6 +103,20 @@ class DaemonMetrics:
             self.skipped.labels(watch=watch, reason=reason)
         self.duration.labels(watch=watch)
 
+    def remove_watch(self, watch: str) -> None:
+        """Drop a watch's series from the counters and the histogram (it left the config); the
+        snapshot collector's series go with the watch's status."""
+        labelled = (
+            (self.verifications, ("watch", "verdict")),
+            (self.skipped, ("watch", "reason")),
+            (self.duration, ("watch",)),
+        )
+        for metric, names in labelled:
+            for family in metric.collect():
+                found = {tuple(s.labels[n] for n in names) for s in family.samples if s.labels.get("watch") == watch}
+                for values in found:
+                    metric.remove(*values)
+
     def verification_finished(self, watch: str, verdict: str, seconds: float | None) -> None:
         """One verification finished with `verdict`; `seconds` (if known) goes to the histogram."""
         self.verifications.labels(watch=watch, verdict=verdict).inc()
