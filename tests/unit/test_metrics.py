@@ -292,3 +292,20 @@ def test_state_last_pass_times_ignore_fail_and_error(tmp_path):
         assert times["a"] == passed  # the later fail does not move it
     finally:
         state.close()
+
+
+def test_remove_watch_drops_its_counters_and_histogram_only():
+    reg, _, m = make(snapshot([]), watches=["gone", "kept"])
+    for w in ("gone", "kept"):
+        m.verification_finished(w, "fail", 2.0)
+        m.checkpoint_skipped(w, "vanished")
+    m.remove_watch("gone")
+    text = generate_latest(reg).decode()
+    assert 'watch="gone"' not in text
+    assert val(reg, "ckptwatch_verifications_total", watch="kept", verdict="fail") == 1
+    assert val(reg, "ckptwatch_verifications_total", watch="kept", verdict="pass") == 0
+    assert val(reg, "ckptwatch_checkpoints_skipped_total", watch="kept", reason="vanished") == 1
+    assert val(reg, "ckptwatch_verification_duration_seconds_count", watch="kept") == 1
+    m.remove_watch("never")  # nothing to remove: no error
+    m.add_watch("gone")  # configured again: back at 0
+    assert val(reg, "ckptwatch_verifications_total", watch="gone", verdict="fail") == 0
