@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.tools import wait_until
+
 from .conftest import GOOD, ROOT, Trainer, daemon_env, flip_byte_in_tensor, install, outcome, paused
 
 
@@ -285,10 +287,7 @@ class NotifyListener:
         return [g for g in list(self.got) if line in g[1]]
 
     def wait(self, done, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"sd_notify: got only {[g[1] for g in self.got]}"
-            time.sleep(0.05)
+        wait_until(done, timeout, "sd_notify", context=lambda: f"got only {[g[1] for g in self.got]}")
 
     def close(self) -> None:
         self._stop.set()
