@@ -3,7 +3,8 @@
 Two kinds of series, following the exporter conventions in FIELD-NOTES.md:
 
 * counters and the duration histogram are ordinary `prometheus_client` metrics, updated by the
-  daemon through `DaemonMetrics.verification_finished / checkpoint_skipped / worker_restarted`;
+  daemon through `DaemonMetrics.verification_finished / checkpoint_skipped / worker_restarted`
+  (a watch's label sets are created by `add_watch` and dropped by `remove_watch` on reload);
 * every series whose label set changes at run time (per-watch state, drift, top-K tensors,
   workers) comes from a custom collector that builds fresh metric families from the daemon's
   `Snapshot` on each scrape, so a watch that goes away leaves no stale series behind.

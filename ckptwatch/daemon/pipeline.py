@@ -1,12 +1,15 @@
 """Each candidate's life in the daemon, and the state that goes with it.
 
-    found --> pending (incomplete: why) --> queued --> in flight --> done (a report)
-      |            |                          |            |
-      |            '-- gone: forgotten        |            '--> lost (its worker died or timed out):
-      |                                       |                 queued again, until max_attempts,
-      '-- seen before: nothing                |                 then done with an `error` report
-                                              '--> skipped: vanished (deleted before it was
-                                                   verified), coalesced (a burst: newer ones queued)
+    found      a scan lists it; seen before (in this run or an earlier one): nothing more
+    pending    not completely written yet (the completion check says why); re-checked at each
+               rescan; gone before it completes: forgotten
+    queued     complete; beyond queue_limit the oldest are skipped (coalesced); gone: skipped
+               (vanished)
+    in flight  a worker has it; one per watch at a time, in step order
+    done       a report: the worker's, or an `error` one when it could not verify it
+    skipped    vanished (deleted before or while it was read) or coalesced
+    lost       its worker died or timed out: queued again at the front, until max_attempts,
+               then done with an `error` report
 
 A candidate is known by its key (path + mtime/size of its index, file or saved_model.pb), so
 a checkpoint rewritten under the same path is a new candidate. Done and skipped keys are never
@@ -110,6 +113,8 @@ def _new_job_id() -> str:
 
 @dataclass
 class Waiting:
+    """A candidate found not completely written (pending), re-checked at each rescan."""
+
     candidate: Candidate
     reason: str  # the latest completion check's answer
     since: float  # monotonic time it was first found incomplete
@@ -286,5 +291,6 @@ __all__ = [
     "Queued",
     "Retrying",
     "Skipped",
+    "Waiting",
     "error_report",
 ]
