@@ -149,6 +149,7 @@ class Pipeline:
         self.in_flight: dict[str, Job] = {}  # watch -> its job (one at a time per watch)
         self.attempts: dict[str, int] = {}  # candidate key -> attempts lost so far
         self.seen_keys: set[tuple[str, str]] = set()  # (watch, key) done or skipped
+        self.removed: set[str] = set()  # watches that left the config (until scanned again)
 
     def configure(self, queue_limit: int, max_attempts: int) -> None:
         """New limits (SIGHUP): the queue keeps its entries."""
@@ -188,6 +189,7 @@ class Pipeline:
         under way. Queued candidates that are gone are skipped as vanished."""
         candidates = list(candidates)
         now = self.clock.monotonic()
+        self.removed.discard(watch)
         if exporting:
             self.exporting.add(watch)
         else:
@@ -214,7 +216,9 @@ class Pipeline:
                 self.emit(Pending(c, completion.reason))
 
     def remove_watch(self, watch: str) -> None:
-        """The watch left the config: forget what waits (a job in flight still finishes)."""
+        """The watch left the config: forget what waits (a job in flight still finishes, but
+        is not retried if its worker dies)."""
+        self.removed.add(watch)
         self.scheduler.discard(watch)
         self.pending.pop(watch, None)
         self.exporting.discard(watch)
@@ -261,6 +265,8 @@ class Pipeline:
         """Its worker died or timed out: queued again at the front, or given up on."""
         c = job.candidate
         self._land(job)
+        if c.watch in self.removed:
+            return
         self.attempts[c.key] = job.attempts
         if job.attempts < self.max_attempts:
             self.emit(Retrying(job, reason))

@@ -247,6 +247,17 @@ def test_a_removed_watch_forgets_what_waits_and_its_job_still_ends(h):
     assert [type(e) for e in h.drain()] == [Done]
 
 
+def test_a_removed_watch_s_lost_job_is_not_retried_until_the_watch_is_back(h):
+    c = cand(1)
+    h.p.rescan("run", [c])
+    job = h.take()
+    h.p.remove_watch("run")
+    h.p.lost(job, "worker died")
+    assert h.drain() == [] and h.p.stage(c) is None and h.take() is None
+    h.p.rescan("run", [c])  # configured again (SIGHUP): found again
+    assert h.drain() == [Queued(c, T0_WALL)]
+
+
 def test_configure_changes_the_limits(h):
     h.p.configure(queue_limit=1, max_attempts=1)
     c1, c2 = cand(1), cand(2)
