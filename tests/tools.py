@@ -6,6 +6,7 @@ require_tool / unavailable   the external tools the tests drive (promtool, prome
                              `make tools` must have installed it
 log_event(raw)               one line of the daemon's JSON log as a dict
 MODEL_AWARE                  the metrics only watches with [watch.model] export
+wait_until(predicate, ...)   poll until something is true (or fail saying what was awaited)
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import json
 import os
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 VENV_BIN = Path(sys.executable).parent  # the venv running the tests: its ckptwatch, python, hadolint
 
@@ -51,3 +56,31 @@ def log_event(raw: bytes) -> dict:
     except ValueError:
         event = None
     return event if isinstance(event, dict) else {"event": None, "raw": text}
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
+    give_up: Callable[[], str | None] | None = None,
+    context: Callable[[], str] | None = None,
+) -> T:
+    """Call `predicate` every `interval` seconds until it returns something truthy; return that.
+
+    AssertionError "<what>: not true after <timeout> s" when time is up, or "<what>: <reason>"
+    as soon as `give_up()` returns a reason (the process being waited on exited); `context()`
+    (a log's tail, what was seen) is appended to the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        reason = give_up() if give_up is not None else None
+        if reason is None and time.monotonic() > deadline:
+            reason = f"not true after {timeout} s"
+        if reason is not None:
+            extra = context() if context is not None else ""
+            raise AssertionError(f"{what}: {reason}" + (f"; {extra}" if extra else ""))
+        time.sleep(interval)

@@ -5,13 +5,17 @@ TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
     events.py      watchdog handler: filesystem events -> `Touched` on a queue
     discovery.py   which checkpoints a directory holds, and whether one is completely written
     stability.py   settle clocks: how long files have been unchanged
-    scheduler.py   per-watch queues, coalescing, "previous" resolution
+    scheduler.py   per-watch queues in step order, watches taking turns, coalescing
+    pipeline.py    each candidate's life: pending, queued, in flight, done / skipped / lost
+    recorder.py    what the pipeline's events become: state, metrics, watch status, log, publish_dir
+    watch_status.py  a watch's status (metrics, status page) from its latest report
+    jobs.py        worker settings and each candidate's VerifyRequest ("previous" resolution)
     supervisor.py  worker processes: spawn, jobs, heartbeats, timeouts, restarts
-    state.py       SQLite state (reports, fingerprints) in state_dir
+    state.py       SQLite state (reports, fingerprints) in state_dir; reports_kept applied on insert
     metrics.py     Prometheus collector over a Snapshot, counters, histogram
     http.py        /metrics /healthz /livez /readyz / /api/v1/checkpoints
     logs.py        structlog set-up
     notify.py      sd_notify
     publish.py     the "latest verified" state file in publish_dir
-    app.py         the Daemon: main loop and signal handling
+    app.py         the Daemon: main loop, signals, reload, start and stop
 """

@@ -3,7 +3,8 @@
 Two kinds of series, following the exporter conventions in FIELD-NOTES.md:
 
 * counters and the duration histogram are ordinary `prometheus_client` metrics, updated by the
-  daemon through `DaemonMetrics.verification_finished / checkpoint_skipped / worker_restarted`;
+  daemon through `DaemonMetrics.verification_finished / checkpoint_skipped / worker_restarted`
+  (a watch's label sets are created by `add_watch` and dropped by `remove_watch` on reload);
 * every series whose label set changes at run time (per-watch state, drift, top-K tensors,
   workers) comes from a custom collector that builds fresh metric families from the daemon's
   `Snapshot` on each scrape, so a watch that goes away leaves no stale series behind.
@@ -102,6 +103,20 @@ class DaemonMetrics:
         for reason in SKIP_REASONS:
             self.skipped.labels(watch=watch, reason=reason)
         self.duration.labels(watch=watch)
+
+    def remove_watch(self, watch: str) -> None:
+        """Drop a watch's series from the counters and the histogram (it left the config); the
+        snapshot collector's series go with the watch's status."""
+        labelled = (
+            (self.verifications, ("watch", "verdict")),
+            (self.skipped, ("watch", "reason")),
+            (self.duration, ("watch",)),
+        )
+        for metric, names in labelled:
+            for family in metric.collect():
+                found = {tuple(s.labels[n] for n in names) for s in family.samples if s.labels.get("watch") == watch}
+                for values in found:
+                    metric.remove(*values)
 
     def verification_finished(self, watch: str, verdict: str, seconds: float | None) -> None:
         """One verification finished with `verdict`; `seconds` (if known) goes to the histogram."""

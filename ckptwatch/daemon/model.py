@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ckptwatch.verify.request import VerifyRequest
 
 VERDICTS = ("pass", "warn", "fail", "error")
 SKIP_REASONS = ("vanished", "coalesced", "incomplete", "unsupported")
@@ -30,6 +34,18 @@ class Candidate:
     @property
     def sort_key(self) -> tuple:
         return (self.step if self.step is not None else -1, self.path)
+
+
+@dataclass
+class Job:
+    """One attempt at verifying a candidate: handed to a worker, answered by a Result (or lost)."""
+
+    id: str
+    watch: str
+    candidate: Candidate
+    request: VerifyRequest  # what the worker verifies
+    attempts: int = 1  # this attempt's number (1 for the first)
+    queued_at: float = 0.0  # monotonic time it was handed out (the duration is measured from it)
 
 
 @dataclass(frozen=True)

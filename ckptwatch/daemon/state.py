@@ -58,8 +58,12 @@ class GoodCheckpoint:
 
 
 class State:
-    def __init__(self, state_dir: str):
+    """`reports_kept`: how many reports (and skip records) are kept; each insert prunes the
+    oldest beyond it (None: all kept). SQLite reuses the freed pages: the file stops growing."""
+
+    def __init__(self, state_dir: str, reports_kept: int | None = None):
         self.dir = os.path.abspath(state_dir)
+        self.reports_kept = reports_kept
         os.makedirs(os.path.join(self.dir, "fingerprints"), exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -92,6 +96,7 @@ class State:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (watch, path, key, step, report["verdict"], time.time(), duration, json.dumps(report)),
             )
+            self._prune("reports", self.reports_kept)
 
     def record_skip(self, watch: str, path: str, key: str, reason: str) -> None:
         with self._lock:
@@ -99,6 +104,7 @@ class State:
                 "INSERT OR IGNORE INTO skipped (watch, path, key, reason, at) VALUES (?, ?, ?, ?, ?)",
                 (watch, path, key, reason, time.time()),
             )
+            self._prune("skipped", self.reports_kept)
 
     def recent_reports(self, limit: int = 50, watch: str | None = None) -> list[dict]:
         query = "SELECT watch, path, step, verdict, finished, report FROM reports"
@@ -137,13 +143,20 @@ class State:
         return {(w, v): n for w, v, n in rows}
 
     def prune(self, keep: int) -> None:
+        """Keep the `keep` newest reports and skip records."""
         with self._lock:
-            self._db.execute(
-                "DELETE FROM reports WHERE id NOT IN (SELECT id FROM reports ORDER BY id DESC LIMIT ?)", (keep,)
-            )
-            self._db.execute(
-                "DELETE FROM skipped WHERE id NOT IN (SELECT id FROM skipped ORDER BY id DESC LIMIT ?)", (keep,)
-            )
+            self._prune("reports", keep)
+            self._prune("skipped", keep)
+
+    def _prune(self, table: str, keep: int | None) -> None:
+        """Delete the rows of `table` older than its `keep` newest (by id: a walk down the
+        primary key from the newest row, then a range delete; the lock is held)."""
+        if keep is None:
+            return
+        self._db.execute(
+            f"DELETE FROM {table} WHERE id < (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (max(keep, 1) - 1,),
+        )
 
     # -- previous ------------------------------------------------------------------------
 

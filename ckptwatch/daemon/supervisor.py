@@ -21,27 +21,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ckptwatch.daemon.model import Candidate, WorkerStatus
-from ckptwatch.verify.request import VerifyRequest
+from ckptwatch.daemon.model import Job, WorkerStatus
 from ckptwatch.worker import protocol
 from ckptwatch.worker.protocol import RESERVED_EXITS, ProtocolError, Ready, Result, decode_message, encode
 
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 START_TIMEOUT = 120.0  # a worker imports its libraries (TF for model checks) before its first heartbeat
 HEALTHY_AFTER = 60.0  # a worker up this long gets its backoff reset
-
-
-@dataclass
-class Job:
-    id: str
-    watch: str
-    candidate: Candidate
-    request: VerifyRequest  # what the worker verifies
-    attempts: int = 0
-    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -111,7 +100,20 @@ class Worker:
         )
 
 
+def worker_command(device: str, settings: WorkerSettings) -> list[str]:
+    """How a worker is started: a fresh interpreter running `python -m ckptwatch.worker`."""
+    cmd = [sys.executable, "-m", "ckptwatch.worker", "--device", device]
+    cmd += ["--heartbeat", str(settings.heartbeat_interval)]
+    if settings.tensorflow:
+        cmd.append("--tensorflow")
+    return cmd
+
+
 class Supervisor:
+    """`on_result(job, result)`: a worker answered; `on_lost(job, reason)`: its worker died or was
+    stopped with the job unanswered; `on_restart(device)`: a worker is restarted. `command` and
+    `clock` (monotonic seconds) can be replaced, e.g. by tests."""
+
     def __init__(
         self,
         devices: list[str],
@@ -121,11 +123,15 @@ class Supervisor:
         on_lost: Callable[[Job, str], None],
         on_restart: Callable[[str], None],
         log: Any,
+        *,
+        command: Callable[[str, WorkerSettings], list[str]] = worker_command,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
         self.selector = selector
         self.on_result, self.on_lost, self.on_restart = on_result, on_lost, on_restart
         self.log = log
+        self.command, self.clock = command, clock
         self.workers = [Worker(d) for d in devices]
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -135,10 +141,7 @@ class Supervisor:
             self._spawn(w)
 
     def _spawn(self, w: Worker) -> None:
-        cmd = [sys.executable, "-m", "ckptwatch.worker", "--device", w.device]
-        cmd += ["--heartbeat", str(self.settings.heartbeat_interval)]
-        if self.settings.tensorflow:
-            cmd.append("--tensorflow")
+        cmd = self.command(w.device, self.settings)
         tmp = worker_tmp(w.device, self.settings)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -149,7 +152,7 @@ class Supervisor:
         assert w.proc.stdout is not None
         os.set_blocking(w.proc.stdout.fileno(), False)
         self.selector.register(w.proc.stdout, selectors.EVENT_READ, ("worker", w))
-        now = time.monotonic()
+        now = self.clock()
         w.state, w.started, w.last_seen, w.buffer, w.term_sent, w.stop_reason = "starting", now, now, b"", None, ""
         self.log.info("worker started", device=w.device, pid=w.proc.pid)
 
@@ -159,7 +162,7 @@ class Supervisor:
             if w.proc and w.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: this waits for the processes
         for w in self.workers:
             if not w.proc:
                 continue
@@ -190,8 +193,7 @@ class Supervisor:
 
     def dispatch(self, w: Worker, job: Job) -> None:
         assert w.state == "idle" and w.proc and w.proc.stdin
-        job.attempts += 1
-        w.job, w.state, w.job_started, w.progress = job, "busy", time.monotonic(), None
+        w.job, w.state, w.job_started, w.progress = job, "busy", self.clock(), None
         try:
             w.proc.stdin.write(encode(protocol.Job(job.id, job.request)))
             w.proc.stdin.flush()
@@ -219,7 +221,7 @@ class Supervisor:
         return True
 
     def _message(self, w: Worker, line: bytes) -> None:
-        w.last_seen = time.monotonic()
+        w.last_seen = self.clock()
         try:
             msg = decode_message(line)
         except ProtocolError as e:
@@ -234,13 +236,13 @@ class Supervisor:
         elif isinstance(msg, Result) and w.job is not None and msg.id == w.job.id:
             job, w.job, w.state = w.job, None, "idle"
             if msg.exiting:  # it leaves on its own (a model check overran): no new job for it
-                w.state, w.term_sent = "exiting", time.monotonic()
+                w.state, w.term_sent = "exiting", self.clock()
             self.on_result(job, msg)
 
     # -- the arbiter's turn ----------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is not None:
                 self._reaped(w, now)
@@ -267,7 +269,7 @@ class Supervisor:
         if w.proc is None or w.term_sent is not None:
             return
         w.stop_reason = reason
-        w.term_sent = time.monotonic()
+        w.term_sent = self.clock()
         self.log.warning("stopping worker", device=w.device, pid=w.proc.pid, reason=reason, tensor=w.progress)
         with contextlib.suppress(ProcessLookupError):
             w.proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tools import unavailable
+from tests.tools import unavailable, wait_until
 
 from .conftest import ROOT, VENV_BIN, clean_env, require_tool
 
@@ -306,10 +305,9 @@ def test_probes_answer_from_a_daemon_run_like_the_sidecar(rendered, daemons, tmp
     daemon.wait_for("worker ready", timeout=120)
     for probe in DESIGN_PROBES:
         path = sidecar[probe]["httpGet"]["path"]
-        deadline = time.monotonic() + 10  # readiness may trail "worker ready" by a heartbeat
-        while (status := http_status(f"http://127.0.0.1:{port}{path}")) != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status == 200, (probe, path, status)
+        url = f"http://127.0.0.1:{port}{path}"
+        # readiness may trail "worker ready" by a heartbeat
+        wait_until(lambda u=url: http_status(u) == 200, 10, f"{probe} {path}", interval=0.1)
     assert daemon.stop() == 0
     assert (Path(mapped(env_of(sidecar)["CKPTWATCH_STATE_DIR"])) / "state.sqlite3").is_file()
 

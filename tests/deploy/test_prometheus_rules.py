@@ -23,7 +23,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ckptwatch.daemon.metrics import DaemonMetrics
-from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
+from ckptwatch.daemon.model import Snapshot, WorkerStatus
+from tests.factories import watch_status
 from tests.tools import MODEL_AWARE, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,24 +76,7 @@ def alert_blocks(text: str) -> dict[str, str]:
 
 def exported_metric_names() -> set[str]:
     """Every sample name a daemon with one of everything exports (a real registry, scraped)."""
-    watch = WatchStatus(
-        name="w",
-        path="/w",
-        armed=True,
-        last_verdict="pass",
-        last_step=1,
-        last_bytes=1,
-        last_time=1.0,
-        last_pass_time=1.0,
-        last_seen_time=1.0,
-        drift_relative_l2={"previous": 0.1, "golden": 0.2},
-        drift_max_abs={"previous": 0.1, "golden": 0.2},
-        top_tensors=[TensorDrift("previous", "t", 0.1)],
-        nonfinite=0,
-        functional_agreement={"golden": 1.0},
-        functional_max_abs_diff={"golden": 0.0},
-        restore_unmatched=0,
-    )
+    watch = watch_status("w")
     reg = CollectorRegistry()
     snap = Snapshot("0", 0.0, [watch], [WorkerStatus("cpu", up=True)])
     metrics = DaemonMetrics(reg, lambda: snap, devices=["cpu"], watches=["w"])

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import wait_until
+
 from .conftest import ROOT, VENV_BIN, clean_env, require_tool, write_config
 
 SYSTEMD = ROOT / "systemd"
@@ -201,13 +203,12 @@ class NotifySocket:
             self.messages.append((time.monotonic(), data.decode("utf-8")))
 
     def wait(self, predicate, timeout: float, what: str) -> list[tuple[float, str]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [m for m in list(self.messages) if predicate(m[1])]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no {what} within {timeout} s; got {self.messages}")
+        return wait_until(
+            lambda: [m for m in list(self.messages) if predicate(m[1])],
+            timeout,
+            what,
+            context=lambda: f"got {self.messages}",
+        )
 
     def close(self) -> None:
         self._stop = True

@@ -43,7 +43,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.tools import log_event
+from tests.tools import log_event, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -307,16 +307,13 @@ class DaemonProc:
 
     def wait_until(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
         """Poll `predicate` (e.g. over HTTP) until it returns something truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not true after {timeout} s; log tail:\n{self.tail()}")
-            if not self.running():
-                raise AssertionError(f"{what}: the daemon exited; log tail:\n{self.tail()}")
-            time.sleep(0.05)
+        return wait_until(
+            predicate,
+            timeout,
+            what,
+            give_up=lambda: None if self.running() else "the daemon exited",
+            context=lambda: f"log tail:\n{self.tail()}",
+        )
 
     def tail(self, n: int = 40) -> str:
         with self._cond:

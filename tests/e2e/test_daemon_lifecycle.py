@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.tools import wait_until
 
 from .conftest import GOOD, ROOT, Trainer, daemon_env, flip_byte_in_tensor, install, outcome, paused
 
@@ -113,6 +116,47 @@ def test_sighup_reload_adds_a_watch_and_keeps_running_config_on_errors(tf, daemo
     assert outcome(d, ckpt_b)["verdict"] in GOOD
     assert outcome(d, ckpt_a)["verdict"] == "pass"
     assert d.get("/readyz")[0] == 200
+
+
+def test_sighup_removing_a_watch_stops_exporting_its_series(tf, daemon_factory, tmp_path):
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    kept.mkdir()
+    gone.mkdir()
+    d = daemon_factory([{"name": "kept", "path": str(kept)}, {"name": "gone", "path": str(gone)}])
+    trainer = Trainer(tf, kept)
+    first = trainer.save()
+    assert outcome(d, first)["verdict"] == "pass"
+    assert outcome(d, Trainer(tf, gone, seed=1).save())["verdict"] == "pass"
+
+    def series(text: str, watch: str) -> set[str]:
+        return {
+            s.name for f in text_string_to_metric_families(text) for s in f.samples if s.labels.get("watch") == watch
+        }
+
+    before = series(d.scrape(), "gone")
+    assert {"ckptwatch_verifications_total", "ckptwatch_checkpoints_skipped_total"} <= before
+    assert {"ckptwatch_verification_duration_seconds_count", "ckptwatch_last_verdict"} <= before
+
+    d.watches = [w for w in d.watches if w["name"] != "gone"]
+    d.write_config()
+    mark = d.mark()
+    d.signal(signal.SIGHUP)
+    assert d.wait_for("config reloaded", after=mark)["watches"] == ["kept"]
+    text = d.scrape()
+    assert series(text, "gone") == set(), "no series names the removed watch"
+    assert before <= series(text, "kept"), "the remaining watch keeps every series"
+    assert d.metric("ckptwatch_verifications_total", _text=text, watch="kept", verdict="pass") == 1
+    assert d.metric("ckptwatch_verification_duration_seconds_count", _text=text, watch="kept") == 1
+    assert d.metric("ckptwatch_last_verdict", _text=text, watch="kept", verdict="pass") == 1
+
+    # what happens afterwards brings nothing back: the removed directory is no longer watched
+    Trainer(tf, gone, seed=1).save(number=2)
+    second = trainer.save()
+    assert outcome(d, second, after=mark)["verdict"] in GOOD
+    text = d.scrape()
+    assert series(text, "gone") == set()
+    assert d.metric("ckptwatch_verifications_total", _text=text, watch="kept") == 2
+    assert not d.events(None, after=mark, watch="gone")
 
 
 _VALID_WATCH = "[[watch]]\nname = 'a'\npath = '/tmp/ckptwatch-e2e-nowhere'\n"
@@ -243,10 +287,7 @@ class NotifyListener:
         return [g for g in list(self.got) if line in g[1]]
 
     def wait(self, done, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"sd_notify: got only {[g[1] for g in self.got]}"
-            time.sleep(0.05)
+        wait_until(done, timeout, "sd_notify", context=lambda: f"got only {[g[1] for g in self.got]}")
 
     def close(self) -> None:
         self._stop.set()

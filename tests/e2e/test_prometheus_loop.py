@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from tests import zoo
-from tests.tools import MODEL_AWARE, require_tool
+from tests.tools import MODEL_AWARE, require_tool, wait_until
 
 from .conftest import GOOD, Trainer, outcome
 
@@ -94,19 +94,26 @@ class Prometheus:
                     stderr=subprocess.STDOUT,
                     cwd=self.home,
                 )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        self.started = time.time()
-                        return self
-                time.sleep(0.1)
+            with contextlib.suppress(AssertionError):  # not ready in time, or it exited
+                wait_until(self._ready, timeout, "prometheus ready", interval=0.1, give_up=self._exited)
+                self.started = time.time()
+                return self
             if self.proc.poll() is None:
                 break
             if "address already in use" not in self.log.read_text():
                 break
         self.stop()
         raise AssertionError(f"prometheus did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+            return r.status == 200
+        return False
+
+    def _exited(self) -> str | None:
+        if self.proc is not None and self.proc.poll() is None:
+            return None
+        return f"prometheus exited:\n{self.log.read_text()}"
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -135,17 +142,14 @@ class Prometheus:
         return self.api("query", query=expr)["result"]
 
     def wait_for(self, what: str, predicate, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{what}: not true after {timeout} s; prometheus log:\n{self.log.read_text()[-2000:]}"
-                )
-            assert self.proc is not None and self.proc.poll() is None, f"prometheus exited:\n{self.log.read_text()}"
-            time.sleep(0.25)
+        return wait_until(
+            predicate,
+            timeout,
+            what,
+            interval=0.25,
+            give_up=self._exited,
+            context=lambda: f"prometheus log:\n{self.log.read_text()[-2000:]}",
+        )
 
 
 @pytest.fixture

@@ -24,30 +24,13 @@ from ckptwatch.daemon import http as http_module
 from ckptwatch.daemon.http import StatusServer, render_status_page
 from ckptwatch.daemon.logs import configure_logging
 from ckptwatch.daemon.metrics import DaemonMetrics
-from ckptwatch.daemon.model import Snapshot, TensorDrift, WatchStatus, WorkerStatus
+from ckptwatch.daemon.model import Snapshot, WatchStatus, WorkerStatus
+from tests.factories import watch_status
 from tests.tools import require_tool
 
 
 def a_watch(name: str = "run7", armed: bool = True) -> WatchStatus:
-    return WatchStatus(
-        name=name,
-        path=f"/ckpt/{name}",
-        armed=armed,
-        last_verdict="pass",
-        last_checkpoint=f"/ckpt/{name}/ckpt-12",
-        last_step=1200,
-        last_bytes=4096,
-        last_time=1_700_000_000.0,
-        last_duration=1.5,
-        drift_relative_l2={"previous": 0.0123, "golden": 0.5},
-        drift_max_abs={"previous": 0.25, "golden": 2.0},
-        top_tensors=[TensorDrift("previous", "dense/kernel", 0.02), TensorDrift("golden", "dense/bias", 0.7)],
-        nonfinite=0,
-        queue_depth=1,
-        functional_agreement={"golden": 0.99},
-        functional_max_abs_diff={"golden": 0.01},
-        restore_unmatched=0,
-    )
+    return watch_status(name, armed=armed, last_verdict="pass", drift_relative_l2={"previous": 0.0123, "golden": 0.5})
 
 
 @dataclass

@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psutil
 import pytest
+
+from tests.tools import wait_until
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,19 +28,24 @@ def big_checkpoint(tmp_path_factory):
     return tf.train.Checkpoint(**variables).write(str(root / "ckpt-1"))
 
 
+def _child_reading(parent: subprocess.Popen) -> psutil.Process | None:
+    for child in psutil.Process(parent.pid).children():
+        try:
+            if any(".data-" in f.path for f in child.open_files()):
+                return child
+        except psutil.Error:
+            pass
+    return None
+
+
 def _wait_for_child_reading(parent: subprocess.Popen, timeout: float = 60.0) -> psutil.Process:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in psutil.Process(parent.pid).children():
-            try:
-                if any(".data-" in f.path for f in child.open_files()):
-                    return child
-            except psutil.Error:
-                pass
-        if parent.poll() is not None:
-            break
-        time.sleep(0.002)
-    raise AssertionError("the verify child never opened a data shard")
+    return wait_until(
+        lambda: _child_reading(parent),
+        timeout,
+        "the verify child opening a data shard",
+        interval=0.002,
+        give_up=lambda: None if parent.poll() is None else "the verify process exited",
+    )
 
 
 @pytest.mark.parametrize("as_json", [True, False])

@@ -15,6 +15,7 @@ import pytest
 
 from ckptwatch.daemon.events import Handler, Watcher
 from ckptwatch.daemon.model import Touched
+from tests.tools import wait_until
 
 POLL = 0.05  # the polling observer's interval in these tests
 KINDS = ["inotify", "polling"]
@@ -87,13 +88,14 @@ def make_watcher(rec):
 
 def tick_until(w: Watcher, want: tuple[str, bool], timeout: float = 5.0) -> list[tuple[str, bool]]:
     """Call tick() (as the daemon's loop does) until it reports `want`; all changes seen."""
-    deadline, changes = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        changes += w.tick()
-        if want in changes:
-            return changes
-        time.sleep(POLL)
-    raise AssertionError(f"tick() never reported {want}; got {changes}")
+    changes: list[tuple[str, bool]] = []
+
+    def reported() -> bool:
+        changes.extend(w.tick())
+        return want in changes
+
+    wait_until(reported, timeout, f"tick() reporting {want}", interval=POLL, context=lambda: f"got {changes}")
+    return changes
 
 
 # -- TensorFlow saves ----------------------------------------------------------------------
@@ -336,10 +338,7 @@ def test_a_failing_on_touch_does_not_stop_watching(tmp_path, caplog):
         w.start()
         (run / "boom.h5").write_bytes(b"x")
         (run / "after.h5").write_bytes(b"x")
-        deadline = time.monotonic() + 5
-        while not any(t.path == str(run / "after.h5") for t in got) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert any(t.path == str(run / "after.h5") for t in got)
+        wait_until(lambda: any(t.path == str(run / "after.h5") for t in got), 5, "after.h5 seen", interval=0.01)
         assert "consumer bug" in caplog.text
     finally:
         w.stop()

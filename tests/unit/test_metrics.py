@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import ckptwatch
 from ckptwatch.daemon.metrics import DURATION_BUCKETS, DaemonMetrics
 from ckptwatch.daemon.model import VERDICTS, Snapshot, TensorDrift, WatchStatus, WorkerStatus
+from tests.factories import watch_status
 
 
 class Box:
@@ -26,30 +27,6 @@ class Box:
 
 def snapshot(watches=(), workers=()) -> Snapshot:
     return Snapshot(version="9.9.9", started=1000.0, watches=list(watches), workers=list(workers))
-
-
-def full_watch(name="run7") -> WatchStatus:
-    return WatchStatus(
-        name=name,
-        path=f"/ckpt/{name}",
-        armed=True,
-        last_verdict="warn",
-        last_checkpoint=f"/ckpt/{name}/ckpt-12",
-        last_step=1200,
-        last_bytes=123_456_789,
-        last_time=1_700_000_000.5,
-        last_pass_time=1_699_999_000.25,
-        last_seen_time=1_700_000_100.75,
-        last_duration=3.25,
-        drift_relative_l2={"previous": 0.0125, "golden": 0.75},
-        drift_max_abs={"previous": 0.5, "golden": 4.0},
-        top_tensors=[TensorDrift("previous", "dense/kernel", 0.02), TensorDrift("golden", "dense/kernel", 0.9)],
-        nonfinite=3,
-        queue_depth=2,
-        functional_agreement={"golden": 0.984375},
-        functional_max_abs_diff={"golden": 0.125},
-        restore_unmatched=1,
-    )
 
 
 def make(snap: Snapshot, **kwargs):
@@ -72,12 +49,12 @@ def names_of(reg: CollectorRegistry, family: str) -> list[dict]:
 
 
 def test_registration_does_not_scrape():
-    _, box, _ = make(snapshot([full_watch()]))
+    _, box, _ = make(snapshot([watch_status()]))
     assert box.calls == 0  # describe() answered registration
 
 
 def test_every_snapshot_metric():
-    w = full_watch()
+    w = watch_status()
     reg, _, _ = make(snapshot([w], [WorkerStatus("gpu:0", up=True, pid=42, restarts=1)]))
     assert val(reg, "ckptwatch_last_verification_timestamp_seconds", watch="run7") == 1_700_000_000.5
     assert val(reg, "ckptwatch_last_pass_timestamp_seconds", watch="run7") == 1_699_999_000.25
@@ -101,7 +78,7 @@ def test_every_snapshot_metric():
 
 
 def test_last_verdict_is_a_state_set():
-    reg, box, _ = make(snapshot([full_watch()]))
+    reg, box, _ = make(snapshot([watch_status()]))
     assert {v: val(reg, "ckptwatch_last_verdict", watch="run7", verdict=v) for v in VERDICTS} == {
         "pass": 0,
         "warn": 1,
@@ -141,7 +118,7 @@ def test_fresh_watch_exports_only_queue_depth():
 
 
 def test_none_values_are_omitted():
-    w = full_watch()
+    w = watch_status()
     w.last_step = None  # e.g. a .weights.h5 file has no step
     w.nonfinite = None
     w.restore_unmatched = None
@@ -153,14 +130,14 @@ def test_none_values_are_omitted():
 
 
 def test_nan_drift_is_exported_as_nan():
-    w = full_watch()
+    w = watch_status()
     w.drift_relative_l2 = {"previous": math.nan}
     reg, _, _ = make(snapshot([w]))
     assert math.isnan(val(reg, "ckptwatch_drift_relative_l2", watch="run7", reference="previous"))
 
 
 def test_top_k_truncation_and_order():
-    w = full_watch()
+    w = watch_status()
     w.top_tensors = [TensorDrift("previous", f"layer{i}/kernel", i / 100) for i in range(20)]
     w.top_tensors += [TensorDrift("golden", f"layer{i}/kernel", 1 + i) for i in range(3)]
     w.top_tensors.append(TensorDrift("previous", "broken/kernel", math.nan))
@@ -178,15 +155,15 @@ def test_top_k_truncation_and_order():
 
 
 def test_top_k_zero_exports_no_tensor_series():
-    reg, _, _ = make(snapshot([full_watch()]), top_k=0)
+    reg, _, _ = make(snapshot([watch_status()]), top_k=0)
     assert names_of(reg, "ckptwatch_tensor_drift_relative_l2") == []
 
 
 def test_removed_watch_disappears_from_next_scrape():
-    reg, box, _ = make(snapshot([full_watch("a"), full_watch("b")]))
+    reg, box, _ = make(snapshot([watch_status("a"), watch_status("b")]))
     assert val(reg, "ckptwatch_queue_depth", watch="b") == 2
     assert val(reg, "ckptwatch_last_verdict", watch="b", verdict="warn") == 1
-    box.snap = snapshot([full_watch("a")])
+    box.snap = snapshot([watch_status("a")])
     text = generate_latest(reg).decode()
     assert 'watch="b"' not in text
     assert 'watch="a"' in text
@@ -208,7 +185,7 @@ def test_workers_and_configured_devices():
 
 
 def test_counters_and_histogram():
-    reg, _, m = make(snapshot([full_watch()]))
+    reg, _, m = make(snapshot([watch_status()]))
     m.verification_finished("run7", "pass", 0.07)
     m.verification_finished("run7", "pass", 12.0)
     m.verification_finished("run7", "fail", 1500.0)
@@ -250,7 +227,7 @@ def test_build_info():
 
 
 def test_every_family_has_help_and_type():
-    reg, _, _ = make(snapshot([full_watch()], [WorkerStatus("cpu", up=True)]))
+    reg, _, _ = make(snapshot([watch_status()], [WorkerStatus("cpu", up=True)]))
     text = generate_latest(reg).decode()
     for line in text.splitlines():
         if line.startswith("# HELP "):
@@ -292,3 +269,20 @@ def test_state_last_pass_times_ignore_fail_and_error(tmp_path):
         assert times["a"] == passed  # the later fail does not move it
     finally:
         state.close()
+
+
+def test_remove_watch_drops_its_counters_and_histogram_only():
+    reg, _, m = make(snapshot([]), watches=["gone", "kept"])
+    for w in ("gone", "kept"):
+        m.verification_finished(w, "fail", 2.0)
+        m.checkpoint_skipped(w, "vanished")
+    m.remove_watch("gone")
+    text = generate_latest(reg).decode()
+    assert 'watch="gone"' not in text
+    assert val(reg, "ckptwatch_verifications_total", watch="kept", verdict="fail") == 1
+    assert val(reg, "ckptwatch_verifications_total", watch="kept", verdict="pass") == 0
+    assert val(reg, "ckptwatch_checkpoints_skipped_total", watch="kept", reason="vanished") == 1
+    assert val(reg, "ckptwatch_verification_duration_seconds_count", watch="kept") == 1
+    m.remove_watch("never")  # nothing to remove: no error
+    m.add_watch("gone")  # configured again: back at 0
+    assert val(reg, "ckptwatch_verifications_total", watch="gone", verdict="fail") == 0

@@ -1,0 +1,35 @@
+"""Builders of the daemon's domain data that several test modules need.
+
+watch_status(name, **fields)   a WatchStatus with every figure set (as after a model-aware
+                               verification with a previous and a golden); `fields` override
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckptwatch.daemon.model import TensorDrift, WatchStatus
+
+
+def watch_status(name: str = "run7", **fields: Any) -> WatchStatus:
+    values: dict[str, Any] = {
+        "path": f"/ckpt/{name}",
+        "armed": True,
+        "last_verdict": "warn",
+        "last_checkpoint": f"/ckpt/{name}/ckpt-12",
+        "last_step": 1200,
+        "last_bytes": 123_456_789,
+        "last_time": 1_700_000_000.5,
+        "last_pass_time": 1_699_999_000.25,
+        "last_seen_time": 1_700_000_100.75,
+        "last_duration": 3.25,
+        "drift_relative_l2": {"previous": 0.0125, "golden": 0.75},
+        "drift_max_abs": {"previous": 0.5, "golden": 4.0},
+        "top_tensors": [TensorDrift("previous", "dense/kernel", 0.02), TensorDrift("golden", "dense/kernel", 0.9)],
+        "nonfinite": 3,
+        "queue_depth": 2,
+        "functional_agreement": {"golden": 0.984375},
+        "functional_max_abs_diff": {"golden": 0.125},
+        "restore_unmatched": 1,
+    }
+    return WatchStatus(name=name, **{**values, **fields})
