@@ -71,7 +71,9 @@ def _isolated(path: str, as_json: bool, threads: int | None) -> None:
     from ckptwatch import isolate
 
     if not isolate.in_child():
-        args = click.get_current_context().find_root().command.invoked_args  # type: ignore[attr-defined]
+        root = click.get_current_context().find_root().command
+        assert isinstance(root, _Group)
+        args = root.invoked_args
         sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2))
 
 

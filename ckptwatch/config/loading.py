@@ -21,7 +21,7 @@ from collections.abc import Mapping
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef]  # the same API under its PyPI name
 
 from pydantic import BaseModel, ValidationError
 

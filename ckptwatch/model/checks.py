@@ -20,6 +20,7 @@ import numpy as np
 
 from ckptwatch.errors import CkptwatchError, ModelTimeout
 from ckptwatch.formats import open_checkpoint, resolve
+from ckptwatch.formats.bundle import BundleSource
 from ckptwatch.formats.keras_archive import read_config
 from ckptwatch.model import compare, restore, safety
 from ckptwatch.model.runtime import device_label, seed, tensorflow
@@ -54,7 +55,8 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         if kind in ("bundle", "savedmodel"):
             source = open_checkpoint(path)
             try:
-                out = restore.restore_bundle(built, source, location, policy)  # type: ignore[arg-type]
+                assert isinstance(source, BundleSource)  # what a bundle or a SavedModel opens as
+                out = restore.restore_bundle(built, source, location, policy)
             finally:
                 source.close()
         elif kind in ("hdf5", "keras"):

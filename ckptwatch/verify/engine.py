@@ -85,20 +85,20 @@ def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
     reuse their buffer), and every stream is driven to its end, so readers run
     their end-of-tensor checks (checksums).
     """
-    current: list[np.ndarray | None] = [None] * len(streams)
+    current = [np.empty(0)] * len(streams)
     pos = [0] * len(streams)
     while True:
         for i, it in enumerate(streams):
-            while current[i] is None or pos[i] >= len(current[i]):  # type: ignore[arg-type]
-                current[i] = next(it, None)
-                pos[i] = 0
-                if current[i] is None:
+            while pos[i] >= len(current[i]):
+                chunk = next(it, None)
+                if chunk is None:
                     for other in streams:  # finish the others: their checks run at the end
                         for _ in other:
                             pass
                     return
-        k = min(len(c) - p for c, p in zip(current, pos, strict=True))  # type: ignore[arg-type]
-        yield [c[p : p + k] for c, p in zip(current, pos, strict=True)]  # type: ignore[index]
+                current[i], pos[i] = chunk, 0
+        k = min(len(c) - p for c, p in zip(current, pos, strict=True))
+        yield [c[p : p + k] for c, p in zip(current, pos, strict=True)]
         pos = [p + k for p in pos]
 
 
@@ -199,7 +199,8 @@ class Engine:
             out.sums[r.role] = sm
 
     def _estimate(self, info: TensorInfo, ref: _Ref, s: dict, out: _TensorOutcome) -> None:
-        fp: FingerprintSource = ref.source  # type: ignore[assignment]
+        fp = ref.source
+        assert isinstance(fp, FingerprintSource)
         ref_name = ref.pairs[info.name]
         ref_stats, ref_sketch = fp.stats(ref_name), fp.sketch(ref_name)
         if out.result.stats is None or out.sketch is None or ref_stats is None or ref_sketch is None:

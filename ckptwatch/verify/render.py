@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from ckptwatch.verify.report import ROLES, Report, TensorResult
 
 MAX_FINDINGS = 40
@@ -31,7 +33,7 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:  # type: ignore[assignment]
+def table(headers: list[str], rows: list[list[str]], right: AbstractSet[int] = frozenset()) -> str:
     """Columns padded to their widest cell; numbers (columns in `right`) aligned right."""
     widths = [len(h) for h in headers]
     for row in rows:
