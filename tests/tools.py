@@ -84,3 +84,12 @@ def wait_until(
             extra = context() if context is not None else ""
             raise AssertionError(f"{what}: {reason}" + (f"; {extra}" if extra else ""))
         time.sleep(interval)
+
+
+def flip_bits(path: str | Path, offset: int, mask: int = 0x01) -> None:
+    """XOR one byte of a file in place: the bit flip a bad disk or a bad copy makes."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))

@@ -15,6 +15,7 @@ import pytest
 
 from ckptwatch.formats.bundle import BundleSource
 from ckptwatch.formats.table import build_table
+from tests.tools import flip_bits
 from tests.wire import HEADER, bundle_entry
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -67,11 +68,7 @@ def test_the_intact_copy_passes(run_cli, small) -> None:
 def test_bit_flip_in_one_tensor(tf, run_cli, small, name: str) -> None:
     e = entries(small)[name]
     shard = small + ".data-00000-of-00001"
-    with open(shard, "r+b") as f:
-        f.seek(e.offset + e.size // 2)
-        b = f.read(1)
-        f.seek(e.offset + e.size // 2)
-        f.write(bytes([b[0] ^ 0x04]))
+    flip_bits(shard, e.offset + e.size // 2, 0x04)
 
     # TF lists the variables happily; only a full read of the tensor notices
     reader = tf.train.load_checkpoint(small)

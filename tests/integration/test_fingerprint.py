@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ckptwatch.verify.engine import verify_paths
+from tests.tools import flip_bits
 
 
 def problems(report: dict) -> set[tuple[str, str | None]]:
@@ -141,11 +142,7 @@ def test_fingerprint_as_candidate_is_a_usage_error(
 
 def test_broken_checkpoint_is_not_fingerprinted(run_cli, small_module, copy_ckpt, tmp_path: Path) -> None:
     prefix = copy_ckpt(small_module.path, tmp_path / "c")
-    with open(prefix + ".data-00000-of-00001", "r+b") as f:
-        f.seek(100)
-        b = f.read(1)
-        f.seek(100)
-        f.write(bytes([b[0] ^ 1]))
+    flip_bits(prefix + ".data-00000-of-00001", 100)
     out = tmp_path / "fp.json"
     r = run_cli("fingerprint", prefix, "-o", out)
     assert r.returncode == 2 and not out.exists()

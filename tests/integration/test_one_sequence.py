@@ -13,6 +13,7 @@ import pytest
 
 from ckptwatch.verify.request import VerifyRequest
 from ckptwatch.worker.protocol import Job, Progress, Ready, Result, decode_message, encode
+from tests.tools import flip_bits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,11 +85,7 @@ def test_same_failing_report_and_no_fingerprint_for_a_corrupt_checkpoint(
     run_cli, worker, keras_run, copy_ckpt, tmp_path: Path
 ) -> None:
     prefix = copy_ckpt(keras_run.candidate, tmp_path / "corrupt")
-    with open(prefix + ".data-00000-of-00001", "r+b") as f:
-        f.seek(200)
-        b = f.read(1)
-        f.seek(200)
-        f.write(bytes([b[0] ^ 0x10]))
+    flip_bits(prefix + ".data-00000-of-00001", 200, 0x10)
     worker_fp, cli_fp = tmp_path / "worker.fp.json", tmp_path / "cli.fp.json"
     result = worker.verify(VerifyRequest(prefix, keras_run.previous, fingerprint_out=str(worker_fp)))
     cli = run_cli("verify", prefix, "--previous", keras_run.previous, "--write-fingerprint", cli_fp, "--json")
