@@ -66,7 +66,7 @@ def _options(threads: int | None):
     return options
 
 
-def _isolated(path: str, as_json: bool, threads: int | None) -> None:
+def _isolated(path: str, as_json: bool, threads: int | None, timeout: float | None = None) -> None:
     """Re-run this command in a child interpreter unless we are that child."""
     from ckptwatch import isolate
 
@@ -74,19 +74,28 @@ def _isolated(path: str, as_json: bool, threads: int | None) -> None:
         root = click.get_current_context().find_root().command
         assert isinstance(root, _Group)
         args = root.invoked_args
-        sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2))
+        limit = isolate.time_limit(timeout)
+        sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2, limit))
 
 
 _threads = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Tensors read in parallel.")
+_timeout = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Give up reading after this long: verdict error, exit 2 [CKPTWATCH_TIMEOUT, else 3600; 0: no limit].",
+)
 
 
 @main.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_threads
-def inspect(path: str, as_json: bool, threads: int | None) -> None:
+@_timeout
+def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None) -> None:
     """List every tensor of PATH with dtype, shape, size and statistics."""
-    _isolated(path, as_json, threads)
+    _isolated(path, as_json, threads, timeout)
     from ckptwatch.verify.engine import inspect_path
     from ckptwatch.verify.render import render_inspect
 
@@ -133,6 +142,7 @@ def inspect(path: str, as_json: bool, threads: int | None) -> None:
 @click.option("--write-fingerprint", metavar="FILE", help="Also write the candidate's fingerprint (same single read).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
 @_threads
+@_timeout
 def verify(
     path: str,
     previous: str | None,
@@ -151,9 +161,10 @@ def verify(
     write_fingerprint: str | None,
     as_json: bool,
     threads: int | None,
+    timeout: float | None,
 ) -> None:
     """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
-    _isolated(path, as_json, threads)
+    _isolated(path, as_json, threads, timeout)
     from ckptwatch.config import load_policy
     from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import DEFAULT_THREADS
@@ -201,14 +212,17 @@ def _verify(request):
     """verify_checkpoint as the CLI runs it: progress to the isolating parent, model checks in
     this process, and an exit right away when they overrun (their thread cannot be stopped)."""
     from ckptwatch.errors import ModelTimeout
-    from ckptwatch.isolate import progress_writer
+    from ckptwatch.isolate import announce_phase, progress_writer
     from ckptwatch.verify.verification import verify_checkpoint
 
     model_checks = None
     if request.model is not None:
         from ckptwatch.model.checks import add_model_checks
 
-        model_checks = add_model_checks
+        def model_checks(*args) -> None:  # the phase, for the message of a time limit run out
+            announce_phase("running the model checks")
+            add_model_checks(*args)
+
     try:
         return verify_checkpoint(request, progress_writer(), model_checks)
     except ModelTimeout as e:

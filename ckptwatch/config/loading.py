@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from ckptwatch.config.messages import describe_validation_error, one_line, quoted
 from ckptwatch.config.schema import Config, DaemonConfig
 from ckptwatch.errors import UsageError
+from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.policy import Policy
 
 __all__ = [
@@ -71,18 +72,29 @@ def _apply(data: dict, key: tuple[str, str], value: str, label: str, notes: dict
 # -- files ------------------------------------------------------------------------------------
 
 
+MAX_TOML_BYTES = 16 << 20  # a config or policy file is a few KB
+
+
 def read_toml(path: str) -> dict:
+    """The TOML file at `path` as a dict. Only a regular file is read (a FIFO, socket or device
+    is refused, never opened for reading: it would block), at most MAX_TOML_BYTES; nesting too
+    deep for the parser is an error like any other. Every problem is one UsageError line."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        with open_regular(path) as f:
+            data = f.read(MAX_TOML_BYTES + 1)
+        if len(data) > MAX_TOML_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_TOML_BYTES >> 20} MiB, not a config file")
+        return tomllib.loads(data.decode("utf-8"))
+    except NotRegularFile as e:
+        raise UsageError(f"{path}: is {e.what}, not a TOML file") from None
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a TOML file") from None
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: invalid TOML: not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError(f"{path}: invalid TOML: values nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         m = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", str(e), re.S)
         if m:

@@ -232,8 +232,9 @@ class Daemon:
     def _reload(self) -> None:
         try:
             new = self.overrides(load_config(self.config.source))
-        except CkptwatchError as e:
-            self.log.error("config reload failed, keeping the running config", error=str(e))
+        except Exception as e:  # whatever the file holds, a reload never stops the daemon
+            error = str(e) if isinstance(e, CkptwatchError) else f"{type(e).__name__}: {e}"
+            self.log.error("config reload failed, keeping the running config", error=error)
             return
         if list(new.worker.devices) != list(self.config.worker.devices):
             self.log.warning(

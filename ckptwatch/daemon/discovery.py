@@ -97,6 +97,7 @@ __all__ = [
     "temp_leftovers",
 ]
 
+MAX_ENTRIES = 100_000  # directory entries looked at per scan: a watch directory holding more is not sane
 EXPORT_WINDOW = 300.0  # seconds a SavedModel export with no saved_model.pb yet counts as under way
 _VARIABLES_INDEX = layout.SAVED_MODEL_VARIABLES + layout.INDEX_SUFFIX
 
@@ -139,34 +140,54 @@ def scan(
             entries = list(it)
     except (FileNotFoundError, NotADirectoryError):
         return Scan([], [])
-    found, exporting = [], []
-    for entry in entries:
-        if is_temporary(entry.name):
-            continue
-        if _is_dir(entry):
-            # a symlink (`latest -> 3`) would be the same export twice: watch the real ones
-            if entry.is_symlink() or not _matches(entry.name, include, exclude):
-                continue
-            marker = _saved_model_stat(entry.path)
-            if marker is not None:
-                found.append(_candidate(watch, entry.path, SAVEDMODEL, marker))
-            elif _export_under_way(entry.path, now, window):
-                exporting.append(entry.path)
-            continue
-        kind_base = classify(entry.name)
-        if kind_base is None or not _matches(kind_base[1], include, exclude):
-            continue
+    found: list[Candidate] = []
+    exporting: list[str] = []
+    for entry in entries[:MAX_ENTRIES]:
         try:
-            st = entry.stat()  # follows symlinks: a linked checkpoint file counts
-        except OSError:  # vanished (or a dangling link) meanwhile
+            _scan_entry(watch, directory, entry, include, exclude, now, window, found, exporting)
+        except Exception:  # one odd entry must not cost the others their scan
             continue
-        if stat.S_ISREG(st.st_mode):
-            found.append(_candidate(watch, os.path.join(directory, kind_base[1]), kind_base[0], st))
     itself = _saved_model_stat(directory)
     if itself is not None and _matches(os.path.basename(directory), include, exclude):
         found.append(_candidate(watch, directory, SAVEDMODEL, itself))
     found.sort(key=lambda c: c.sort_key)
     return Scan(found, sorted(exporting))
+
+
+def _scan_entry(
+    watch: str,
+    directory: str,
+    entry: os.DirEntry,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    now: float,
+    window: float,
+    found: list[Candidate],
+    exporting: list[str],
+) -> None:
+    if is_temporary(entry.name):
+        return
+    if _is_dir(entry):
+        # a symlink (`latest -> 3`) would be the same export twice: watch the real ones
+        if entry.is_symlink() or not _matches(entry.name, include, exclude):
+            return
+        marker = _saved_model_stat(entry.path)
+        if marker is not None:
+            found.append(_candidate(watch, entry.path, SAVEDMODEL, marker))
+        elif _export_under_way(entry.path, now, window):
+            exporting.append(entry.path)
+        return
+    kind_base = classify(entry.name)
+    if kind_base is None or not _matches(kind_base[1], include, exclude):
+        return
+    try:
+        st = entry.stat()  # follows symlinks: a linked checkpoint file counts
+    except OSError:  # vanished (or a dangling link) meanwhile
+        return
+    # a FIFO, socket or device named like a checkpoint file is a candidate too: never opened,
+    # it gets its own verdict (integrity.filetype) instead of silence
+    if stat.S_ISREG(st.st_mode) or _special(st.st_mode):
+        found.append(_candidate(watch, os.path.join(directory, kind_base[1]), kind_base[0], st))
 
 
 def find_candidates(
@@ -232,13 +253,39 @@ def check_completion(candidate: Candidate, now: float, stability: StabilityTrack
     """Whether `candidate` (as found: same key) is completely written; if not, why.
 
     The settle clocks live in `stability` under candidate.path; call
-    `stability.forget(candidate.path)` once you are done with a candidate.
+    `stability.forget(candidate.path)` once you are done with a candidate. A check that
+    goes wrong (anything a hostile entry could make it raise) is that candidate's problem
+    alone: pending on it until its file settles, then complete ("settled"): the worker
+    verifies it and its verdict says what is wrong.
     """
-    if candidate.kind == BUNDLE:
-        return _bundle_completion(candidate, now, stability)
+    keyed = candidate.path if candidate.kind in (HDF5, KERAS) else candidate.path + layout.INDEX_SUFFIX
     if candidate.kind == SAVEDMODEL:
-        return _saved_model_completion(candidate, now, stability)
-    return _file_completion(candidate, now, stability)
+        keyed = saved_model_marker(candidate.path) or candidate.path
+    if _special_file(keyed):  # never opened here: the worker refuses it with a finding
+        stability.forget(candidate.path)
+        return Completion(True, "not a regular file")
+    try:
+        if candidate.kind == BUNDLE:
+            return _bundle_completion(candidate, now, stability)
+        if candidate.kind == SAVEDMODEL:
+            return _saved_model_completion(candidate, now, stability)
+        return _file_completion(candidate, now, stability)
+    except Exception as e:
+        st = regular_stat(keyed)
+        problem = f"cannot be checked: {type(e).__name__}: {str(e)[:200]}"
+        return _unless_settled(candidate.path, problem, stat_signature(st) if st else (), now, stability)
+
+
+def _special(mode: int) -> bool:
+    """A FIFO, socket or device: never opened for reading."""
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _special_file(path: str) -> bool:
+    try:
+        return _special(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def current_key(path: str) -> str | None:
@@ -351,22 +398,22 @@ def _bundle_problem(prefix: str, index_st: os.stat_result) -> str | None:
     index does not parse, a data shard is missing, or one is newer than the index (a rewrite
     of the same prefix is under way, or a copier is still at work)."""
     try:
-        num_shards = layout.bundle_shard_count(prefix)
+        num_shards = layout.bundle_shard_count(prefix)  # reads the header alone: bounded
     except (IntegrityError, ValueError) as e:  # ValueError: TableError escaping a parse path
         return f"index does not parse: {_short(e, prefix)}"
     except OSError as e:  # vanished meanwhile: the caller's re-stat tells
         return f"index unreadable: {e.strerror or e}"
-    missing, newer = [], []
+    # the shards present, from one listing, and a stat for each of those only: an index
+    # claiming 65,536 shards costs no more than the files that are there
+    present = set(layout.data_shards(prefix))
+    newer = []
     for k in range(num_shards):
         shard = layout.shard_path(prefix, k, num_shards)
-        sst = regular_stat(shard)
+        sst = regular_stat(shard) if shard in present else None
         if sst is None:
-            missing.append(os.path.basename(shard))
-        elif sst.st_mtime_ns > index_st.st_mtime_ns:
+            return f"data shard {os.path.basename(shard)} missing"
+        if sst.st_mtime_ns > index_st.st_mtime_ns:
             newer.append(os.path.basename(shard))
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        return f"data shard {missing[0]} missing{more}"
     if newer:
         return f"data shard {newer[0]} is newer than the index"
     return None

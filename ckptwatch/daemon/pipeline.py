@@ -203,7 +203,7 @@ class Pipeline:
         for c in candidates:
             if self._seen(c) or self.scheduler.queued(c.key) or self._in_flight(c):
                 continue
-            completion = self.check(c, now)
+            completion = self._check(c, now)
             if completion.complete:
                 pending.pop(c.key, None)
                 self.emit(Queued(c, self.clock.time()))
@@ -214,6 +214,14 @@ class Pipeline:
             else:
                 pending[c.key] = Waiting(c, completion.reason, now)
                 self.emit(Pending(c, completion.reason))
+
+    def _check(self, c: Candidate, now: float) -> Completion:
+        """The completion check, where anything it raises is this candidate's alone: it is
+        verified as it is (its verdict says what is wrong), and the others go on."""
+        try:
+            return self.check(c, now)
+        except Exception as e:
+            return Completion(True, f"could not be checked ({type(e).__name__}: {str(e)[:200]}): verified as is")
 
     def remove_watch(self, watch: str) -> None:
         """The watch left the config: forget what waits (a job in flight still finishes, but

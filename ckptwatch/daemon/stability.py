@@ -37,13 +37,45 @@ def files_signature(paths: list[str], base: str) -> Signature:
     return tuple(parts)
 
 
-def tree_signature(directory: str) -> Signature:
-    """Every file under `directory` (a SavedModel: a few files) with size, mtime and inode."""
-    paths = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        paths += [os.path.join(root, name) for name in sorted(files)]
-    return files_signature(paths, directory)
+MAX_TREE_DEPTH = 8  # a SavedModel is two levels deep (variables/, assets/); deeper is not looked at
+MAX_TREE_ENTRIES = 4096  # directory entries examined per signature: bounded work on the main loop
+
+
+def tree_signature(directory: str, max_depth: int = MAX_TREE_DEPTH, max_entries: int = MAX_TREE_ENTRIES) -> Signature:
+    """The files under `directory` (a SavedModel: a few files) with size, mtime and inode.
+
+    Bounded, without recursion: at most `max_depth` levels and `max_entries` entries are
+    examined (a hostile tree 1,100 levels deep, or a million files, costs no more), symbolic
+    links to directories are not followed, and what was left out is part of the signature."""
+    paths: list[str] = []
+    examined, truncated = 0, False
+    stack = [(directory, 0)]
+    while stack:
+        root, depth = stack.pop()
+        try:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            examined += 1
+            if examined > max_entries:
+                truncated, stack = True, []
+                break
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not is_dir:
+                paths.append(entry.path)
+            elif depth + 1 < max_depth:
+                subdirs.append((entry.path, depth + 1))
+            else:
+                truncated = True
+        stack.extend(reversed(subdirs))  # depth-first, in name order
+    signature = files_signature(paths, directory)
+    return (*signature, ("(truncated)",)) if truncated else signature
 
 
 class StabilityTracker:

@@ -10,7 +10,8 @@ fingerprint file (kind "fingerprint"), which is a reference only: it holds no
 tensor data, and ckptwatch.verify opens it (verify.engine.open_reference).
 
 Raises CheckpointNotFound when nothing checkpoint-like is at the path (or it is a
-fingerprint), and IntegrityError when it is a checkpoint but broken beyond opening.
+fingerprint), and IntegrityError when it is a checkpoint but broken beyond opening
+(NotRegularFile, "integrity.filetype", for a FIFO, socket or device: never opened).
 
 Light at import (no numpy): the readers load when a checkpoint is opened, so the
 daemon's main process can use formats.layout, formats.names and formats.base.
@@ -24,6 +25,7 @@ import os
 from ckptwatch.errors import CheckpointNotFound
 from ckptwatch.formats import layout
 from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.formats.files import check_regular, open_regular
 from ckptwatch.formats.layout import checkpoint_exists
 
 __all__ = [
@@ -63,15 +65,19 @@ def resolve(path: str) -> tuple[str, str]:
             return layout.HDF5, p
         if layout.looks_like_fingerprint(p):
             return layout.FINGERPRINT, p
-        with open(p, "rb") as f:
+        with open_regular(p) as f:
             head = f.read(8)
         if head == layout.HDF5_MAGIC:
             return layout.HDF5, p
         if head.startswith(layout.ZIP_MAGIC):
             return layout.KERAS, p
+        if head.startswith(layout.GZIP_MAGIC):
+            raise IntegrityError("integrity.fingerprint", f"{path}: gzip data that does not inflate to a fingerprint")
         raise CheckpointNotFound(f"{path}: not a checkpoint, Keras file or fingerprint")
-    if os.path.isfile(p + layout.INDEX_SUFFIX) or layout.data_shards(p):
-        return layout.BUNDLE, p
+    if os.path.exists(p + layout.INDEX_SUFFIX) or layout.data_shards(p):
+        return layout.BUNDLE, p  # an index that is a FIFO or a device: the reader refuses it, a finding
+    if os.path.exists(p):
+        check_regular(p)  # a FIFO, socket or device given as PATH: NotRegularFile, never opened
     raise CheckpointNotFound(f"{path}: no such file, directory or checkpoint prefix")
 
 

@@ -12,7 +12,10 @@ as `IntegrityError` naming the tensor, never as a crash.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
+import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -31,6 +34,23 @@ NUMERIC_DTYPE_NAMES = frozenset(
         "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz",
     }
 )  # fmt: skip
+
+# What parsing raises on bytes it did not expect, beyond a reader's own IntegrityError: from a
+# candidate, a corrupt or hostile file, which is a `fail` ("integrity.format"), never an error of
+# the tool (DESIGN.md). OSError is not here: it is I/O (a vanished file, permissions).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # UnicodeDecodeError, json's errors, numpy's "array is too big"
+    TypeError,
+    IndexError,
+    KeyError,
+    OverflowError,  # a shape product above 2**63
+    RecursionError,  # nesting deeper than the interpreter's stack
+    EOFError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+)
+
 
 # Elements per chunk handed to the checks (~4 MB of float32). Small enough to
 # stay in cache while several passes run over it.
@@ -77,6 +97,15 @@ class IntegrityError(Exception):
     def __init__(self, check: str, message: str, tensor: str | None = None):
         super().__init__(message)
         self.problem = IntegrityProblem(check, message, tensor)
+
+
+def decode_problem(e: BaseException, what: str, tensor: str | None = None) -> IntegrityError:
+    """An exception of DECODE_ERRORS raised while reading `what` (a file, a tensor) as the
+    IntegrityError ("integrity.format") it stands for."""
+    reason = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return IntegrityError("integrity.format", f"{what} cannot be decoded ({reason})", tensor)
 
 
 class CheckpointSource(Protocol):

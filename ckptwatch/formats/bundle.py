@@ -9,10 +9,12 @@ checking the CRC32C when the last chunk has been read.
 
 from __future__ import annotations
 
+import io
 import os
-import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import cast
 
 import crc32c
 import numpy as np
@@ -29,14 +31,17 @@ from ckptwatch.formats.base import (
     checked_size,
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
+from ckptwatch.formats.files import NotRegularFile, check_regular, open_regular
 from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
 from ckptwatch.formats.sliced import Part, SliceMismatch, resolve_slices, stream_sliced
-from ckptwatch.formats.table import TableError, read_varint
+from ckptwatch.formats.table import TableError
 from ckptwatch.formats.wire import DTYPE_NAMES, BundleEntry, check_entry_crc, read_index
 
 __all__ = ["DTYPE_NAMES", "OBJECT_GRAPH_KEY", "BundleEntry", "BundleSource", "shard_path"]
+
+MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 
 class BundleSource:
@@ -50,12 +55,16 @@ class BundleSource:
         self._entries: dict[str, BundleEntry] = {}
         self._infos: list[TensorInfo] = []
         index_path = prefix + INDEX_SUFFIX
-        if not os.path.isfile(index_path):
+        try:
+            check_regular(index_path)  # a FIFO or device: NotRegularFile, a finding
+        except NotRegularFile:
+            raise
+        except OSError:
             shards = data_shards(prefix)
             raise IntegrityError(
                 "integrity.index",
                 f"{index_path}: index file missing" + (f" ({len(shards)} data shard(s) present)" if shards else ""),
-            )
+            ) from None
         self._load_index(index_path)
         self._apply_object_graph()
         self._files = FileSet([index_path] + [shard_path(prefix, k, self.num_shards) for k in range(self.num_shards)])
@@ -134,13 +143,36 @@ class BundleSource:
         self._infos = [replace(i, nbytes=total) if i.name == name else i for i in self._infos]
 
     def _check_files(self) -> None:
-        for k in range(self.num_shards):
-            p = shard_path(self.path, k, self.num_shards)
-            if not os.path.isfile(p):
-                n = sum(1 for e in self._entries.values() if e.shard_id == k)
-                self.problems.append(
-                    IntegrityProblem("integrity.shard_missing", f"{os.path.basename(p)} is missing ({n} tensors)")
+        """Every data file the header claims is there and regular. Bounded by the files that
+        exist: an index claiming 65,536 shards costs one directory listing, not 65,536 stats,
+        and its missing shards are named up to MISSING_NAMED, then counted."""
+        present = set(data_shards(self.path))
+        tensors = Counter(e.shard_id for e in self._entries.values())
+        expected = [shard_path(self.path, k, self.num_shards) for k in range(self.num_shards)]
+        named = 0
+        for k, p in enumerate(expected):
+            if p not in present:
+                named += 1
+                if named <= MISSING_NAMED:
+                    self.problems.append(
+                        IntegrityProblem(
+                            "integrity.shard_missing", f"{os.path.basename(p)} is missing ({tensors[k]} tensors)"
+                        )
+                    )
+                continue
+            try:
+                check_regular(p)
+            except NotRegularFile as e:
+                self.problems.append(e.problem)
+            except OSError:
+                pass  # vanished meanwhile: reading it says so
+        if named > MISSING_NAMED:
+            self.problems.append(
+                IntegrityProblem(
+                    "integrity.shard_missing",
+                    f"{named} of {self.num_shards} data shards are missing (the first {MISSING_NAMED} are named)",
                 )
+            )
         leftovers = temp_leftovers(self.path)
         if leftovers:
             self.problems.append(
@@ -177,9 +209,7 @@ class BundleSource:
                 raise IntegrityError("integrity.sliced", "slices could not be matched to the index", name)
             yield from stream_sliced(self.path, self.num_shards, name, entry, parts, dtype, chunk_elements)
             return
-        if not os.path.isfile(path):
-            raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name)
-        file_size = os.path.getsize(path)
+        file_size = _shard_size(path, name)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size:
             raise IntegrityError(
                 "integrity.truncated",
@@ -210,11 +240,12 @@ class BundleSource:
         buf = bytearray(min(chunk_bytes, max(entry.size, 1)))
         view = memoryview(buf)
         crc, left = 0, entry.size
-        with open(path, "rb", buffering=0) as f:
-            f.seek(entry.offset)
+        with open_regular(path, name, buffering=0) as f:
+            raw = cast(io.FileIO, f)  # unbuffered: readinto straight into our buffer
+            raw.seek(entry.offset)
             while left > 0:
                 want = min(left, len(buf))
-                got = f.readinto(view[:want])
+                got = raw.readinto(view[:want])
                 if got != want:
                     raise IntegrityError(
                         "integrity.truncated",
@@ -234,33 +265,63 @@ class BundleSource:
         """
         entry = self._entries[name]
         path = shard_path(self.path, entry.shard_id, self.num_shards)
-        try:
-            file_size = os.path.getsize(path)
-        except OSError:
-            raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name) from None
+        file_size = _shard_size(path, name)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size or entry.size > limit:
             raise IntegrityError("integrity.truncated", f"string entry lies outside {os.path.basename(path)}", name)
-        with open(path, "rb") as f:
+        with open_regular(path, name) as f:
             f.seek(entry.offset)
             raw = f.read(entry.size)
         count = 1
         for d in entry.shape:
             count *= d
+            if count > len(raw):  # every element takes at least one byte (its length)
+                raise IntegrityError(
+                    "integrity.index",
+                    f"shape {list(entry.shape)} claims more strings than the entry's {len(raw)} bytes can hold",
+                    name,
+                )
         try:
-            pos, lengths = 0, []
-            for _ in range(count):
-                n, pos = read_varint(raw, pos)
-                lengths.append(n)
-            if pos + 4 + sum(lengths) != len(raw):
+            lengths, pos = string_lengths(raw, count)
+            if pos + 4 + int(lengths.sum()) != len(raw):
                 raise TableError("string lengths do not add up to the entry size")
         except TableError as e:
             raise IntegrityError("integrity.checksum", f"malformed string tensor: {e}", name) from None
-        crc = 0
-        for n in lengths:
-            crc = crc32c.crc32c(struct.pack("<I", n & 0xFFFFFFFF), crc)
+        crc = crc32c.crc32c(lengths.astype("<u4").tobytes())  # TF sums each length as a uint32
         crc = crc32c.crc32c(raw[pos:], crc)
         check_entry_crc(entry, crc, name)
         return raw
 
     def close(self) -> None:
         pass
+
+
+def _shard_size(path: str, name: str) -> int:
+    """The size of a data shard that must be a regular file (else an IntegrityError naming `name`)."""
+    try:
+        return check_regular(path, name).st_size
+    except NotRegularFile:
+        raise
+    except OSError:
+        raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name) from None
+
+
+def string_lengths(raw: bytes, count: int) -> tuple[np.ndarray, int]:
+    """The `count` varint lengths at the start of a string tensor's bytes (as uint64), and
+    where they end; vectorised, so a claimed count of millions costs milliseconds. Raises
+    TableError when they run past the bytes or one is longer than 10 bytes."""
+    if count == 0:
+        return np.zeros(0, dtype=np.uint64), 0
+    data = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(data < 0x80)[:count]  # the last byte of each varint
+    if len(ends) < count:
+        raise TableError("varint runs past the end of its buffer")
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    widths = ends - starts + 1
+    if int(widths.max()) > 10:
+        raise TableError("varint longer than 10 bytes")
+    lengths = np.zeros(count, dtype=np.uint64)
+    for i in range(int(widths.max())):
+        has = widths > i
+        lengths[has] |= (data[starts[has] + i] & 0x7F).astype(np.uint64) << np.uint64(7 * i)
+    return lengths, int(ends[-1]) + 1

@@ -31,6 +31,7 @@ from ckptwatch.formats.base import (
     checked_size,
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
+from ckptwatch.formats.files import check_regular
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
 
 CHECK = "integrity.h5"
@@ -59,7 +60,8 @@ class Hdf5Source:
         # name -> dtype to reinterpret the raw bytes as (bfloat16 is stored opaque)
         self._views: dict[str, np.dtype | None] = {}
         self._refused: dict[str, str] = {}
-        self._size = os.stat(path).st_size  # FileNotFoundError: vanished is not corrupt
+        # FileNotFoundError: vanished is not corrupt; a FIFO or device: NotRegularFile, never opened
+        self._size = check_regular(path).st_size
         try:
             self._file: h5py.File | None = h5py.File(path, "r")
         # h5py raises OSError, but garbage can also surface as ValueError, KeyError, ...

@@ -1,7 +1,9 @@
 """Keras 3 `.keras` archives: a zip of `metadata.json`, `config.json`, `model.weights.h5`.
 
-Every member is read to its end so zipfile checks its CRC-32 (the only checksum
-these files carry). The weights member is extracted into a private temporary
+Every member is read to its end and its CRC-32 checked (the only checksum these
+files carry), inflated by formats.zipmember with a counted limit: a member that
+produces more than it declares (a bomb that lies about its size) is refused as
+soon as it does. The weights member is extracted into a private temporary
 directory, never next to the input, and read by the HDF5 reader. `config.json`
 is parsed as JSON and nothing more: no Keras object is built from it.
 """
@@ -13,15 +15,16 @@ import os
 import shutil
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.formats.files import open_regular
 from ckptwatch.formats.hdf5 import Hdf5Source, open_hdf5
 from ckptwatch.formats.names import step_from_path
+from ckptwatch.formats.zipmember import MemberError, member_chunks
 
 CHECK = "integrity.zip"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -83,21 +86,17 @@ def open_keras_archive(path: str) -> KerasArchiveSource:
     and FileNotFoundError if the archive does not exist.
     """
     path = os.fspath(path)
-    try:
-        zf = zipfile.ZipFile(path, "r")
-    except (FileNotFoundError, PermissionError):
-        raise  # not a verdict on the file's contents
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise IntegrityError(CHECK, f"{path}: not a readable .keras archive ({_reason(e)})") from None
+    fp, zf = _open_zip(path)
     try:
         workdir = tempfile.mkdtemp(prefix="ckptwatch-")  # private (0700), never next to the input
     except BaseException:
         zf.close()
+        fp.close()
         raise
     try:
         problems: list[IntegrityProblem] = []
         texts: dict[str, bytes] = {}
-        with zf:
+        with fp, zf:
             members = {info.filename: info for info in zf.infolist()}
             if WEIGHTS_MEMBER not in members:
                 extra = ""
@@ -107,14 +106,14 @@ def open_keras_archive(path: str) -> KerasArchiveSource:
             for info in members.values():
                 _check_bomb(path, info)
             h5_path = os.path.join(workdir, WEIGHTS_MEMBER)
-            _extract(path, zf, members[WEIGHTS_MEMBER], h5_path)
+            _extract(path, fp, members[WEIGHTS_MEMBER], h5_path)
             for name, info in members.items():
                 if name == WEIGHTS_MEMBER or info.is_dir():
                     continue
                 if name in (CONFIG_MEMBER, METADATA_MEMBER):
-                    texts[name] = _read_small(path, zf, info)
+                    texts[name] = _read_small(path, fp, info)
                 else:
-                    _drain(path, zf, info)  # assets: only their CRC matters here
+                    _drain(path, fp, info)  # assets: only their CRC matters here
         if CONFIG_MEMBER not in members:
             problems.append(IntegrityProblem(CHECK, f"{path}: no {CONFIG_MEMBER} member"))
         config = _parse_json(path, CONFIG_MEMBER, texts.get(CONFIG_MEMBER), problems)
@@ -136,18 +135,38 @@ def read_config(path: str) -> dict[str, Any] | None:
     """Only `config.json`, parsed (never deserialized); None if it is missing or not JSON.
     For the safe-mode scan, after the archive has been verified as a whole."""
     try:
-        with zipfile.ZipFile(path, "r") as zf:
+        fp, zf = _open_zip(path)
+        with fp, zf:
             info = zf.getinfo(CONFIG_MEMBER)
             _check_bomb(path, info)
-            text = _read_small(path, zf, info)
+            text = _read_small(path, fp, info)
     except (KeyError, IntegrityError, zipfile.BadZipFile, OSError, EOFError, ValueError):
         return None
     return _parse_json(path, CONFIG_MEMBER, text, [])
 
 
+def _open_zip(path: str) -> tuple[BinaryIO, zipfile.ZipFile]:
+    """The archive (a regular file: a FIFO or device is refused, never opened for reading)
+    and its directory. Raises IntegrityError for what is not a readable zip, OSError (a
+    vanished file, permissions) unchanged."""
+    fp = open_regular(path)
+    try:
+        return fp, zipfile.ZipFile(fp, "r")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+        fp.close()
+        raise IntegrityError(CHECK, f"{path}: not a readable .keras archive ({_reason(e)})") from None
+    except BaseException:
+        fp.close()
+        raise
+
+
+def _member_limit(info: zipfile.ZipInfo) -> int:
+    """The most bytes a member may produce, whatever it declares: the bomb rule of _check_bomb."""
+    return max(_BOMB_FLOOR_BYTES, _BOMB_MAX_EXPANSION * max(info.compress_size, 1))
+
+
 def _check_bomb(path: str, info: zipfile.ZipInfo) -> None:
-    expands = info.file_size > _BOMB_MAX_EXPANSION * max(info.compress_size, 1)
-    if info.file_size > _BOMB_FLOOR_BYTES and expands:
+    if info.file_size > _member_limit(info):
         raise IntegrityError(
             CHECK,
             f"{info.filename}: expands {info.compress_size} bytes to {info.file_size} in {path}; "
@@ -155,50 +174,37 @@ def _check_bomb(path: str, info: zipfile.ZipInfo) -> None:
         )
 
 
-def _chunks(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
-    """The member's bytes; its CRC-32 is checked by zipfile when the last chunk is read."""
+def _chunks(path: str, fp: BinaryIO, info: zipfile.ZipInfo, limit: int | None = None) -> Iterator[bytes]:
+    """The member's bytes, inflated with a counted limit; its CRC-32 is checked once the
+    last chunk is read."""
     try:
-        with zf.open(info, "r") as f:
-            got = 0
-            while True:
-                data = f.read(_COPY_BYTES)
-                if not data:
-                    break
-                got += len(data)
-                yield data
-        if got != info.file_size:
-            raise IntegrityError(
-                CHECK,
-                f"{info.filename}: holds {got} bytes, expected {info.file_size} in {path}",
-            )
-    except zipfile.BadZipFile as e:
-        msg = str(e)
-        what = "CRC-32 mismatch (the member is damaged)" if "CRC" in msg else f"damaged ({_reason(e)})"
-        raise IntegrityError(CHECK, f"{info.filename}: {what} in {path}") from None
-    except (zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as e:
+        yield from member_chunks(fp, info, _member_limit(info) if limit is None else limit, _COPY_BYTES)
+    except MemberError as e:
+        raise IntegrityError(CHECK, f"{info.filename}: {e} in {path}") from None
+    except (EOFError, OSError) as e:
         # Only archive reads run inside this frame: a failed write of the extracted copy
         # (disk full) raises in the caller's loop body and propagates unchanged.
-        raise IntegrityError(CHECK, f"{info.filename}: cannot be decompressed ({_reason(e)}) in {path}") from None
+        raise IntegrityError(CHECK, f"{info.filename}: cannot be read ({_reason(e)}) in {path}") from None
 
 
-def _extract(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: str) -> None:
+def _extract(path: str, fp: BinaryIO, info: zipfile.ZipInfo, dest: str) -> None:
     # O_EXCL in our own 0700 mkdtemp dir: nothing else can have put a file or link there.
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        for data in _chunks(path, zf, info):
+        for data in _chunks(path, fp, info):
             out.write(data)
 
 
-def _read_small(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def _read_small(path: str, fp: BinaryIO, info: zipfile.ZipInfo) -> bytes:
     if info.file_size > _JSON_LIMIT:
         raise IntegrityError(
             CHECK, f"{info.filename}: declares {info.file_size} bytes, too large for a JSON member in {path}"
         )
-    return b"".join(_chunks(path, zf, info))
+    return b"".join(_chunks(path, fp, info, _JSON_LIMIT))
 
 
-def _drain(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-    for _ in _chunks(path, zf, info):
+def _drain(path: str, fp: BinaryIO, info: zipfile.ZipInfo) -> None:
+    for _ in _chunks(path, fp, info):
         pass
 
 
@@ -209,6 +215,9 @@ def _parse_json(path: str, member: str, data: bytes | None, problems: list[Integ
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         problems.append(IntegrityProblem(CHECK, f"{member}: not valid JSON ({e}) in {path}"))
+        return None
+    except RecursionError:
+        problems.append(IntegrityProblem(CHECK, f"{member}: JSON nested too deeply in {path}"))
         return None
     return value if isinstance(value, dict) else None
 

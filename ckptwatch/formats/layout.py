@@ -18,7 +18,9 @@ import glob
 import gzip
 import os
 import re
+import zlib
 
+from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.formats.wire import read_index
 
 BUNDLE, HDF5, KERAS, SAVEDMODEL, FINGERPRINT = "bundle", "hdf5", "keras", "savedmodel", "fingerprint"
@@ -28,6 +30,7 @@ HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
 KERAS_SUFFIX = ".keras"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK"  # a .keras archive
+GZIP_MAGIC = b"\x1f\x8b"  # a gzipped fingerprint
 STATE_FILE = "checkpoint"  # `model_checkpoint_path: "ckpt-3"`, written by Saver / CheckpointManager
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside a SavedModel
@@ -84,10 +87,10 @@ def data_shards(prefix: str) -> list[str]:
 
 
 def bundle_shard_count(prefix: str) -> int:
-    """How many data files the bundle at `prefix` has, from its index's header entry. The
-    whole index is checked as a table (block checksums, key order); tensor entries are not
-    decoded. Raises IntegrityError when the index does not parse, OSError when it cannot
-    be read."""
+    """How many data files the bundle at `prefix` has, from its index's header entry. Only
+    the footer, the index block and the first data block are read and checked (bounded work
+    however large the index): tensor entries are not decoded. Raises IntegrityError when the
+    index does not parse or is not a regular file, OSError when it cannot be read."""
     return read_index(prefix + INDEX_SUFFIX, header_only=True).num_shards
 
 
@@ -116,11 +119,14 @@ def checkpoint_exists(path: str | None) -> bool:
 
 
 def read_state_file(directory: str) -> str | None:
-    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None."""
+    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None. Raises
+    NotRegularFile when that is a FIFO, socket or device (never opened for reading)."""
     path = os.path.join(directory, STATE_FILE)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read(1 << 20)
+        with open_regular(path) as f:
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except NotRegularFile:
+        raise
     except OSError:
         return None
     for line in text.splitlines():
@@ -137,14 +143,12 @@ def looks_like_fingerprint(path: str) -> bool:
     """Whether `path` is a ckptwatch fingerprint (JSON, maybe gzipped, naming its schema):
     a look at its first bytes, not a parse (ckptwatch.verify.fingerprint opens it)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(4096)
-    except OSError:
+            if head[:2] == GZIP_MAGIC:
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f, mode="rb") as z:
+                    head = z.read(4096)  # bounded: GzipFile.read(n) inflates at most n bytes
+    except (OSError, EOFError, NotRegularFile, zlib.error):
         return False
-    if head[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as f:
-                head = f.read(4096)
-        except (OSError, EOFError):
-            return False
     return head.lstrip()[:1] == b"{" and FINGERPRINT_SCHEMA.encode() in head

@@ -16,6 +16,7 @@ import crc32c
 import numpy as np
 
 from ckptwatch.formats.base import IntegrityError
+from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.formats.layout import shard_path
 from ckptwatch.formats.wire import BundleEntry, Extent, check_entry_crc
 
@@ -121,7 +122,9 @@ def stream_sliced(
 def _read_part(files: dict[int, BinaryIO], path: str, name: str, entry: BundleEntry, start: int, length: int) -> bytes:
     if entry.shard_id not in files:
         try:
-            files[entry.shard_id] = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            files[entry.shard_id] = open_regular(path, name)  # closed by the caller
+        except NotRegularFile:
+            raise
         except OSError:
             raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name) from None
     f = files[entry.shard_id]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import crc32c
 
@@ -20,6 +21,7 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two padded block handles (40 bytes) + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _MASK_DELTA = 0xA282EAD8
+MAX_HEADER_BLOCK = 64 << 20  # first_entry: no index or data block of a real index comes near this
 
 
 class TableError(ValueError):
@@ -61,16 +63,19 @@ def _block_handle(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int
 def _read_block(data: bytes, offset: int, size: int, what: str) -> memoryview:
     if offset + size + BLOCK_TRAILER_SIZE > len(data) - FOOTER_SIZE:
         raise TableError(f"{what} block [{offset}, {offset + size}) lies past the end of the file ({len(data)} bytes)")
-    view = memoryview(data)
-    contents = view[offset : offset + size]
-    kind = data[offset + size]
-    (stored,) = struct.unpack_from("<I", data, offset + size + 1)
-    actual = crc32c.crc32c(view[offset : offset + size + 1])
-    if unmask_crc(stored) != actual:
+    return _checked_block(memoryview(data)[offset : offset + size + BLOCK_TRAILER_SIZE], offset, what)
+
+
+def _checked_block(raw: memoryview, offset: int, what: str) -> memoryview:
+    """A block's contents, from its bytes and trailer (`raw`), once its checksum matches."""
+    size = len(raw) - BLOCK_TRAILER_SIZE
+    kind = raw[size]
+    (stored,) = struct.unpack_from("<I", raw, size + 1)
+    if unmask_crc(stored) != crc32c.crc32c(raw[: size + 1]):
         raise TableError(f"{what} block at offset {offset}: checksum mismatch")
     if kind != 0:
         raise TableError(f"{what} block at offset {offset}: compression type {kind} is not supported")
-    return contents
+    return raw[:size]
 
 
 def _block_entries(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview]]:
@@ -112,6 +117,44 @@ def iter_table(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
                 raise TableError(f"keys out of order at {key!r}")
             previous = key
             yield key, value
+
+
+def first_entry(f: BinaryIO, file_size: int, max_block: int = MAX_HEADER_BLOCK) -> tuple[bytes, memoryview] | None:
+    """The table's first (key, value), or None for a table without entries, reading only
+    the footer, the index block and the first data block (each checked): bounded work
+    however large the file, for the daemon's main process (a bundle's header entry, keyed
+    b"", is always first). A block larger than `max_block` is refused."""
+    if file_size < FOOTER_SIZE:
+        raise TableError(f"file is {file_size} bytes, too short for a table footer (truncated or empty)")
+    footer = _pread(f, file_size - FOOTER_SIZE, FOOTER_SIZE)
+    (magic,) = struct.unpack_from("<Q", footer, FOOTER_SIZE - 8)
+    if magic != TABLE_MAGIC:
+        raise TableError("not an sstable (bad magic number): truncated or not an index file")
+    _, _, pos = _block_handle(footer, 0, FOOTER_SIZE - 8)
+    index_offset, index_size, _ = _block_handle(footer, pos, FOOTER_SIZE - 8)
+    index = _fetch_block(f, file_size, index_offset, index_size, "index", max_block)
+    for _, handle in _block_entries(index, "index"):
+        offset, size, _ = _block_handle(handle, 0, len(handle))
+        for key, value in _block_entries(_fetch_block(f, file_size, offset, size, "data", max_block), "data"):
+            return key, value
+        return None
+    return None
+
+
+def _fetch_block(f: BinaryIO, file_size: int, offset: int, size: int, what: str, max_block: int) -> memoryview:
+    if offset + size + BLOCK_TRAILER_SIZE > file_size - FOOTER_SIZE:
+        raise TableError(f"{what} block [{offset}, {offset + size}) lies past the end of the file ({file_size} bytes)")
+    if size > max_block:
+        raise TableError(f"{what} block at offset {offset} is {size} bytes, more than an index block should be")
+    return _checked_block(memoryview(_pread(f, offset, size + BLOCK_TRAILER_SIZE)), offset, what)
+
+
+def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise TableError(f"file ended early (wanted bytes [{offset}, {offset + size}))")
+    return data
 
 
 def build_table(entries: list[tuple[bytes, bytes]]) -> bytes:

@@ -16,9 +16,11 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ckptwatch.formats.base import IntegrityError
-from ckptwatch.formats.table import TableError, iter_table, read_varint, unmask_crc
+from ckptwatch.formats.files import open_regular
+from ckptwatch.formats.table import TableError, first_entry, iter_table, read_varint, unmask_crc
 
 # tensorflow/core/framework/types.proto
 DTYPE_NAMES = {
@@ -209,25 +211,27 @@ class BundleIndex:
 
 
 def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
-    """Read and check `<prefix>.index`: every block (checksums, key order) and the header;
-    with header_only the tensor entries are not decoded (the shard count is all that is
-    wanted). Raises IntegrityError("integrity.index", ...) saying what is wrong, OSError
-    when the file cannot be read."""
-    size = os.path.getsize(index_path)
-    if size > MAX_INDEX_BYTES:
-        raise IntegrityError("integrity.index", f"{index_path}: {size} bytes is too large for an index")
-    with open(index_path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise IntegrityError("integrity.index", f"{index_path}: index file is empty")
+    """Read and check `<prefix>.index`: every block (checksums, key order) and the header.
+    With header_only, only what the header needs is read and checked (the footer, the index
+    block and the first data block, whose first entry the header is): bounded work whatever
+    the file claims, for the daemon's main process, which wants the shard count alone.
+    Raises IntegrityError("integrity.index", ...) saying what is wrong (NotRegularFile for a
+    FIFO or device), OSError when the file cannot be read."""
+    with open_regular(index_path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_INDEX_BYTES:
+            raise IntegrityError("integrity.index", f"{index_path}: {size} bytes is too large for an index")
+        if size == 0:
+            raise IntegrityError("integrity.index", f"{index_path}: index file is empty")
+        if header_only:
+            return _read_header(f, size, index_path)
+        data = f.read(size)
     index, header_seen, key = BundleIndex(), False, b""
     try:
         for key, value in iter_table(data):
             if key == b"":
                 index.num_shards, index.big_endian = parse_header(value)
                 header_seen = True
-            elif header_only:
-                continue
             elif key[:1] == b"\x00":  # a slice of a tensor stored in slices; its parent entry is listed
                 parent = slice_key_name(key)
                 if parent is not None:
@@ -239,6 +243,22 @@ def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
         raise IntegrityError("integrity.index", f"{index_path}: {e}{where}") from None
     if not header_seen:
         raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
+    return _checked_shards(index, index_path)
+
+
+def _read_header(f: BinaryIO, size: int, index_path: str) -> BundleIndex:
+    try:
+        first = first_entry(f, size)
+        if first is None or first[0] != b"":
+            raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
+        index = BundleIndex()
+        index.num_shards, index.big_endian = parse_header(first[1])
+    except TableError as e:
+        raise IntegrityError("integrity.index", f"{index_path}: {e}") from None
+    return _checked_shards(index, index_path)
+
+
+def _checked_shards(index: BundleIndex, index_path: str) -> BundleIndex:
     if not 1 <= index.num_shards <= MAX_SHARDS:
         raise IntegrityError("integrity.index", f"{index_path}: implausible shard count {index.num_shards}")
     return index

@@ -23,7 +23,7 @@ import numpy as np
 
 from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
-from ckptwatch.formats.base import CHUNK_ELEMENTS, TensorInfo
+from ckptwatch.formats.base import CHUNK_ELEMENTS, DECODE_ERRORS, TensorInfo, decode_problem
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
@@ -71,11 +71,15 @@ class _StreamFailed(Exception):
         self.index, self.error = index, error
 
 
-def _tagged(index: int, stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+def _tagged(index: int, stream: Iterator[np.ndarray], name: str = "") -> Iterator[np.ndarray]:
+    """The reader's chunks; what goes wrong while reading (an IntegrityError, or a decoding
+    error on bytes the reader did not expect) as _StreamFailed naming the stream."""
     try:
         yield from stream
     except IntegrityError as e:
         raise _StreamFailed(index, e) from None
+    except DECODE_ERRORS as e:
+        raise _StreamFailed(index, decode_problem(e, name or "the tensor", name or None)) from None
 
 
 def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
@@ -142,6 +146,8 @@ class Engine:
                     pass
             except IntegrityError as e:
                 out.findings.append(Finding("fail", e.problem.check, str(e), info.name))
+            except DECODE_ERRORS as e:
+                out.findings.append(Finding("fail", "integrity.format", str(decode_problem(e, info.name)), info.name))
             return out
         s = self.policy.settings_for(info.name, info.label)
         live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
@@ -179,21 +185,25 @@ class Engine:
 
     def _stream(self, cand: CheckpointSource, info: TensorInfo, live: list[_Ref], s: dict, out: _TensorOutcome) -> None:
         ch = self.options.chunk_elements
-        streams = [_tagged(0, cand.read(info.name, ch))]
-        streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch)) for i, r in enumerate(live)]
+        streams = [_tagged(0, cand.read(info.name, ch), info.name)]
+        streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch), info.name) for i, r in enumerate(live)]
         acc = StatsAccumulator()
         sums = [PairSums() for _ in live]
-        sketch = SketchBuilder(info.size) if self._wants_sketch else None
+        # made once the reader has checked the shape against the file (its first chunk): a
+        # hostile shape (a product past 2**63) is the reader's finding, not an OverflowError here
+        sketch: SketchBuilder | None = None
         atol, rtol = s["atol"], s["rtol"]
         for chunks in aligned(streams):
             c = chunks[0]
             acc.update(c)
-            if sketch is not None:
+            if self._wants_sketch:
+                sketch = sketch or SketchBuilder(info.size)
                 sketch.update(c)
             for j in range(len(live)):
                 sums[j].update(c, chunks[j + 1], atol, rtol)
         out.result.stats = acc.result()
-        out.sketch = sketch.result() if sketch is not None else None
+        if self._wants_sketch:
+            out.sketch = (sketch or SketchBuilder(info.size)).result()
         for r, sm in zip(live, sums, strict=True):
             out.ref_stats[r.role] = sm.reference_stats()
             out.sums[r.role] = sm
@@ -307,6 +317,8 @@ def open_reference(path: str, role: str) -> CheckpointSource:
         raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({e})") from None
     except OSError as e:
         raise CheckpointUnreadable(f"{role} reference {path}: {e.strerror or e}") from None
+    except DECODE_ERRORS as e:
+        raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({decode_problem(e, path)})") from None
 
 
 def verify_paths(
@@ -327,6 +339,9 @@ def verify_paths(
                 opened.append(refs[role])
         try:
             cand = open_checkpoint(candidate)
+        except DECODE_ERRORS as e:  # corrupt beyond what the reader foresaw: still the file's fault
+            bad = decode_problem(e, candidate)
+            return unverified_report(os.path.abspath(candidate), Finding("fail", bad.problem.check, str(bad))), []
         except IntegrityError as e:
             finding = Finding("fail", e.problem.check, str(e), e.problem.tensor)
             return unverified_report(os.path.abspath(candidate), finding), []
@@ -355,6 +370,8 @@ def diff_paths(a: str, b: str, top: int | None = None, options: Options | None =
             src_a = open_checkpoint(a)
         except IntegrityError as e:
             raise CheckpointUnreadable(f"{a}: unreadable ({e})") from None
+        except DECODE_ERRORS as e:
+            raise CheckpointUnreadable(f"{a}: unreadable ({decode_problem(e, a)})") from None
         try:
             report, _ = Engine(policy, options).run(src_a, previous=src_b)
         finally:

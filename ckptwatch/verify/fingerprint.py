@@ -14,11 +14,13 @@ import base64
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
 
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.formats.layout import FINGERPRINT_SCHEMA as SCHEMA
 from ckptwatch.formats.layout import looks_like_fingerprint
 from ckptwatch.verify.sketch import TensorSketch
@@ -27,6 +29,7 @@ from ckptwatch.verify.stats import TensorStats
 __all__ = ["SCHEMA", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
 
 MAX_FINGERPRINT_BYTES = 256 << 20
+MAX_INFLATION = 50  # a real fingerprint (floats, base64 samples) compresses ~2-5x; a bomb, 1000x
 _SMALL_FLOATS = {"float32", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "bool"}
 
 
@@ -75,6 +78,26 @@ def write_fingerprint(
     return len(data)
 
 
+def _read_document(path: str) -> bytes:
+    """The JSON text of a fingerprint file (gunzipped when it is gzip), inflated with a
+    counted limit: never more than MAX_FINGERPRINT_BYTES, nor MAX_INFLATION times the file
+    (a 2 MB gzip bomb is refused after producing ~100 MB, not after 4 GB)."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_FINGERPRINT_BYTES:
+            raise ValueError("too large for a fingerprint")
+        if f.read(2) != b"\x1f\x8b":
+            f.seek(0)
+            return f.read(size + 1)
+        f.seek(0)
+        limit = min(MAX_FINGERPRINT_BYTES, MAX_INFLATION * size + (1 << 20))
+        with gzip.GzipFile(fileobj=f, mode="rb") as z:
+            data = z.read(limit + 1)  # GzipFile.read(n) inflates at most n bytes
+    if len(data) > limit:
+        raise ValueError(f"inflates to more than {limit} bytes from {size}: a decompression bomb, not a fingerprint")
+    return data
+
+
 class FingerprintSource:
     """A fingerprint file as a reference: metadata, stats and sketches; no data."""
 
@@ -84,12 +107,9 @@ class FingerprintSource:
         self.path = path
         self.problems: list[IntegrityProblem] = []
         try:
-            if os.path.getsize(path) > MAX_FINGERPRINT_BYTES:
-                raise ValueError("too large for a fingerprint")
-            with open(path, "rb") as f:
-                gzipped = f.read(2) == b"\x1f\x8b"
-            with (gzip.open if gzipped else open)(path, "rb") as f:
-                doc = json.loads(f.read(MAX_FINGERPRINT_BYTES * 8))
+            doc = json.loads(_read_document(path))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("schema") != SCHEMA:
                 raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
             self.checkpoint: dict = doc.get("checkpoint") or {}
@@ -101,7 +121,11 @@ class FingerprintSource:
                     self._stats[info.name] = TensorStats.from_dict(t["stats"])
                 if t.get("hash") and t.get("sample"):
                     self._sketches[info.name] = TensorSketch(t["hash"], _decode_sample(t["sample"]), info.size)
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+        except NotRegularFile:
+            raise
+        except RecursionError:
+            raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint (too deep)") from None
+        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zlib.error) as e:
             raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint ({e})") from None
         self.step = self.checkpoint.get("step")
 
