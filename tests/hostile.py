@@ -1,6 +1,7 @@
 """Hostile and broken checkpoint files, built byte by byte (no TensorFlow): what the tests of
 issue 12 feed to the readers, the CLI and the daemon.
 
+    every_kind(dir)                     each hostile entry kind below, in a watch directory
     bundle(dir, name, entries=None, header=HEADER, data=VALUES)   an index + one data shard
     healthy(dir, name, step)            a one-tensor bundle that verifies `pass`
     overflowing_shape(dir, name)        a tensor whose element count is past 2**63
@@ -54,6 +55,22 @@ def bundle(
         Path(prefix + ".data-00000-of-00001").write_bytes(data)
     Path(prefix + ".index").write_bytes(build_table([(b"", header), *entries]))
     return prefix
+
+
+def every_kind(directory: Path) -> dict[str, str]:
+    """Each hostile entry kind of issue 12 in `directory` (a watch directory): kind -> the path
+    of the candidate it makes (remove the deep tree with remove_tree)."""
+    fifo = directory / "fifo.weights.h5"
+    os.mkfifo(fifo)
+    return {
+        "object graph": object_graph(directory, "ckpt-2", malformed_object_graph()),
+        "65536 shards": many_shards(directory, "ckpt-4"),
+        "fifo shard": fifo_shard(directory, "ckpt-6"),
+        "string count": string_count(directory, "ckpt-8", 1 << 26),
+        "overflowing shape": overflowing_shape(directory, "ckpt-10"),
+        "deep tree": deep_saved_model(directory, "export"),
+        "fifo file": str(fifo),
+    }
 
 
 def healthy(directory: Path | str, name: str, step: int = 0) -> str:

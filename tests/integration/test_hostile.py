@@ -37,19 +37,6 @@ from tests.wire import HEADER, bundle_entry, varint
 # -- the watch directory every daemon-side test uses: healthy checkpoints between hostile entries --
 
 
-def hostile_entries(directory: Path) -> dict[str, str]:
-    """Each hostile entry kind of issue 12 in `directory`, by name -> its candidate path."""
-    return {
-        "object graph": hostile.object_graph(directory, "ckpt-2", hostile.malformed_object_graph()),
-        "65536 shards": hostile.many_shards(directory, "ckpt-4"),
-        "fifo shard": hostile.fifo_shard(directory, "ckpt-6"),
-        "string count": hostile.string_count(directory, "ckpt-8", 1 << 26),
-        "overflowing shape": hostile.overflowing_shape(directory, "ckpt-10"),
-        "deep tree": hostile.deep_saved_model(directory, "export"),
-        "fifo file": _fifo(directory / "fifo.weights.h5"),
-    }
-
-
 def _fifo(path: Path) -> str:
     os.mkfifo(path)
     return str(path)
@@ -59,7 +46,7 @@ def _fifo(path: Path) -> str:
 def mixed(tmp_path: Path) -> Iterator[tuple[Path, list[str], dict[str, str]]]:
     d = tmp_path / "run"
     d.mkdir()
-    bad = hostile_entries(d)
+    bad = hostile.every_kind(d)
     good = [hostile.healthy(d, f"ckpt-{step}", step) for step in (1, 3, 5, 7, 9, 11)]
     yield d, good, bad
     hostile.remove_tree(bad["deep tree"])
