@@ -99,9 +99,15 @@ class IntegrityError(Exception):
         self.problem = IntegrityProblem(check, message, tensor)
 
 
+# what reading a candidate may raise that is the file's fault: decode_problem(e) says it as an IntegrityError
+READ_ERRORS: tuple[type[BaseException], ...] = (IntegrityError, *DECODE_ERRORS)
+
+
 def decode_problem(e: BaseException, what: str, tensor: str | None = None) -> IntegrityError:
     """An exception of DECODE_ERRORS raised while reading `what` (a file, a tensor) as the
-    IntegrityError ("integrity.format") it stands for."""
+    IntegrityError ("integrity.format") it stands for; an IntegrityError as it is."""
+    if isinstance(e, IntegrityError):
+        return e
     reason = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
     if len(reason) > 300:
         reason = reason[:297] + "..."

@@ -23,7 +23,7 @@ import numpy as np
 
 from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
-from ckptwatch.formats.base import CHUNK_ELEMENTS, DECODE_ERRORS, TensorInfo, decode_problem
+from ckptwatch.formats.base import CHUNK_ELEMENTS, DECODE_ERRORS, READ_ERRORS, TensorInfo, decode_problem
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
@@ -72,13 +72,10 @@ class _StreamFailed(Exception):
 
 
 def _tagged(index: int, stream: Iterator[np.ndarray], name: str = "") -> Iterator[np.ndarray]:
-    """The reader's chunks; what goes wrong while reading (an IntegrityError, or a decoding
-    error on bytes the reader did not expect) as _StreamFailed naming the stream."""
+    """The reader's chunks; an IntegrityError (or a decoding error: the same) as _StreamFailed."""
     try:
         yield from stream
-    except IntegrityError as e:
-        raise _StreamFailed(index, e) from None
-    except DECODE_ERRORS as e:
+    except READ_ERRORS as e:
         raise _StreamFailed(index, decode_problem(e, name or "the tensor", name or None)) from None
 
 
@@ -144,10 +141,9 @@ class Engine:
             try:
                 for _ in cand.read(info.name, self.options.chunk_elements):
                     pass
-            except IntegrityError as e:
-                out.findings.append(Finding("fail", e.problem.check, str(e), info.name))
-            except DECODE_ERRORS as e:
-                out.findings.append(Finding("fail", "integrity.format", str(decode_problem(e, info.name)), info.name))
+            except READ_ERRORS as e:
+                problem = decode_problem(e, info.name)
+                out.findings.append(Finding("fail", problem.problem.check, str(problem), info.name))
             return out
         s = self.policy.settings_for(info.name, info.label)
         live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
@@ -189,9 +185,7 @@ class Engine:
         streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch), info.name) for i, r in enumerate(live)]
         acc = StatsAccumulator()
         sums = [PairSums() for _ in live]
-        # made once the reader has checked the shape against the file (its first chunk): a
-        # hostile shape (a product past 2**63) is the reader's finding, not an OverflowError here
-        sketch: SketchBuilder | None = None
+        sketch: SketchBuilder | None = None  # made after the reader checked the shape (first chunk)
         atol, rtol = s["atol"], s["rtol"]
         for chunks in aligned(streams):
             c = chunks[0]
@@ -313,12 +307,10 @@ def open_reference(path: str, role: str) -> CheckpointSource:
         return FingerprintSource(location) if kind == "fingerprint" else open_checkpoint(path)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"{role} reference {e}") from None
-    except IntegrityError as e:
-        raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({e})") from None
+    except READ_ERRORS as e:
+        raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({decode_problem(e, path)})") from None
     except OSError as e:
         raise CheckpointUnreadable(f"{role} reference {path}: {e.strerror or e}") from None
-    except DECODE_ERRORS as e:
-        raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({decode_problem(e, path)})") from None
 
 
 def verify_paths(
@@ -340,8 +332,8 @@ def verify_paths(
         try:
             cand = open_checkpoint(candidate)
         except DECODE_ERRORS as e:  # corrupt beyond what the reader foresaw: still the file's fault
-            bad = decode_problem(e, candidate)
-            return unverified_report(os.path.abspath(candidate), Finding("fail", bad.problem.check, str(bad))), []
+            finding = Finding("fail", "integrity.format", str(decode_problem(e, candidate)))
+            return unverified_report(os.path.abspath(candidate), finding), []
         except IntegrityError as e:
             finding = Finding("fail", e.problem.check, str(e), e.problem.tensor)
             return unverified_report(os.path.abspath(candidate), finding), []
@@ -368,9 +360,7 @@ def diff_paths(a: str, b: str, top: int | None = None, options: Options | None =
     try:
         try:
             src_a = open_checkpoint(a)
-        except IntegrityError as e:
-            raise CheckpointUnreadable(f"{a}: unreadable ({e})") from None
-        except DECODE_ERRORS as e:
+        except READ_ERRORS as e:
             raise CheckpointUnreadable(f"{a}: unreadable ({decode_problem(e, a)})") from None
         try:
             report, _ = Engine(policy, options).run(src_a, previous=src_b)

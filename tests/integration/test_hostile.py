@@ -21,9 +21,10 @@ import crc32c
 import numpy as np
 import pytest
 
-from ckptwatch.daemon import discovery
+from ckptwatch.daemon import completion, discovery
 from ckptwatch.daemon.model import Candidate, Completion
 from ckptwatch.daemon.pipeline import Pipeline, Queued
+from ckptwatch.daemon.stability import tree_signature
 from ckptwatch.errors import CheckpointUnreadable
 from ckptwatch.formats import layout
 from ckptwatch.formats.base import IntegrityError
@@ -88,7 +89,7 @@ def test_a_completion_check_that_raises_costs_only_its_own_candidate() -> None:
 def test_a_deep_tree_costs_bounded_work(tmp_path: Path) -> None:
     root = hostile.deep_saved_model(tmp_path, "export", depth=1100)
     try:
-        signature = discovery.tree_signature(root)
+        signature = tree_signature(root)
     finally:
         hostile.remove_tree(root)
     assert ("(truncated)",) in signature  # what was left out is part of the signature
@@ -181,12 +182,12 @@ def test_the_shard_count_reads_the_header_alone(tmp_path: Path) -> None:
 def test_claimed_shards_cost_only_the_files_that_are_there(tmp_path: Path, monkeypatch) -> None:
     prefix = hostile.many_shards(tmp_path, "ckpt-4")  # 65,536 claimed, one present
     stats = []
-    real = discovery.regular_stat
-    monkeypatch.setattr(discovery, "regular_stat", lambda p: stats.append(p) or real(p))
+    real = completion.regular_stat
+    monkeypatch.setattr(completion, "regular_stat", lambda p: stats.append(p) or real(p))
     c = discovery.find_candidates("w", str(tmp_path))[0]
-    completion = discovery.check_completion(c, 0.0, discovery.StabilityTracker(60.0))
-    assert not completion.complete
-    assert completion.reason.startswith("data shard ckpt-4.data-00001-of-65536 missing")
+    done = discovery.check_completion(c, 0.0, discovery.StabilityTracker(60.0))
+    assert not done.complete
+    assert done.reason.startswith("data shard ckpt-4.data-00001-of-65536 missing")
     assert len(stats) < 20  # today's main: 65,536 stats on the main loop
     t0 = time.monotonic()
     missing = [p for p in BundleSource(prefix).problems if p.check == "integrity.shard_missing"]
