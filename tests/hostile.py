@@ -57,18 +57,19 @@ def bundle(
     return prefix
 
 
-def every_kind(directory: Path) -> dict[str, str]:
-    """Each hostile entry kind of issue 12 in `directory` (a watch directory): kind -> the path
-    of the candidate it makes (remove the deep tree with remove_tree)."""
-    fifo = directory / "fifo.weights.h5"
+def every_kind(directory: Path, prefix: str = "ckpt") -> dict[str, str]:
+    """Each hostile entry kind of issue 12 in `directory` (a watch directory), bundles named
+    `<prefix>-<even step>`: kind -> the path of the candidate it makes (remove the deep tree,
+    `<prefix>-export`, with remove_tree)."""
+    fifo = directory / f"{prefix}-fifo.weights.h5"
     os.mkfifo(fifo)
     return {
-        "object graph": object_graph(directory, "ckpt-2", malformed_object_graph()),
-        "65536 shards": many_shards(directory, "ckpt-4"),
-        "fifo shard": fifo_shard(directory, "ckpt-6"),
-        "string count": string_count(directory, "ckpt-8", 1 << 26),
-        "overflowing shape": overflowing_shape(directory, "ckpt-10"),
-        "deep tree": deep_saved_model(directory, "export"),
+        "object graph": object_graph(directory, f"{prefix}-2", malformed_object_graph()),
+        "65536 shards": many_shards(directory, f"{prefix}-4"),
+        "fifo shard": fifo_shard(directory, f"{prefix}-6"),
+        "string count": string_count(directory, f"{prefix}-8", 1 << 26),
+        "overflowing shape": overflowing_shape(directory, f"{prefix}-10"),
+        "deep tree": deep_saved_model(directory, f"{prefix}-export"),
         "fifo file": str(fifo),
     }
 

@@ -1,18 +1,19 @@
 """The real daemon against hostile entries (issue 12): each costs only its own verdict, the
 main loop keeps answering, and a reload never kills it. Inputs are built byte by byte
-(tests/hostile.py); no TensorFlow."""
+(tests/hostile.py); TensorFlow only for the live training run."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
 
 from tests import hostile
 
-from .conftest import outcome
+from .conftest import Trainer, outcome
 
 
 def _scrape_seconds(d) -> float:
@@ -56,7 +57,49 @@ def test_hostile_entries_next_to_healthy_checkpoints(daemon_factory, tmp_path: P
         assert d.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - t0 < 10
     finally:
-        hostile.remove_tree(run / "export")
+        hostile.remove_tree(run / "ckpt-export")
+
+
+class _Scraper(threading.Thread):
+    """GET /metrics every 50 ms until stopped; the seconds each took."""
+
+    def __init__(self, d):
+        super().__init__(daemon=True)
+        self.d, self.seconds, self.halt = d, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.05):
+            self.seconds.append(_scrape_seconds(self.d))
+
+
+def test_hostile_entries_in_a_live_training_run(tf, daemon_factory, tmp_path: Path) -> None:
+    """Issue 12's e2e: a CheckpointManager training run saves into a watch directory that
+    holds every hostile entry kind: every training checkpoint gets `pass`, every hostile
+    entry its own `fail`, /metrics keeps answering fast throughout, SIGTERM exits in 10 s."""
+    run = tmp_path / "run"
+    run.mkdir()
+    d = daemon_factory([{"name": "run", "path": str(run)}], daemon={"settle_seconds": 0.3})
+    scraper = _Scraper(d)
+    scraper.start()
+    try:
+        trainer = Trainer(tf, run)
+        saved = [trainer.save()]
+        bad = hostile.every_kind(run, prefix="evil")
+        saved += [trainer.save() for _ in range(5)]
+        for path in saved:
+            assert outcome(d, path, timeout=60)["verdict"] == "pass", path
+        for kind, path in bad.items():
+            ev = outcome(d, path, timeout=60)
+            assert (ev["event"], ev.get("verdict")) == ("checkpoint verified", "fail"), (kind, ev)
+        scraper.halt.set()
+        scraper.join(5)
+        assert scraper.seconds and max(scraper.seconds) < 0.5, sorted(scraper.seconds)[-5:]
+        t0 = time.monotonic()
+        assert d.stop(signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        scraper.halt.set()
+        hostile.remove_tree(run / "evil-export")
 
 
 def test_reload_never_kills(daemon_factory, tmp_path: Path) -> None:
