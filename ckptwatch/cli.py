@@ -253,8 +253,10 @@ def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None) ->
 @click.argument("path")
 @click.option("-o", "--output", required=True, metavar="FILE", help="Where to write it (.gz compresses).")
 @_threads
-def fingerprint(path: str, output: str, threads: int | None) -> None:
+@_timeout
+def fingerprint(path: str, output: str, threads: int | None, timeout: float | None) -> None:
     """Write a compact fingerprint of PATH usable as --previous/--golden."""
+    _isolated(path, False, threads, timeout)
     from ckptwatch.verify.engine import DEFAULT_THREADS
     from ckptwatch.verify.render import human_bytes
     from ckptwatch.verify.request import VerifyRequest

@@ -435,14 +435,16 @@ def _big_bundle(directory: Path) -> str:
     return hostile.bundle(directory, "ckpt-1", entries, data=bytes(data))
 
 
-def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["verify", "fingerprint"])
+def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path, command: str) -> None:
     """The reading child stops (SIGSTOP: a reader stuck in native code) while it reads a
     tensor: past --timeout the CLI kills it and answers `error`, exit 2, naming the tensor."""
     import psutil
 
     prefix = _big_bundle(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("CKPTWATCH_CHILD", "CKPTWATCH_NO_ISOLATION")}
-    args = [sys.executable, "-m", "ckptwatch", "verify", prefix, "--threads", "1", "--timeout", "10", "--json"]
+    extra = ["--json"] if command == "verify" else ["-o", str(tmp_path / "fp.json")]
+    args = [sys.executable, "-m", "ckptwatch", command, prefix, "--threads", "1", "--timeout", "10", *extra]
     t0 = time.monotonic()
     parent = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -460,12 +462,15 @@ def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path) -> None:
     out, err = parent.communicate(timeout=60)
     assert parent.returncode == 2, err
     assert time.monotonic() - t0 < 40
+    assert err.strip().startswith(f"ckptwatch: error: {prefix}: timed out after 10 s while reading w")
+    if command == "fingerprint":
+        assert "ERROR" in out and "integrity.timeout" in out and not (tmp_path / "fp.json").exists()
+        return
     report = json.loads(out)
     assert report["verdict"] == "error"
     (finding,) = report["findings"]
     assert finding["check"] == "integrity.timeout" and finding["tensor"].startswith("w"), finding
     assert f"timed out after 10 s while reading {finding['tensor']}" == finding["message"]
-    assert err.strip().startswith(f"ckptwatch: error: {prefix}: timed out after 10 s while reading w")
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
 
