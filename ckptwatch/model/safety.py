@@ -17,16 +17,21 @@ from typing import Any
 from ckptwatch.model.safety_graph import graph_refusal
 
 CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+# Layers that load another model from a path in their config (Keras 3.12+ refuses TFSMLayer in
+# safe mode itself; older Keras does not): that model would bypass the checks here.
+LOADING_LAYERS = {"TFSMLayer"}
 
 
 def _walk(node: Any) -> Iterator[dict]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
+    """Every dict in a parsed JSON value, depth first, without recursion (the depth is the file's)."""
+    todo = [node]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            yield value
+            todo.extend(reversed(list(value.values())))
+        elif isinstance(value, list):
+            todo.extend(reversed(value))
 
 
 def keras_config_refusal(config: dict | None) -> str | None:
@@ -42,6 +47,10 @@ def keras_config_refusal(config: dict | None) -> str | None:
         if class_name in CODE_LAYERS or class_name == "__lambda__":
             what = f"layer {name!r}" if name else "the model"
             return f"{what} is a {class_name} layer: it holds Python code stored in the file"
+        if class_name in LOADING_LAYERS:
+            what = f"layer {name!r}" if name else "the model"
+            path = inner.get("filepath") if isinstance(inner, dict) else None
+            return f"{what} is a {class_name}: it would load the SavedModel at {path!r}, outside this file"
         if module is None and obj.get("registered_name"):
             return f"{class_name!r} is a custom class ({obj['registered_name']}): its code is not part of Keras"
         if isinstance(module, str) and module != "keras" and not module.startswith("keras."):

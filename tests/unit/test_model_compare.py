@@ -89,11 +89,22 @@ def _model(*layers) -> dict:
         ({"class_name": "__lambda__", "config": {"code": "..."}}, "__lambda__"),
         ({"module": None, "class_name": "MyLayer", "registered_name": "Custom>MyLayer", "config": {}}, "custom"),
         ({"module": "os", "class_name": "function", "config": "system"}, "module 'os'"),
+        (
+            {"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "t", "filepath": "/srv/m"}},
+            "layer 't' is a TFSMLayer: it would load the SavedModel at '/srv/m', outside this file",
+        ),
     ],
 )
 def test_keras_configs_that_would_run_code_are_refused(layer, reason):
     why = keras_config_refusal(_model(DENSE, layer))
     assert why is not None and reason in why
+
+
+def test_deeply_nested_keras_configs_are_walked_without_recursion():
+    deep: dict = {"module": "keras.layers", "class_name": "Lambda", "config": {"name": "deep"}}
+    for _ in range(50_000):
+        deep = {"config": {"layers": [deep]}}
+    assert "'deep' is a Lambda layer" in (keras_config_refusal(deep) or "")
 
 
 def test_plain_keras_configs_pass():
