@@ -6,7 +6,8 @@ Every node of the MetaGraph's graph_def and of every function in its library (wh
 the serving signature reaches it: the loader itself calls resource initialisers, and an
 object's methods are all restored) must be one of:
 
-- a call of a library function, which is then checked the same way;
+- a call of a library function, which is then checked the same way (a function attr that names
+  no library function names an op TF would run as one: it must be allowed as an op);
 - an op in pure_ops.PURE_OPS (computation on tensors in memory);
 - a text-file table initialiser whose file name is one of the SavedModel's own asset files
   (Estimator and TF-Transform vocabularies): the name must come, through Identity ops and
@@ -282,6 +283,9 @@ class _Graph:
 
     def violation(self, node: Any, function: str | None, region: str) -> Violation | None:
         op = node.op
+        for name in _func_names(node.attr):
+            if name not in self.library and name not in PURE_OPS:  # TF runs a bare op named here as a function
+                return Violation(name, node.name, function, f"is called as a function by {op}: not pure computation")
         if op in self.library or op in PURE_OPS:
             return None
         if op in TEXT_FILE_INITIALIZERS:

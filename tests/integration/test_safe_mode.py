@@ -376,3 +376,25 @@ def test_an_asset_that_links_out_of_assets_is_refused(ordinary, tmp_path):
     (fifo / "assets" / asset.name).unlink()
     os.mkfifo(fifo / "assets" / asset.name)
     assert asset_problem(str(fifo), asset.name) == "is not a regular file"
+
+
+def test_an_op_named_as_a_branch_function_is_checked_as_an_op(tf, tmp_path):
+    """TensorFlow runs a bare op named in a function attr (If's then_branch, a call's f) as a
+    one-op function: a name that is not in the library must be an allowed op."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    def branchy(tf, x):
+        return tf.strings.length(tf.cond(tf.reduce_sum(x) > 0, lambda: tf.constant("a"), lambda: tf.constant("b")))
+
+    directory = Path(_save(tf, _hostile_module(tf, branchy), tmp_path / "branchy"))
+    pb = directory / "saved_model.pb"
+    assert saved_model_refusal(str(pb)) == (None, "serving_default")
+    saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    (node,) = [
+        n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def if "then_branch" in n.attr
+    ]
+    node.attr["then_branch"].func.name = "ReadFile"
+    pb.write_bytes(saved.SerializeToString())
+    why, _ = saved_model_refusal(str(pb))
+    assert why is not None and why.startswith(f"op ReadFile (node {node.name!r} in function '__inference_serve_"), why
+    assert f"is called as a function by {node.op}" in why
