@@ -64,6 +64,7 @@ class Daemon:
         self.scan_problems: dict[str, str] = {}  # watch -> why its last rescan failed
         self.next_poll = self.next_recheck = self.next_watchdog = 0.0
         self.notifier = Notifier()
+        self.last_turn = time.monotonic()  # the main loop's heartbeat: /livez fails when it stops
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -91,6 +92,14 @@ class Daemon:
 
     def reports(self, limit: int, watch: str | None = None) -> list[dict]:
         return self.state.recent_reports(limit, watch)
+
+    def stalled(self) -> str | None:
+        """Why the main loop counts as wedged (no turn for liveness_timeout seconds), or None.
+        Called from HTTP threads: reads two values, takes no lock."""
+        age, limit = time.monotonic() - self.last_turn, self.config.daemon.liveness_timeout
+        if age <= limit:
+            return None
+        return f"main loop stalled: no turn for {age:.1f} s (liveness_timeout {limit:g} s)"
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -126,7 +135,7 @@ class Daemon:
         self.watcher = Watcher(
             {w.name: w.path for w in cfg.watches}, self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval
         )
-        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports)
+        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled)
         try:
             self.http.start()
         except OSError as e:
@@ -157,6 +166,7 @@ class Daemon:
             pid=os.getpid(),
         )
         self.notifier.ready(f"watching {len(cfg.watches)} directories")
+        self.last_turn = time.monotonic()
         try:
             self._loop()
         finally:
@@ -190,6 +200,7 @@ class Daemon:
                 self._dispatch()  # idle workers get the next queued checkpoints
                 self.supervisor.tick()  # reap, heartbeats, timeouts, SIGTERM -> SIGKILL, restarts
                 self._watchdog()  # sd_notify WATCHDOG=1
+            self.last_turn = time.monotonic()  # a turn done: /livez stays 200
 
     def _timeout(self) -> float:
         """Until the next poll, the next re-check of a checkpoint being written or the next
