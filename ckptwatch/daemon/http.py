@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import queue
 import socket
 import threading
 import time
@@ -48,6 +49,13 @@ GZIP_MIN_BYTES = 1024
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection in flight, as ThreadingHTTPServer, but threads are reused: a
+    connection goes to an idle handler thread, and a new thread starts only when none is idle (no
+    cap, so slow clients hold threads of their own, never the others'). Starting a thread per
+    request costs the accept loop a wait for that thread to be scheduled (Thread.start() waits for
+    it): under a burst that wait, not the work, set the pace. Idle threads exit after IDLE_SECONDS."""
+
+    IDLE_SECONDS = 30.0
     daemon_threads = True
     allow_reuse_address = True
     # listen() backlog: connections the kernel completes while the accept loop is busy. socketserver's
@@ -55,6 +63,40 @@ class _Server(ThreadingHTTPServer):
     # net.core.somaxconn (4096 by default since 5.4).
     request_queue_size = 1024
     status: StatusServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._work: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._idle = 0  # handler threads waiting for work, less the connections already promised to them
+        self._idle_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._idle_lock:
+            self._work.put((request, client_address))
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        if start:
+            threading.Thread(target=self._handler_thread, name="ckptwatch-http-handler", daemon=True).start()
+
+    def _handler_thread(self) -> None:
+        while True:
+            try:
+                request, client_address = self._work.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._idle_lock:  # puts happen under this lock: nothing arrives unseen
+                    if self._work.empty():
+                        self._idle -= 1
+                        return
+                continue
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                with self._idle_lock:  # idle before the client sees the connection close
+                    self._idle += 1
+                self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # instead of a traceback on stderr
         log.debug("http connection error", client=str(client_address), exc_info=True)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ckptwatch.daemon.http import StatusServer, _Coalesced
 from ckptwatch.daemon.model import Snapshot
-from tests.tools import require_tool
+from tests.tools import require_tool, wait_until
 
 BURST = 400
 
@@ -137,3 +137,25 @@ def test_metrics_renderings_are_shared_but_never_stale():
     with pytest.raises(RuntimeError, match="collector failed"):
         coalesced.get("k", broken)
     assert coalesced.get("k", render) == b"2.0"  # a failure is not kept
+
+
+def _handler_threads() -> int:
+    return sum(t.name == "ckptwatch-http-handler" for t in threading.enumerate())
+
+
+def test_handler_threads_are_reused_and_idle_ones_exit(server: StatusServer):
+    """A connection goes to an idle handler thread or a new one; a slow client holds its own
+    thread and never delays the others; threads idle for IDLE_SECONDS exit."""
+    assert server._server is not None
+    server._server.IDLE_SECONDS = 0.3
+    host, port = server.address
+    before = _handler_threads()
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(lambda _: _request(host, port, "/metrics"), range(200))) == {"200"}
+    used = _handler_threads() - before
+    assert 1 <= used <= 24, used  # reused: about one per request in flight (16), not one per request (200)
+    with socket.create_connection((host, port)):  # a client that sends nothing holds one thread
+        for _ in range(20):
+            assert _request(host, port, "/healthz", timeout=5) == "200"
+    wait_until(lambda: _handler_threads() == before, 10, what="idle handler threads exit")
+    assert _request(host, port, "/livez") == "200"  # and new ones start again
