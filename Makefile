@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/main_rss.py
+	$(BIN)/python bench/http_burst.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out
