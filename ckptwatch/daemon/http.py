@@ -270,6 +270,23 @@ def _watch_row(w: WatchStatus) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+def _step(step: int | None) -> str:
+    return f" (step {step})" if step is not None else ""
+
+
+def _baseline_row(w: WatchStatus) -> str:
+    a = w.accepted
+    accepted = (
+        f"<td>{_esc(_when(a.at))}</td><td>{_esc(a.by)}</td><td>{_esc(a.checkpoint + _step(a.step))}</td>"
+        f"<td>{_esc(a.reason)}</td>"
+        if a
+        else '<td class="muted" colspan="4">never</td>'
+    )
+    baseline = w.baseline_checkpoint + _step(w.baseline_step) if w.baseline_checkpoint else "none yet"
+    published = w.published_checkpoint + _step(w.published_step) if w.published_checkpoint else "—"
+    return f"<tr><td>{_esc(w.name)}</td><td>{_esc(baseline)}</td><td>{_esc(published)}</td>{accepted}</tr>"
+
+
 def render_status_page(snap: Snapshot, now: float | None = None) -> str:
     """The HTML of `/`; every value from the snapshot is escaped."""
     now = time.time() if now is None else now
@@ -288,6 +305,7 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
         )
         or '<tr><td colspan="6">no workers</td></tr>'
     )
+    baseline_rows = "\n".join(_baseline_row(w) for w in snap.watches) or '<tr><td colspan="7">no watches</td></tr>'
     ready = "ready" if snap.ready else "not ready"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ckptwatch</title><style>{_STYLE}</style></head>
@@ -301,6 +319,15 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
 <th>drift vs previous<br>(relative L2)</th><th>drift vs golden<br>(relative L2)</th>
 <th>non-finite</th><th>queued</th></tr>
 {watch_rows}
+</table>
+<h2>Baselines</h2>
+<p>Each checkpoint is compared with its watch's baseline: the last one that passed, or one an operator
+accepted with <code>ckptwatch accept WATCH [CHECKPOINT] --reason TEXT</code>. A failed checkpoint never
+becomes one. publish_dir names the newest baseline.</p>
+<table>
+<tr><th>watch</th><th>baseline</th><th>published</th><th>last accepted at</th><th>by</th><th>checkpoint</th>
+<th>reason</th></tr>
+{baseline_rows}
 </table>
 <h2>Workers</h2>
 <table>
