@@ -1,0 +1,153 @@
+"""Verify every checkpoint the way the daemon does, and score the verdicts.
+
+For each run, checkpoint by checkpoint in step order, one VerifyRequest as the daemon builds it
+(ckptwatch.daemon.app: previous = the watch's baseline, golden optional and not required, the
+watch's policy, discovered=True) goes to a real worker process. What becomes the baseline
+after a verification is the BASELINE RULE, a parameter:
+
+    passed      the last checkpoint that did not fail (pass or warn): how the daemon is meant to
+                behave (DESIGN.md, "Baselines"); a failed checkpoint never becomes "previous"
+    integrity   the last checkpoint whose integrity checks passed: what the daemon's code does
+                today (the worker fingerprints it, and the fingerprint makes it "previous")
+    previous    simply the checkpoint before, whatever its verdict
+
+Golden modes: none, first (the run's first checkpoint), final (its last one).
+
+A fault replaces the checkpoint at its position: it is verified against the baseline that
+healthy checkpoint had, and a fault spanning several saves continues with the same rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.quality.faults import Fault
+from bench.quality.runs import Run
+from bench.quality.worker import Worker
+from ckptwatch.policy import Policy
+from ckptwatch.verify.request import VerifyRequest
+
+BASELINES = ("passed", "integrity", "previous")
+GOLDENS = ("none", "first", "final")
+VERDICTS = ("pass", "warn", "fail", "error")
+_RANK = {"pass": 0, "warn": 1, "error": 2, "fail": 3}
+
+
+@dataclass(frozen=True)
+class Config:
+    baseline: str = "passed"
+    golden: str = "none"
+
+    @property
+    def label(self) -> str:
+        return f"{self.baseline}:{self.golden}"
+
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        baseline, _, golden = text.partition(":")
+        config = cls(baseline, golden or "none")
+        if config.baseline not in BASELINES or config.golden not in GOLDENS:
+            raise ValueError(f"{text!r}: expected BASELINE:GOLDEN with BASELINE in {BASELINES}, GOLDEN in {GOLDENS}")
+        return config
+
+    def golden_for(self, run: Run) -> str | None:
+        return {"none": None, "first": run.checkpoints[0], "final": run.checkpoints[-1]}[self.golden]
+
+
+@dataclass
+class Outcome:
+    """One verification."""
+
+    checkpoint: str
+    previous: str | None
+    verdict: str
+    findings: list[dict]  # the fail and warn findings
+    seconds: float
+    message: str = ""  # why an error
+
+    def advances(self, rule: str) -> bool:
+        """Whether this checkpoint becomes the baseline under `rule`."""
+        if rule == "previous":
+            return True
+        if rule == "passed":
+            return self.verdict in ("pass", "warn")
+        return self.verdict != "error" and not any(
+            f["severity"] == "fail" and f["reference"] is None and f["check"].startswith("integrity.")
+            for f in self.findings
+        )
+
+    def caught(self, fault: Fault) -> bool:
+        """A fail finding with an expected check that names an expected tensor (if the fault has one)."""
+        return any(
+            f["severity"] == "fail"
+            and f["check"].startswith(tuple(fault.expect))
+            and (fault.tensors is None or f["tensor"] in fault.tensors)
+            for f in self.findings
+        )
+
+
+@dataclass
+class FaultOutcome:
+    fault: Fault
+    outcomes: list[Outcome]
+
+    @property
+    def verdict(self) -> str:
+        """ "any" faults: the worst verdict of the sequence; "all" faults: the mildest."""
+        pick = max if self.fault.score == "any" else min
+        return pick((o.verdict for o in self.outcomes), key=_RANK.__getitem__)
+
+    @property
+    def caught(self) -> bool:
+        hits = [o.caught(self.fault) for o in self.outcomes]
+        return any(hits) if self.fault.score == "any" else all(hits)
+
+
+@dataclass
+class RunResult:
+    run: Run
+    healthy: list[Outcome]
+    faults: list[FaultOutcome] = field(default_factory=list)
+
+
+class Verifier:
+    def __init__(self, worker: Worker, policy: Policy, config: Config) -> None:
+        self.worker, self.policy, self.config = worker, policy, config
+
+    def verify(self, candidate: str, previous: str | None, golden: str | None) -> Outcome:
+        request = VerifyRequest(
+            candidate, previous, golden=golden, golden_required=False, policy=self.policy, discovered=True
+        )
+        t0 = time.perf_counter()
+        result = self.worker.verify(request)
+        seconds = time.perf_counter() - t0
+        if result.status != "ok" or result.report is None:
+            return Outcome(candidate, previous, "error", [], seconds, f"{result.status}: {result.message}")
+        report = result.report
+        problems = [f for f in report["findings"] if f["severity"] in ("fail", "warn")]
+        return Outcome(candidate, previous, report["verdict"], problems, seconds)
+
+    def run(self, run: Run, faults: list[Fault], log: Callable[[str], None] = print) -> RunResult:
+        rule, golden = self.config.baseline, self.config.golden_for(run)
+        previous: str | None = None
+        baseline_at: list[str | None] = []
+        healthy = []
+        for ckpt in run.checkpoints:
+            baseline_at.append(previous)
+            outcome = self.verify(ckpt, previous, golden)
+            healthy.append(outcome)
+            if outcome.advances(rule):
+                previous = ckpt
+        result = RunResult(run, healthy)
+        for fault in faults:
+            previous = baseline_at[fault.position]
+            outcomes = []
+            for ckpt in fault.checkpoints:
+                outcome = self.verify(ckpt, previous, golden)
+                outcomes.append(outcome)
+                if outcome.advances(rule):
+                    previous = ckpt
+            result.faults.append(FaultOutcome(fault, outcomes))
+        return result
