@@ -18,12 +18,21 @@ from pathlib import Path
 from bench.quality import faults as F
 from bench.quality import runs as R
 from bench.quality.evaluate import BASELINES, GOLDENS, Config, Verifier
-from bench.quality.report import markdown, summarize
+from bench.quality.report import markdown, overview, summarize
 from bench.quality.worker import Worker
 from ckptwatch.policy import Policy
 
 DEFAULT_OUT = R.ROOT / "bench" / "out" / "quality"
-DEFAULT_CONFIGS = ("passed:none", "passed:first", "passed:final", "integrity:none")
+# passed: the daemon as designed (a failed checkpoint never becomes "previous"); integrity: the
+# daemon's code today (every checkpoint that passed integrity does). ":model" adds the model-aware checks.
+DEFAULT_CONFIGS = (
+    "passed:none",
+    "passed:first",
+    "passed:final",
+    "passed:final:model",
+    "integrity:none",
+    "integrity:final:model",
+)
 
 
 def load_policy(path: str | None) -> Policy:
@@ -115,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(runs)} runs, {n_ckpt} healthy checkpoints, {n_faults} fault instances; "
         f"total {total:.0f} s (training/loading {t_runs:.0f} s, faults {t_faults:.0f} s)\n"
     )
-    (args.out / "results.md").write_text(header + "\n" + "\n".join(text))
-    print(header + f"results: {args.out / 'results.json'}, {args.out / 'results.md'}")
+    table = overview(summaries)
+    (args.out / "results.md").write_text(header + "\n" + table + "\n" + "\n".join(text))
+    print(table + "\n" + header + f"results: {args.out / 'results.json'}, {args.out / 'results.md'}")
     return 0
 
 

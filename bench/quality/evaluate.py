@@ -11,7 +11,9 @@ after a verification is the BASELINE RULE, a parameter:
                 today (the worker fingerprints it, and the fingerprint makes it "previous")
     previous    simply the checkpoint before, whatever its verdict
 
-Golden modes: none, first (the run's first checkpoint), final (its last one).
+Golden modes: none, first (the run's first checkpoint), final (its last one). With ":model",
+the request also asks for the model-aware checks (restore, functional probe vs golden) with the
+run's factory (bench/quality/models.py) and probe batch, as a watch's [watch.model] would.
 
 A fault replaces the checkpoint at its position: it is verified against the baseline that
 healthy checkpoint had, and a fault spanning several saves continues with the same rule.
@@ -24,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.quality.faults import Fault
-from bench.quality.runs import Run
+from bench.quality.runs import ROOT, RUNS, Run
 from bench.quality.worker import Worker
 from ckptwatch.policy import Policy
-from ckptwatch.verify.request import VerifyRequest
+from ckptwatch.verify.request import ModelSpec, VerifyRequest
 
 BASELINES = ("passed", "integrity", "previous")
 GOLDENS = ("none", "first", "final")
@@ -39,17 +41,21 @@ _RANK = {"pass": 0, "warn": 1, "error": 2, "fail": 3}
 class Config:
     baseline: str = "passed"
     golden: str = "none"
+    model: bool = False  # model-aware checks too (factory bench.quality.models:<run>, the run's probe batch)
 
     @property
     def label(self) -> str:
-        return f"{self.baseline}:{self.golden}"
+        return f"{self.baseline}:{self.golden}" + (":model" if self.model else "")
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        baseline, _, golden = text.partition(":")
-        config = cls(baseline, golden or "none")
-        if config.baseline not in BASELINES or config.golden not in GOLDENS:
-            raise ValueError(f"{text!r}: expected BASELINE:GOLDEN with BASELINE in {BASELINES}, GOLDEN in {GOLDENS}")
+        """BASELINE[:GOLDEN[:model]]"""
+        parts = text.split(":")
+        config = cls(parts[0], parts[1] if len(parts) > 1 else "none", parts[2:] == ["model"])
+        if config.baseline not in BASELINES or config.golden not in GOLDENS or parts[2:] not in ([], ["model"]):
+            raise ValueError(
+                f"{text!r}: expected BASELINE:GOLDEN[:model] with BASELINE in {BASELINES}, GOLDEN in {GOLDENS}"
+            )
         return config
 
     def golden_for(self, run: Run) -> str | None:
@@ -116,9 +122,16 @@ class Verifier:
     def __init__(self, worker: Worker, policy: Policy, config: Config) -> None:
         self.worker, self.policy, self.config = worker, policy, config
 
-    def verify(self, candidate: str, previous: str | None, golden: str | None) -> Outcome:
+    def model_spec(self, run: Run) -> ModelSpec | None:
+        if not self.config.model or RUNS[run.name].build is None:
+            return None
+        return ModelSpec(
+            factory=f"bench.quality.models:{run.name}", probe=str(run.dir / "probe.npz"), python_path=(str(ROOT),)
+        )
+
+    def verify(self, candidate: str, previous: str | None, golden: str | None, model: ModelSpec | None) -> Outcome:
         request = VerifyRequest(
-            candidate, previous, golden=golden, golden_required=False, policy=self.policy, discovered=True
+            candidate, previous, golden=golden, golden_required=False, policy=self.policy, model=model, discovered=True
         )
         t0 = time.perf_counter()
         result = self.worker.verify(request)
@@ -130,13 +143,13 @@ class Verifier:
         return Outcome(candidate, previous, report["verdict"], problems, seconds)
 
     def run(self, run: Run, faults: list[Fault], log: Callable[[str], None] = print) -> RunResult:
-        rule, golden = self.config.baseline, self.config.golden_for(run)
+        rule, golden, model = self.config.baseline, self.config.golden_for(run), self.model_spec(run)
         previous: str | None = None
         baseline_at: list[str | None] = []
         healthy = []
         for ckpt in run.checkpoints:
             baseline_at.append(previous)
-            outcome = self.verify(ckpt, previous, golden)
+            outcome = self.verify(ckpt, previous, golden, model)
             healthy.append(outcome)
             if outcome.advances(rule):
                 previous = ckpt
@@ -145,7 +158,7 @@ class Verifier:
             previous = baseline_at[fault.position]
             outcomes = []
             for ckpt in fault.checkpoints:
-                outcome = self.verify(ckpt, previous, golden)
+                outcome = self.verify(ckpt, previous, golden, model)
                 outcomes.append(outcome)
                 if outcome.advances(rule):
                     previous = ckpt

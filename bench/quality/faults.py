@@ -32,13 +32,38 @@ import numpy as np
 
 from bench.quality import runs as R
 
-VERSION = "faults-1"
+VERSION = "faults-2"
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 NOISE_MULTIPLES = (0.5, 1.0, 3.0, 10.0, 30.0)  # x the tensor's typical healthy change between saves
 NOISE_STD_FRACTIONS = (0.01, 0.05, 0.2, 0.8)  # x the tensor's standard deviation
 SCORED_MULTIPLE = 3.0  # noise below this multiple of healthy change is measured, not counted as a miss
 KERNEL_ROLES = ("kernel", "recurrent_kernel", "embeddings")
-DRIFT_JUMP = ["drift.jump", "drift.reset"]
+
+# Which checks catch each fault class: a fail finding whose check id starts with one of these
+# (and names the damaged tensor, where the fault has one). Evaluated at scoring time, not cached:
+# a rule change that adds a check id (say, a history-based `drift.outlier`) only edits this table.
+# Value damage expects any `drift.` check on the damaged tensor; a duplicate and a frozen layer
+# expect the checks made for them (a `drift.jump` there would be the wrong diagnosis).
+EXPECT: dict[str, tuple[str, ...]] = {
+    "bitflip": ("integrity.",),
+    "truncated": ("integrity.",),
+    "missing_shard": ("integrity.",),
+    "nan": ("nonfinite",),
+    "inf": ("nonfinite",),
+    "nan_optimizer_slot": ("nonfinite",),
+    "reset_layer": ("drift.",),
+    "reset_continues": ("drift.",),
+    "frozen_layer": ("drift.frozen",),
+    "explosion_x1000": ("drift.",),
+    "swap": ("drift.",),
+    "duplicate_save": ("drift.unchanged",),
+    "restart_same_seed": ("drift.",),
+    "restart_other_seed": ("drift.",),
+    "renamed_scope": ("structure.",),
+    "shape_change": ("structure.",),
+    "dtype_change": ("structure.",),
+    "noise": ("drift.",),
+}
 
 
 @dataclass
@@ -48,11 +73,15 @@ class Fault:
     cls: str
     position: int  # index of the run's checkpoint this replaces (the first, for a sequence)
     checkpoints: list[str]  # prefixes to verify in order (relative to the faults root)
-    expect: list[str]  # check-id prefixes: a fail finding with one of them catches it
     tensors: list[str] | None  # a catching finding must name one of these keys; None: any or none
     score: str = "any"  # a sequence is caught if "any" of its checkpoints is, or only if "all" are
     scored: bool = True  # counts in the detection rate (a noise level below SCORED_MULTIPLE does not)
     detail: dict = field(default_factory=dict)
+
+    @property
+    def expect(self) -> tuple[str, ...]:
+        """Check-id prefixes: a fail finding with one of them catches it (see EXPECT)."""
+        return EXPECT[self.cls]
 
 
 def faults_dir(root: Path, run: str) -> Path:
@@ -205,9 +234,10 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
     def name_at(i: int) -> str:
         return os.path.basename(run.checkpoints[i])
 
-    def add(cls: str, i: int, prefixes: list[str], expect: list[str], tensors: list[str] | None, **kw) -> None:
-        fid = f"{run.name}/{cls}"
-        faults.append(Fault(fid, run.name, cls, i, [os.path.relpath(p, out) for p in prefixes], expect, tensors, **kw))
+    def add(label: str, i: int, prefixes: list[str], tensors: list[str] | None, **kw) -> None:
+        """A fault instance: `label` is its class, or "<class>-<variant>" (noise levels)."""
+        rel = [os.path.relpath(p, out) for p in prefixes]
+        faults.append(Fault(f"{run.name}/{label}", run.name, label.split("-")[0], i, rel, tensors, **kw))
 
     def write(cls: str, i: int, tensors: dict[str, np.ndarray]) -> str:
         return io.write(str(out / cls / name_at(i)), tensors)
@@ -228,28 +258,28 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         b = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([b[0] ^ 0x01]))
-    add("bitflip", i, [p], ["integrity."], [big], detail={"offset": entry.offset + entry.size // 2 // 4 * 4})
+    add("bitflip", i, [p], [big], detail={"offset": entry.offset + entry.size // 2 // 4 * 4})
 
     i = position(n, 0.6)
     p = copy_bundle(run.checkpoints[i], str(out / "truncated" / name_at(i)))
     size = os.path.getsize(data_shard(p))
     os.truncate(data_shard(p), int(size * 0.6))
-    add("truncated", i, [p], ["integrity."], None, detail={"bytes": size, "kept": int(size * 0.6)})
+    add("truncated", i, [p], None, detail={"bytes": size, "kept": int(size * 0.6)})
 
     i = position(n, 0.7)
     p = copy_bundle(run.checkpoints[i], str(out / "missing_shard" / name_at(i)), data=False)
-    add("missing_shard", i, [p], ["integrity."], None)
+    add("missing_shard", i, [p], None)
 
     # non-finite values
     i = position(n, 0.4)
     v = values[i][big].copy()
     v.flat[rng.integers(v.size)] = np.nan
-    add("nan", i, [write("nan", i, changed(i, **{big: v}))], ["nonfinite"], [big])
+    add("nan", i, [write("nan", i, changed(i, **{big: v}))], [big])
 
     i = position(n, 0.8)
     v = values[i][small].copy()
     v.flat[rng.integers(v.size)] = np.inf
-    add("inf", i, [write("inf", i, changed(i, **{small: v}))], ["nonfinite"], [small])
+    add("inf", i, [write("inf", i, changed(i, **{small: v}))], [small])
 
     if slots:
         i = position(n, 0.6)
@@ -259,7 +289,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
             "nan_optimizer_slot",
             i,
             [write("nan_optimizer_slot", i, changed(i, **{slots[0]: v}))],
-            ["nonfinite"],
             [slots[0]],
         )
 
@@ -270,7 +299,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         "reset_layer",
         i,
         [write("reset_layer", i, changed(i, **{k: init[k] for k in layer}))],
-        DRIFT_JUMP,
         layer,
         detail={"layer": run.tensors[mid]["layer"]},
     )
@@ -283,7 +311,7 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         )
         for j in range(3)
     ]
-    add("reset_continues", i, seq, DRIFT_JUMP, layer, score="all", detail={"layer": run.tensors[mid]["layer"]})
+    add("reset_continues", i, seq, layer, score="all", detail={"layer": run.tensors[mid]["layer"]})
 
     layer = run.layer_of(big)
     i = position(n, 0.4, 3)  # one layer stops training (copied from the save before) for 3 saves
@@ -291,7 +319,7 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         io.write(str(out / "frozen_layer" / name_at(i + j)), changed(i + j, **{k: values[i - 1][k] for k in layer}))
         for j in range(3)
     ]
-    add("frozen_layer", i, seq, ["drift.frozen"], layer, detail={"layer": run.tensors[big]["layer"]})
+    add("frozen_layer", i, seq, layer, detail={"layer": run.tensors[big]["layer"]})
 
     i = position(n, 0.6)
     boom = {k: values[i][k] * np.asarray(1000, values[i][k].dtype) for k in layer}
@@ -299,7 +327,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         "explosion_x1000",
         i,
         [write("explosion_x1000", i, changed(i, **boom))],
-        ["drift."],
         layer,
         detail={"layer": run.tensors[big]["layer"]},
     )
@@ -308,7 +335,7 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
     if pair:
         a, b = pair
         i = position(n, 0.7)
-        add("swap", i, [write("swap", i, changed(i, **{a: values[i][b], b: values[i][a]}))], ["drift."], [a, b])
+        add("swap", i, [write("swap", i, changed(i, **{a: values[i][b], b: values[i][a]}))], [a, b])
 
     # whole checkpoint
     i = position(n, 0.5)
@@ -316,7 +343,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         "duplicate_save",
         i,
         [copy_bundle(run.checkpoints[i - 1], str(out / "duplicate_save" / name_at(i)))],
-        ["drift.unchanged"],
         None,
     )
     i = position(n, 0.75)
@@ -324,7 +350,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         "restart_same_seed",
         i,
         [copy_bundle(run.checkpoints[0], str(out / "restart_same_seed" / name_at(i)))],
-        DRIFT_JUMP,
         None,
         detail={"content_of": name_at(0)},
     )
@@ -332,7 +357,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
         "restart_other_seed",
         i,
         [copy_bundle(run.other_seed, str(out / "restart_other_seed" / name_at(i)))],
-        DRIFT_JUMP,
         None,
         detail={"content_of": os.path.relpath(run.other_seed, run.dir)},
     )
@@ -345,19 +369,17 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
     else:
         renamed = {("net/" + k if k.startswith("mlp/") else k): v for k, v in values[i].items()}
         detail = {"renamed": "variable_scope('mlp') -> variable_scope('net/mlp')"}
-    add("renamed_scope", i, [write("renamed_scope", i, renamed)], ["structure."], None, detail=detail)
+    add("renamed_scope", i, [write("renamed_scope", i, renamed)], None, detail=detail)
     add(
         "shape_change",
         i,
         [write("shape_change", i, changed(i, **{big: values[i][big][..., :-1].copy()}))],
-        ["structure."],
         [big],
     )
     add(
         "dtype_change",
         i,
         [write("dtype_change", i, changed(i, **{big: values[i][big].astype(np.float16)}))],
-        ["structure."],
         [big],
     )
 
@@ -375,7 +397,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
             f"noise-{label}",
             i,
             [write(f"noise-{label}", i, changed(i, **{big: noisy}))],
-            ["drift."],
             [big],
             scored=bool(multiple >= SCORED_MULTIPLE),
             detail={
@@ -385,8 +406,6 @@ def inject(run: R.Run, out: Path) -> list[Fault]:
                 "relative_to_tensor": l2 / float(np.linalg.norm(base)),
             },
         )
-    for f in faults:
-        f.cls = f.cls.split("-")[0]
     return faults
 
 

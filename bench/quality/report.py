@@ -70,6 +70,7 @@ def summarize(config: Config, results: list[RunResult]) -> dict:
             )
     faults = [fo for r in results for fo in r.faults]
     scored = [fo for fo in faults if fo.fault.scored]
+    discrete = [fo for fo in scored if fo.fault.cls != "noise"]
     matrix: dict[str, dict] = {"healthy": {**{v: counts.get(v, 0) for v in VERDICTS}, "n": n, "caught": None}}
     for cls in dict.fromkeys(fo.fault.cls for fo in faults):
         group = [fo for fo in scored if fo.fault.cls == cls]
@@ -83,7 +84,7 @@ def summarize(config: Config, results: list[RunResult]) -> dict:
         }
     seconds = [o.seconds for _, _, o in healthy] + [o.seconds for fo in faults for o in fo.outcomes]
     return {
-        "config": {"baseline": config.baseline, "golden": config.golden},
+        "config": {"baseline": config.baseline, "golden": config.golden, "model": config.model},
         "matrix": matrix,
         "healthy": {
             "checkpoints": n,
@@ -95,6 +96,10 @@ def summarize(config: Config, results: list[RunResult]) -> dict:
             "fail_tensors": [[*key, k] for key, k in tensors["fail"].most_common(TOP)],
             "warn_tensors": [[*key, k] for key, k in tensors["warn"].most_common(TOP)],
             "first_checkpoints": {r.run.name: r.healthy[0].verdict for r in results},
+            # under the "passed" rule one false fail freezes the baseline: later ones are judged against it
+            "first_fail_index": {
+                r.run.name: next((i for i, o in enumerate(r.healthy) if o.verdict == "fail"), None) for r in results
+            },
             "per_run": {r.run.name: dict(Counter(o.verdict for o in r.healthy)) for r in results},
             "detail": [
                 {
@@ -116,6 +121,11 @@ def summarize(config: Config, results: list[RunResult]) -> dict:
             "caught": sum(fo.caught for fo in scored),
             "detection_rate": _rate(sum(fo.caught for fo in scored), len(scored)),
             "fail_rate": _rate(sum(fo.verdict == "fail" for fo in scored), len(scored)),
+            "without_noise": {
+                "scored": len(discrete),
+                "caught": sum(fo.caught for fo in discrete),
+                "detection_rate": _rate(sum(fo.caught for fo in discrete), len(discrete)),
+            },
             "missed": [_instance(r.run, fo) for r in results for fo in r.faults if fo.fault.scored and not fo.caught],
             "noise": _noise(results),
             "detail": [_instance(r.run, fo) for r in results for fo in r.faults],
@@ -192,14 +202,17 @@ def _pct(x: float) -> str:
 
 def markdown(summary: dict) -> str:
     c, h, f = summary["config"], summary["healthy"], summary["faults"]
-    lines = [f"### baseline = {c['baseline']}, golden = {c['golden']}", ""]
+    wn = f["without_noise"]
+    model = ", with model-aware checks" if c["model"] else ""
+    lines = [f"### baseline = {c['baseline']}, golden = {c['golden']}{model}", ""]
     lines += [
         "| row | n | pass | warn | fail | error | caught (right check + tensor) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for cls, row in summary["matrix"].items():
         caught = "-" if row["caught"] is None else f"{row['caught']}/{row['n']}"
-        lines.append(f"| {cls} | {row['n']} | " + " | ".join(str(row[v]) for v in VERDICTS) + f" | {caught} |")
+        name = "noise (>= 3x typical change)" if cls == "noise" else cls
+        lines.append(f"| {name} | {row['n']} | " + " | ".join(str(row[v]) for v in VERDICTS) + f" | {caught} |")
     lines += [
         "",
         f"- healthy: **{h['verdicts']['fail']} of {h['checkpoints']} failed ({_pct(h['false_fail_rate'])})**, "
@@ -207,7 +220,8 @@ def markdown(summary: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in h["first_checkpoints"].items() if v != "pass")
         + (" (all others pass)" if any(v != "pass" for v in h["first_checkpoints"].values()) else "all pass"),
         f"- faults: **{f['caught']} of {f['scored']} caught ({_pct(f['detection_rate'])})** with the right check and "
-        f"tensor; {f['failed']} failed at all ({_pct(f['fail_rate'])})",
+        f"tensor; {f['failed']} failed at all ({_pct(f['fail_rate'])}); without the noise sweep "
+        f"{wn['caught']} of {wn['scored']} ({_pct(wn['detection_rate'])})",
         f"- noise: smallest caught multiple of the tensor's typical healthy change, median over runs: "
         f"{f['noise']['median_smallest_caught_multiple']}; caught per level: "
         + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in f["noise"]["caught_per_level"].items()),
@@ -239,4 +253,28 @@ def markdown(summary: dict) -> str:
     lines.append(
         f"- {t['verifications']} verifications in {t['seconds']} s (median {t['median_ms']} ms, max {t['max_ms']} ms)"
     )
+    return "\n".join(lines) + "\n"
+
+
+def overview(summaries: list[dict]) -> str:
+    """One line per configuration: the figures issue 11 sets targets for."""
+    lines = [
+        "| baseline | golden | model checks | healthy failed | healthy warned | first ckpts failed "
+        "| faults caught | without noise | noise 3x caught | smallest noise caught (median) | verify s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        c, h, f = s["config"], s["healthy"], s["faults"]
+        firsts = list(h["first_checkpoints"].values())
+        x3 = f["noise"]["caught_per_level"].get("x3", [0, 0])
+        smallest = f["noise"]["median_smallest_caught_multiple"]
+        lines.append(
+            f"| {c['baseline']} | {c['golden']} | {'yes' if c['model'] else 'no'} "
+            f"| {h['verdicts']['fail']}/{h['checkpoints']} ({_pct(h['false_fail_rate'])}) "
+            f"| {h['verdicts']['warn']}/{h['checkpoints']} ({_pct(h['false_warn_rate'])}) "
+            f"| {sum(v == 'fail' for v in firsts)}/{len(firsts)} "
+            f"| {f['caught']}/{f['scored']} ({_pct(f['detection_rate'])}) "
+            f"| {f['without_noise']['caught']}/{f['without_noise']['scored']} "
+            f"| {x3[0]}/{x3[1]} | {'-' if smallest is None else f'{smallest:g}x'} | {s['timings']['seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"

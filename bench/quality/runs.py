@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.quality import training as T
 
-VERSION = "runs-1"
+VERSION = "runs-2"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,8 +90,9 @@ def transformer_warmup_cosine(seed: int) -> T.Job:
     return T.compiled(model, T.keras.optimizers.AdamW(schedule, weight_decay=0.01), T.token_data(7))
 
 
-def frozen_base_new_head(seed: int) -> T.Job:
-    """A base pre-trained on another task (not saved), then frozen; a new head trained on top."""
+def frozen_base_new_head(seed: int, pretrain_steps: int = 100) -> T.Job:
+    """A base pre-trained on another task (not saved), then frozen; a new head trained on top.
+    (The model factory of the model-aware checks builds it with pretrain_steps=0: restored anyway.)"""
     keras = T.keras
     L = keras.layers
     base = keras.Sequential(
@@ -101,7 +102,7 @@ def frozen_base_new_head(seed: int) -> T.Job:
     job = T.compiled(pre, keras.optimizers.Adam(3e-3), T.teacher_data(11))
     x, y = job.data
     rng = np.random.default_rng(seed)
-    for _ in range(100):
+    for _ in range(pretrain_steps):
         idx = rng.integers(0, len(x), 32)
         job.step(x[idx], y[idx])
     base.trainable = False

@@ -126,6 +126,7 @@ def train_keras(out: Path, build: Callable[[int], Job], seed: int, save_steps: l
             done += 1
         saved.append(manager.save(checkpoint_number=target))
     other = _other_seed(out, build, seed, save_steps[0])
+    np.savez(out / "probe.npz", x=x[:128], y=y[:128])  # the probe batch of the model-aware checks
     return {
         "checkpoints": saved,
         "init": str(out / "init" / "ckpt-0"),
