@@ -84,12 +84,11 @@ class Outcome:
             for f in self.findings
         )
 
-    def caught(self, fault: Fault) -> bool:
-        """A fail finding with an expected check that names an expected tensor (if the fault has one)."""
+    def caught(self, fault: Fault, names: set[str] | None) -> bool:
+        """A fail finding with an expected check that names a damaged tensor (`names`: its
+        checkpoint keys and variable paths; None: a whole-checkpoint fault, no tensor needed)."""
         return any(
-            f["severity"] == "fail"
-            and f["check"].startswith(tuple(fault.expect))
-            and (fault.tensors is None or f["tensor"] in fault.tensors)
+            f["severity"] == "fail" and f["check"].startswith(fault.expect) and (names is None or f["tensor"] in names)
             for f in self.findings
         )
 
@@ -98,6 +97,7 @@ class Outcome:
 class FaultOutcome:
     fault: Fault
     outcomes: list[Outcome]
+    names: set[str] | None  # what a finding may call the damaged tensors: checkpoint keys, variable paths
 
     @property
     def verdict(self) -> str:
@@ -107,7 +107,7 @@ class FaultOutcome:
 
     @property
     def caught(self) -> bool:
-        hits = [o.caught(self.fault) for o in self.outcomes]
+        hits = [o.caught(self.fault, self.names) for o in self.outcomes]
         return any(hits) if self.fault.score == "any" else all(hits)
 
 
@@ -162,5 +162,8 @@ class Verifier:
                 outcomes.append(outcome)
                 if outcome.advances(rule):
                     previous = ckpt
-            result.faults.append(FaultOutcome(fault, outcomes))
+            names = None
+            if fault.tensors is not None:  # model-aware findings name variables by their paths
+                names = {*fault.tensors, *(run.tensors[k]["path"] for k in fault.tensors if k in run.tensors)}
+            result.faults.append(FaultOutcome(fault, outcomes, names))
         return result
