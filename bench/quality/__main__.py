@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--config",
         action="append",
-        metavar="BASELINE:GOLDEN",
-        help=f"baseline rule {BASELINES} and golden {GOLDENS}; repeatable (default: {' '.join(DEFAULT_CONFIGS)})",
+        metavar="BASELINE:GOLDEN[:model]",
+        help=f"baseline rule {BASELINES}, golden {GOLDENS}, ':model' for the model-aware checks; repeatable "
+        f"(default: {' '.join(DEFAULT_CONFIGS)})",
     )
     ap.add_argument("--policy", help="TOML with the watch's policy keys (default: the built-in `training` policy)")
     ap.add_argument("--retrain", action="store_true", help="train the runs again even if cached")
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in R.RUNS]
     if unknown:
         ap.error(f"unknown runs {unknown}; known: {', '.join(R.RUNS)}")
-    configs = [Config.parse(c) for c in (args.config or DEFAULT_CONFIGS)]
+    try:
+        configs = [Config.parse(c) for c in (args.config or DEFAULT_CONFIGS)]
+    except ValueError as e:
+        ap.error(str(e))
     policy = load_policy(args.policy)
 
     t0 = time.perf_counter()
