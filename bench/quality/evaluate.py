@@ -22,7 +22,6 @@ healthy checkpoint had, and a fault spanning several saves continues with the sa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.quality.faults import Fault
@@ -101,7 +100,7 @@ class FaultOutcome:
 
     @property
     def verdict(self) -> str:
-        """ "any" faults: the worst verdict of the sequence; "all" faults: the mildest."""
+        """The worst verdict of the sequence (score "any"), or the mildest (score "all")."""
         pick = max if self.fault.score == "any" else min
         return pick((o.verdict for o in self.outcomes), key=_RANK.__getitem__)
 
@@ -142,7 +141,7 @@ class Verifier:
         problems = [f for f in report["findings"] if f["severity"] in ("fail", "warn")]
         return Outcome(candidate, previous, report["verdict"], problems, seconds)
 
-    def run(self, run: Run, faults: list[Fault], log: Callable[[str], None] = print) -> RunResult:
+    def run(self, run: Run, faults: list[Fault]) -> RunResult:
         rule, golden, model = self.config.baseline, self.config.golden_for(run), self.model_spec(run)
         previous: str | None = None
         baseline_at: list[str | None] = []
