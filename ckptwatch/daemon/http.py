@@ -1,4 +1,4 @@
-"""The daemon's HTTP endpoints, served from a ThreadingHTTPServer in daemon threads.
+"""The daemon's HTTP endpoints, served by serving.Server (a ThreadingHTTPServer) in daemon threads.
 
     /metrics              Prometheus exposition of the registry (text 0.0.4, or OpenMetrics when
                           asked for in Accept; gzip when Accept-Encoding allows it)
@@ -22,14 +22,12 @@ from __future__ import annotations
 import gzip
 import html
 import json
-import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +37,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
 from ckptwatch.daemon.model import Snapshot, WatchStatus
+from ckptwatch.daemon.serving import Coalesced, Server, Server6
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
 log = structlog.get_logger("ckptwatch.daemon.http")
@@ -48,66 +47,8 @@ MAX_LIMIT = 1000
 GZIP_MIN_BYTES = 1024
 
 
-class _Server(ThreadingHTTPServer):
-    """One thread per connection in flight, as ThreadingHTTPServer, but threads are reused: a
-    connection goes to an idle handler thread, and a new thread starts only when none is idle (no
-    cap, so slow clients hold threads of their own, never the others'). Starting a thread per
-    request costs the accept loop a wait for that thread to be scheduled (Thread.start() waits for
-    it): under a burst that wait, not the work, set the pace. Idle threads exit after IDLE_SECONDS."""
-
-    IDLE_SECONDS = 30.0
-    daemon_threads = True
-    allow_reuse_address = True
-    # listen() backlog: connections the kernel completes while the accept loop is busy. socketserver's
-    # default of 5 drops SYNs under a burst (clients retry after 1 s, 3 s, 7 s...). Linux caps it at
-    # net.core.somaxconn (4096 by default since 5.4).
-    request_queue_size = 1024
-    status: StatusServer
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._work: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
-        self._idle = 0  # handler threads waiting for work, less the connections already promised to them
-        self._idle_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._idle_lock:
-            self._work.put((request, client_address))
-            start = self._idle == 0
-            if not start:
-                self._idle -= 1
-        if start:
-            threading.Thread(target=self._handler_thread, name="ckptwatch-http-handler", daemon=True).start()
-
-    def _handler_thread(self) -> None:
-        while True:
-            try:
-                request, client_address = self._work.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._idle_lock:  # puts happen under this lock: nothing arrives unseen
-                    if self._work.empty():
-                        self._idle -= 1
-                        return
-                continue
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                with self._idle_lock:  # idle before the client sees the connection close
-                    self._idle += 1
-                self.shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # instead of a traceback on stderr
-        log.debug("http connection error", client=str(client_address), exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: Server
     server_version = "ckptwatch"
     timeout = 30  # a client that stops sending does not hold a thread forever
 
@@ -148,45 +89,6 @@ class _Handler(BaseHTTPRequestHandler):
 Response = tuple[int, str, bytes, list[tuple[str, str]]]
 
 
-class _Coalesced:
-    """Renderings shared by the requests that wait for them: one at a time per key, and each
-    request gets the first one that began after it arrived (never an older state). A burst of
-    scrapes then costs one rendering per rendering time, not one per request."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._running: set[str] = set()
-        self._done: dict[str, tuple[int, bytes | BaseException]] = {}  # key -> (generation, outcome)
-
-    def get(self, key: str, render: Callable[[], bytes]) -> bytes:
-        with self._cond:
-            done = self._done.get(key, (0, b""))[0]
-            need = done + (2 if key in self._running else 1)  # a running one began before this request
-            while True:
-                gen, outcome = self._done.get(key, (0, b""))
-                if gen >= need:
-                    return self._unwrap(outcome)
-                if key not in self._running:
-                    self._running.add(key)
-                    break
-                self._cond.wait()
-        try:
-            outcome = render()
-        except BaseException as e:  # handed to the waiters too
-            outcome = e
-        with self._cond:
-            self._running.discard(key)
-            self._done[key] = (gen + 1, outcome)
-            self._cond.notify_all()
-        return self._unwrap(outcome)
-
-    @staticmethod
-    def _unwrap(outcome: bytes | BaseException) -> bytes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-
 def _text(status: int, text: str) -> Response:
     return status, "text/plain; charset=utf-8", text.encode(), []
 
@@ -214,9 +116,9 @@ class StatusServer:
         self.snapshot = snapshot
         self.reports = reports
         self.stalled = stalled
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
-        self._exposition = _Coalesced()
+        self._exposition = Coalesced()
         self._routes: dict[str, Callable[[_Handler, dict[str, list[str]]], Response]] = {
             "/metrics": self._metrics,
             "/healthz": self._alive,
@@ -243,7 +145,7 @@ class StatusServer:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
         if self._server is not None:
             return
-        cls = _Server6 if ":" in self._host else _Server
+        cls = Server6 if ":" in self._host else Server
         server = cls((self._host, self._port), _Handler)
         server.status = self
         self._server = server
@@ -368,6 +270,23 @@ def _watch_row(w: WatchStatus) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+def _step(step: int | None) -> str:
+    return f" (step {step})" if step is not None else ""
+
+
+def _baseline_row(w: WatchStatus) -> str:
+    a = w.accepted
+    accepted = (
+        f"<td>{_esc(_when(a.at))}</td><td>{_esc(a.by)}</td><td>{_esc(a.checkpoint + _step(a.step))}</td>"
+        f"<td>{_esc(a.reason)}</td>"
+        if a
+        else '<td class="muted" colspan="4">never</td>'
+    )
+    baseline = w.baseline_checkpoint + _step(w.baseline_step) if w.baseline_checkpoint else "none yet"
+    published = w.published_checkpoint + _step(w.published_step) if w.published_checkpoint else "—"
+    return f"<tr><td>{_esc(w.name)}</td><td>{_esc(baseline)}</td><td>{_esc(published)}</td>{accepted}</tr>"
+
+
 def render_status_page(snap: Snapshot, now: float | None = None) -> str:
     """The HTML of `/`; every value from the snapshot is escaped."""
     now = time.time() if now is None else now
@@ -386,6 +305,7 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
         )
         or '<tr><td colspan="6">no workers</td></tr>'
     )
+    baseline_rows = "\n".join(_baseline_row(w) for w in snap.watches) or '<tr><td colspan="7">no watches</td></tr>'
     ready = "ready" if snap.ready else "not ready"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ckptwatch</title><style>{_STYLE}</style></head>
@@ -399,6 +319,15 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
 <th>drift vs previous<br>(relative L2)</th><th>drift vs golden<br>(relative L2)</th>
 <th>non-finite</th><th>queued</th></tr>
 {watch_rows}
+</table>
+<h2>Baselines</h2>
+<p>Each checkpoint is compared with its watch's baseline: the last one that passed, or one an operator
+accepted with <code>ckptwatch accept WATCH [CHECKPOINT] --reason TEXT</code>. A failed checkpoint never
+becomes one. publish_dir names the newest baseline.</p>
+<table>
+<tr><th>watch</th><th>baseline</th><th>published</th><th>last accepted at</th><th>by</th><th>checkpoint</th>
+<th>reason</th></tr>
+{baseline_rows}
 </table>
 <h2>Workers</h2>
 <table>

@@ -71,11 +71,20 @@ class _StreamFailed(Exception):
         self.index, self.error = index, error
 
 
-def _tagged(index: int, stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+def _unreadable(e: OSError, tensor: str) -> IntegrityError:
+    """A file that went away or could not be read while a tensor was streamed from it
+    (CheckpointManager's max_to_keep deletes between a reader's stat and its open)."""
+    where = os.path.basename(e.filename) if isinstance(e.filename, str) else "a file of the checkpoint"
+    return IntegrityError("integrity.unreadable", f"{where}: {e.strerror or e}", tensor)
+
+
+def _tagged(index: int, stream: Iterator[np.ndarray], tensor: str) -> Iterator[np.ndarray]:
     try:
         yield from stream
     except IntegrityError as e:
         raise _StreamFailed(index, e) from None
+    except OSError as e:
+        raise _StreamFailed(index, _unreadable(e, tensor)) from None
 
 
 def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
@@ -142,6 +151,8 @@ class Engine:
                     pass
             except IntegrityError as e:
                 out.findings.append(Finding("fail", e.problem.check, str(e), info.name))
+            except OSError as e:
+                out.findings.append(Finding("fail", "integrity.unreadable", str(_unreadable(e, info.name)), info.name))
             return out
         s = self.policy.settings_for(info.name, info.label)
         live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
@@ -179,8 +190,8 @@ class Engine:
 
     def _stream(self, cand: CheckpointSource, info: TensorInfo, live: list[_Ref], s: dict, out: _TensorOutcome) -> None:
         ch = self.options.chunk_elements
-        streams = [_tagged(0, cand.read(info.name, ch))]
-        streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch)) for i, r in enumerate(live)]
+        streams = [_tagged(0, cand.read(info.name, ch), info.name)]
+        streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch), info.name) for i, r in enumerate(live)]
         acc = StatsAccumulator()
         sums = [PairSums() for _ in live]
         sketch = SketchBuilder(info.size) if self._wants_sketch else None

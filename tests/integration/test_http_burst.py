@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from ckptwatch.daemon.http import StatusServer, _Coalesced
+from ckptwatch.daemon.http import StatusServer
 from ckptwatch.daemon.model import Snapshot
+from ckptwatch.daemon.serving import Coalesced
 from tests.tools import require_tool, wait_until
 
 BURST = 400
@@ -106,7 +107,7 @@ def test_metrics_renderings_are_shared_but_never_stale():
     arrived) and share it; a request after an update always sees the update."""
     registry = CollectorRegistry()
     counter = Counter("bumps", "test", registry=registry)
-    coalesced = _Coalesced()
+    coalesced = Coalesced()
     renders: list[float] = []
     release = threading.Event()
 
