@@ -20,6 +20,9 @@ CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 # Layers that load another model from a path in their config (Keras 3.12+ refuses TFSMLayer in
 # safe mode itself; older Keras does not): that model would bypass the checks here.
 LOADING_LAYERS = {"TFSMLayer"}
+# Lookup layers read a vocabulary given as a path (Keras saves its own in the archive's assets and
+# writes null here; Keras 3.12+ refuses a path in safe mode itself, older Keras reads it).
+VOCABULARY_LAYERS = {"StringLookup", "IntegerLookup", "TextVectorization"}
 
 
 def _walk(node: Any) -> Iterator[dict]:
@@ -51,6 +54,9 @@ def keras_config_refusal(config: dict | None) -> str | None:
             what = f"layer {name!r}" if name else "the model"
             path = inner.get("filepath") if isinstance(inner, dict) else None
             return f"{what} is a {class_name}: it would load the SavedModel at {path!r}, outside this file"
+        if class_name in VOCABULARY_LAYERS and isinstance(inner, dict) and isinstance(inner.get("vocabulary"), str):
+            what = f"layer {name!r}" if name else "the model"
+            return f"{what} reads its vocabulary from {inner['vocabulary']!r}, outside this file"
         if module is None and obj.get("registered_name"):
             return f"{class_name!r} is a custom class ({obj['registered_name']}): its code is not part of Keras"
         if isinstance(module, str) and module != "keras" and not module.startswith("keras."):

@@ -93,6 +93,10 @@ def _model(*layers) -> dict:
             {"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "t", "filepath": "/srv/m"}},
             "layer 't' is a TFSMLayer: it would load the SavedModel at '/srv/m', outside this file",
         ),
+        (
+            {"module": "keras.layers", "class_name": "StringLookup", "config": {"name": "v", "vocabulary": "/etc/x"}},
+            "layer 'v' reads its vocabulary from '/etc/x', outside this file",
+        ),
     ],
 )
 def test_keras_configs_that_would_run_code_are_refused(layer, reason):
@@ -109,4 +113,6 @@ def test_deeply_nested_keras_configs_are_walked_without_recursion():
 
 def test_plain_keras_configs_pass():
     assert keras_config_refusal(_model(DENSE, {**DENSE, "config": {"activation": "relu", "name": "e"}})) is None
+    lookup = {"module": "keras.layers", "class_name": "StringLookup", "config": {"name": "v", "vocabulary": None}}
+    assert keras_config_refusal(_model(lookup)) is None  # Keras keeps the vocabulary in the archive's assets
     assert keras_config_refusal(None) is not None
