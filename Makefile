@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench clean tools
+.PHONY: demo test lint bench bench-quality clean tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/main_rss.py
+	$(BIN)/python bench/http_burst.py
+
+# Verdict quality: healthy runs trained for real + injected faults, verified through a real worker
+# (bench/quality/, bench/README.md). Training and faults are cached in bench/out/quality/.
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench.quality $(BENCH_QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out

@@ -300,6 +300,71 @@ def watch(config_path: str, listen: str | None, state_dir: str | None, log_forma
     sys.exit(run_daemon(config_path, (lambda c: override_daemon(c, updates)) if updates else None))
 
 
+def _operator() -> str:
+    """Who runs this: $SUDO_USER (an operator behind sudo), else the login user."""
+    import getpass
+
+    for who in (lambda: os.environ.get("SUDO_USER"), os.getlogin, getpass.getuser):
+        try:
+            name = who()
+        except (OSError, KeyError):
+            continue
+        if name:
+            return name
+    return "unknown"
+
+
+@main.command()
+@click.argument("watch_name", metavar="WATCH")
+@click.argument("checkpoint", required=False)
+@click.option("--reason", required=True, metavar="TEXT", help="Why this is the new baseline (recorded, shown).")
+@click.option("--config", "config_path", metavar="FILE", help="The daemon's config: its state_dir and watches.")
+@click.option("--state-dir", metavar="DIR", help="The daemon's state directory [$CKPTWATCH_STATE_DIR or the default].")
+@click.option("--by", metavar="NAME", help="Who accepts it [$SUDO_USER, else the login user].")
+def accept(
+    watch_name: str, checkpoint: str | None, reason: str, config_path: str | None, state_dir: str | None, by: str | None
+) -> None:
+    """Make CHECKPOINT (default: the newest verified one) WATCH's new baseline.
+
+    After an intended change (a restart, a new learning-rate regime) the run's checkpoints fail
+    against the last one that passed; this tells the daemon to compare the next ones with
+    CHECKPOINT instead, and to publish it. It is recorded in the daemon's state with who, when and
+    why; the running daemon applies it within its poll interval. CHECKPOINT is a path or a name
+    (`ckpt-9`) of a checkpoint the daemon verified and that passed integrity.
+    """
+    import sqlite3
+
+    from ckptwatch.config import DaemonConfig, load_config
+    from ckptwatch.daemon.state import open_existing
+
+    if not " ".join(reason.split()):
+        raise UsageError("--reason is empty: say why this checkpoint is the new baseline")
+    if config_path and state_dir:
+        raise UsageError("give --config or --state-dir, not both")
+    if config_path:
+        config = load_config(config_path)
+        names = [w.name for w in config.watches]
+        if watch_name not in names:
+            raise UsageError(f"unknown watch {watch_name!r}: {config_path} has {', '.join(map(repr, names))}")
+        state_dir = config.daemon.state_dir
+    elif not state_dir:
+        state_dir = os.environ.get("CKPTWATCH_STATE_DIR") or DaemonConfig().state_dir
+    who = (by or "").strip() or _operator()
+    state = open_existing(state_dir)
+    try:
+        done = state.accept(watch_name, checkpoint, reason, who)
+    except sqlite3.Error as e:
+        raise CkptwatchError(f"cannot record the acceptance in {state_dir}: {e}") from None
+    finally:
+        state.close()
+    good = done.checkpoint
+    step = f" (step {good.step})" if good.step is not None else ""
+    click.echo(
+        f"accepted {good.path}{step} as the baseline of watch {watch_name} (by {who}); "
+        "the daemon applies it within its poll interval"
+    )
+
+
 @main.command("check-config")
 @click.argument("config_path", metavar="FILE")
 def check_config(config_path: str) -> None:

@@ -1,14 +1,15 @@
 """Builders of the daemon's domain data that several test modules need.
 
 watch_status(name, **fields)   a WatchStatus with every figure set (as after a model-aware
-                               verification with a previous and a golden); `fields` override
+                               verification with a previous and a golden, and an accepted
+                               baseline); `fields` override
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ckptwatch.daemon.model import TensorDrift, WatchStatus
+from ckptwatch.daemon.model import AcceptedBaseline, TensorDrift, WatchStatus
 
 
 def watch_status(name: str = "run7", **fields: Any) -> WatchStatus:
@@ -31,5 +32,12 @@ def watch_status(name: str = "run7", **fields: Any) -> WatchStatus:
         "functional_agreement": {"golden": 0.984375},
         "functional_max_abs_diff": {"golden": 0.125},
         "restore_unmatched": 1,
+        "baseline_checkpoint": f"/ckpt/{name}/ckpt-11",
+        "baseline_step": 1100,
+        "published_checkpoint": f"/ckpt/{name}/ckpt-11",
+        "published_step": 1100,
+        "accepted": AcceptedBaseline(
+            f"/ckpt/{name}/ckpt-9", 900, "alice", "restarted from ckpt-8 on purpose", 1_699_990_000.0
+        ),
     }
     return WatchStatus(name=name, **{**values, **fields})

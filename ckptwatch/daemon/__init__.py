@@ -7,13 +7,17 @@ TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
     stability.py   settle clocks: how long files have been unchanged
     scheduler.py   per-watch queues in step order, watches taking turns, coalescing
     pipeline.py    each candidate's life: pending, queued, in flight, done / skipped / lost
-    recorder.py    what the pipeline's events become: state, metrics, watch status, log, publish_dir
+    recorder.py    what the pipeline's events become: state, metrics, watch status, log, publish_dir;
+                   the baseline rule (only a passing checkpoint becomes "previous") and acceptances
     watch_status.py  a watch's status (metrics, status page) from its latest report
     jobs.py        worker settings and each candidate's VerifyRequest ("previous" resolution)
     supervisor.py  worker processes: spawn, jobs, heartbeats, timeouts, restarts
-    state.py       SQLite state (reports, fingerprints) in state_dir; reports_kept applied on insert
+    state.py       SQLite state (reports, skips) in state_dir; reports_kept applied on insert
+    baselines.py   the state's baselines: "previous" per watch, every fingerprint, what publish_dir names,
+                   the acceptances `ckptwatch accept` records and the daemon applies
     metrics.py     Prometheus collector over a Snapshot, counters, histogram
     http.py        /metrics /healthz /livez /readyz / /api/v1/checkpoints
+    serving.py     the HTTP server under them: listen backlog, reused handler threads, shared /metrics renderings
     logs.py        structlog set-up
     notify.py      sd_notify
     publish.py     the "latest verified" state file in publish_dir

@@ -20,6 +20,7 @@ import os
 import queue
 import selectors
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -62,8 +63,10 @@ class Daemon:
         self.log = get_logger("ckptwatch")
         self.dirty: set[str] = set()
         self.scan_problems: dict[str, str] = {}  # watch -> why its last rescan failed
-        self.next_poll = self.next_recheck = self.next_watchdog = 0.0
+        self.next_poll = self.next_recheck = self.next_watchdog = self.next_acceptances = 0.0
+        self.acceptance_problem: str | None = None  # why reading the acceptances last failed
         self.notifier = Notifier()
+        self.last_turn = time.monotonic()  # the main loop's heartbeat: /livez fails when it stops
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -92,6 +95,14 @@ class Daemon:
     def reports(self, limit: int, watch: str | None = None) -> list[dict]:
         return self.state.recent_reports(limit, watch)
 
+    def stalled(self) -> str | None:
+        """Why the main loop counts as wedged (no turn for liveness_timeout seconds), or None.
+        Called from HTTP threads: reads two values, takes no lock."""
+        age, limit = time.monotonic() - self.last_turn, self.config.daemon.liveness_timeout
+        if age <= limit:
+            return None
+        return f"main loop stalled: no turn for {age:.1f} s (liveness_timeout {limit:g} s)"
+
     # -- start and stop --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -106,6 +117,9 @@ class Daemon:
             watches=[w.name for w in cfg.watches],
         )
         self.recorder = Recorder(self.state, self.metrics, self.log, cfg)
+        swept = self.state.sweep_fingerprints()  # before any worker writes one
+        if swept:
+            self.log.info("fingerprints removed", count=swept, reason="nothing in the state refers to them")
         stability = discovery.StabilityTracker(cfg.daemon.settle_seconds)
         self.pipeline = Pipeline(
             lambda c, now: discovery.check_completion(c, now, stability),
@@ -126,7 +140,7 @@ class Daemon:
         self.watcher = Watcher(
             {w.name: w.path for w in cfg.watches}, self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval
         )
-        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports)
+        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled)
         try:
             self.http.start()
         except OSError as e:
@@ -157,6 +171,7 @@ class Daemon:
             pid=os.getpid(),
         )
         self.notifier.ready(f"watching {len(cfg.watches)} directories")
+        self.last_turn = time.monotonic()
         try:
             self._loop()
         finally:
@@ -186,10 +201,28 @@ class Daemon:
                 self._handle_signals()  # stop, reload
                 if self.stopping:
                     break
+                self._acceptances()  # `ckptwatch accept`: new baselines, each poll_interval
                 self._rescan_dirty()  # events, poll_interval, checkpoints being written
                 self._dispatch()  # idle workers get the next queued checkpoints
                 self.supervisor.tick()  # reap, heartbeats, timeouts, SIGTERM -> SIGKILL, restarts
                 self._watchdog()  # sd_notify WATCHDOG=1
+            self.last_turn = time.monotonic()  # a turn done: /livez stays 200
+
+    def _acceptances(self) -> None:
+        """Apply the baselines operators accepted (`ckptwatch accept` writes them into the state
+        from another process) before the next job is dispatched against the old one."""
+        now = time.monotonic()
+        if now < self.next_acceptances:
+            return
+        self.next_acceptances = now + self.config.daemon.poll_interval
+        try:
+            self.recorder.apply_acceptances()
+        except sqlite3.Error as e:  # e.g. locked past the busy timeout: tried again next poll
+            if self.acceptance_problem != str(e):
+                self.log.error("cannot apply acceptances", error=str(e))
+            self.acceptance_problem = str(e)
+        else:
+            self.acceptance_problem = None
 
     def _timeout(self) -> float:
         """Until the next poll, the next re-check of a checkpoint being written or the next

@@ -1,15 +1,20 @@
-"""The daemon's HTTP endpoints, served from a ThreadingHTTPServer in daemon threads.
+"""The daemon's HTTP endpoints, served by serving.Server (a ThreadingHTTPServer) in daemon threads.
 
     /metrics              Prometheus exposition of the registry (text 0.0.4, or OpenMetrics when
                           asked for in Accept; gzip when Accept-Encoding allows it)
-    /healthz, /livez      200 "ok": the process is alive and serving
+    /healthz              200 "ok": the process is alive and serving
+    /livez                200 "ok" while the daemon's main loop turns; 503 and how long it has not
+                          (`stalled()`: no turn for liveness_timeout s), so Kubernetes restarts a
+                          wedged daemon
     /readyz               200 "ok" when a watch is armed and a worker is up, else 503 and why
     /                     a small HTML status page
     /api/v1/checkpoints   {"checkpoints": reports(limit, watch)}; ?limit=1..1000 (default 50), ?watch=NAME
 
-Handlers only call `snapshot()` / `reports()` and render; they never wait on the daemon's work,
-so the endpoints answer while a verification is running. Requests are logged through structlog
-at debug level, never to stderr.
+Handlers only call `snapshot()` / `reports()` / `stalled()` and render; they never wait on the
+daemon's work, so the endpoints answer while a verification is running. A burst of requests is
+held by a listen backlog of 1024 (not socketserver's 5, which drops connections: clients retry
+seconds later) and by sharing one rendering of /metrics among the requests that wait for it
+(bench/http_burst.py). Requests are logged through structlog at debug level, never to stderr.
 """
 
 from __future__ import annotations
@@ -17,13 +22,12 @@ from __future__ import annotations
 import gzip
 import html
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +37,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
 from ckptwatch.daemon.model import Snapshot, WatchStatus
+from ckptwatch.daemon.serving import Coalesced, Server, Server6
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
 log = structlog.get_logger("ckptwatch.daemon.http")
@@ -42,21 +47,8 @@ MAX_LIMIT = 1000
 GZIP_MIN_BYTES = 1024
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    status: StatusServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # instead of a traceback on stderr
-        log.debug("http connection error", client=str(client_address), exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: Server
     server_version = "ckptwatch"
     timeout = 30  # a client that stops sending does not hold a thread forever
 
@@ -107,8 +99,9 @@ def _json(status: int, obj: Any) -> Response:
 
 
 class StatusServer:
-    """HTTP endpoints of the daemon. `snapshot()` and `reports(limit, watch)` are called from
-    request threads: they must be thread-safe and quick (copy under a lock, no waiting on work)."""
+    """HTTP endpoints of the daemon. `snapshot()`, `reports(limit, watch)` and `stalled()` are
+    called from request threads: they must be thread-safe and quick (copy under a lock, no
+    waiting on work; `stalled()` takes no lock at all, so /livez answers while the loop is stuck)."""
 
     def __init__(
         self,
@@ -116,17 +109,20 @@ class StatusServer:
         registry: CollectorRegistry,
         snapshot: Callable[[], Snapshot],
         reports: Callable[[int, str | None], list[dict]],
+        stalled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._host, self._port = parse_listen(listen)
         self.registry = registry
         self.snapshot = snapshot
         self.reports = reports
-        self._server: _Server | None = None
+        self.stalled = stalled
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self._exposition = Coalesced()
         self._routes: dict[str, Callable[[_Handler, dict[str, list[str]]], Response]] = {
             "/metrics": self._metrics,
             "/healthz": self._alive,
-            "/livez": self._alive,
+            "/livez": self._live,
             "/readyz": self._ready,
             "/": self._index,
             "/api/v1/checkpoints": self._checkpoints,
@@ -149,7 +145,7 @@ class StatusServer:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
         if self._server is not None:
             return
-        cls = _Server6 if ":" in self._host else _Server
+        cls = Server6 if ":" in self._host else Server
         server = cls((self._host, self._port), _Handler)
         server.status = self
         self._server = server
@@ -171,7 +167,7 @@ class StatusServer:
 
     def _metrics(self, req: _Handler, _query: dict[str, list[str]]) -> Response:
         encoder, ctype = choose_encoder(req.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        body = self._exposition.get(ctype, lambda: encoder(self.registry))  # the content type names the encoder
         headers = []
         if len(body) >= GZIP_MIN_BYTES and gzip_accepted(req.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body)
@@ -180,6 +176,10 @@ class StatusServer:
 
     def _alive(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
         return _text(HTTPStatus.OK, "ok\n")
+
+    def _live(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+        why = self.stalled()
+        return _text(HTTPStatus.SERVICE_UNAVAILABLE, why + "\n") if why else _text(HTTPStatus.OK, "ok\n")
 
     def _ready(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
         snap = self.snapshot()
@@ -270,6 +270,23 @@ def _watch_row(w: WatchStatus) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+def _step(step: int | None) -> str:
+    return f" (step {step})" if step is not None else ""
+
+
+def _baseline_row(w: WatchStatus) -> str:
+    a = w.accepted
+    accepted = (
+        f"<td>{_esc(_when(a.at))}</td><td>{_esc(a.by)}</td><td>{_esc(a.checkpoint + _step(a.step))}</td>"
+        f"<td>{_esc(a.reason)}</td>"
+        if a
+        else '<td class="muted" colspan="4">never</td>'
+    )
+    baseline = w.baseline_checkpoint + _step(w.baseline_step) if w.baseline_checkpoint else "none yet"
+    published = w.published_checkpoint + _step(w.published_step) if w.published_checkpoint else "—"
+    return f"<tr><td>{_esc(w.name)}</td><td>{_esc(baseline)}</td><td>{_esc(published)}</td>{accepted}</tr>"
+
+
 def render_status_page(snap: Snapshot, now: float | None = None) -> str:
     """The HTML of `/`; every value from the snapshot is escaped."""
     now = time.time() if now is None else now
@@ -288,6 +305,7 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
         )
         or '<tr><td colspan="6">no workers</td></tr>'
     )
+    baseline_rows = "\n".join(_baseline_row(w) for w in snap.watches) or '<tr><td colspan="7">no watches</td></tr>'
     ready = "ready" if snap.ready else "not ready"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ckptwatch</title><style>{_STYLE}</style></head>
@@ -301,6 +319,15 @@ def render_status_page(snap: Snapshot, now: float | None = None) -> str:
 <th>drift vs previous<br>(relative L2)</th><th>drift vs golden<br>(relative L2)</th>
 <th>non-finite</th><th>queued</th></tr>
 {watch_rows}
+</table>
+<h2>Baselines</h2>
+<p>Each checkpoint is compared with its watch's baseline: the last one that passed, or one an operator
+accepted with <code>ckptwatch accept WATCH [CHECKPOINT] --reason TEXT</code>. A failed checkpoint never
+becomes one. publish_dir names the newest baseline.</p>
+<table>
+<tr><th>watch</th><th>baseline</th><th>published</th><th>last accepted at</th><th>by</th><th>checkpoint</th>
+<th>reason</th></tr>
+{baseline_rows}
 </table>
 <h2>Workers</h2>
 <table>

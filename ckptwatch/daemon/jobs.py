@@ -1,7 +1,7 @@
 """What the workers are given, from the config and the state: `worker_settings(config)`, how
 the supervisor runs them, and `verify_request(config, state, candidate)`, what a worker verifies
-for a candidate: its previous (the watch's last good checkpoint, or that one's fingerprint once it
-is gone), golden, policy and model checks.
+for a candidate: its previous (the watch's baseline: the last checkpoint that passed, or one an
+operator accepted; its fingerprint once it is gone), golden, policy and model checks.
 """
 
 from __future__ import annotations

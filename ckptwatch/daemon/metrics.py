@@ -188,7 +188,8 @@ class SnapshotCollector(Collector):
         (
             "ckptwatch_drift_relative_l2",
             "Relative L2 distance ||candidate - reference|| / ||reference|| over all weights of the latest "
-            "checkpoint, against the previous checkpoint or the golden reference.",
+            "checkpoint, against the previous checkpoint (the baseline) or the golden reference; NaN when a "
+            "compared tensor holds NaN or Inf.",
             ("watch", "reference"),
         ),
         (
@@ -199,10 +200,23 @@ class SnapshotCollector(Collector):
         (
             "ckptwatch_tensor_drift_relative_l2",
             "Relative L2 drift of the tensors that moved most in the latest checkpoint (top K per watch and "
-            "reference only).",
+            "reference only; the tensors drift checks compare: weights, not counters or optimizer state; NaN for a "
+            "tensor holding NaN or Inf).",
             ("watch", "reference", "tensor"),
         ),
         ("ckptwatch_nonfinite_values", "NaN and Inf values found in the latest checkpoint.", ("watch",)),
+        (
+            "ckptwatch_baseline_step",
+            "Training step of the watch's baseline, what the next checkpoint is compared with: the last checkpoint "
+            "that passed against the baseline before it, or one an operator accepted (ckptwatch accept).",
+            ("watch",),
+        ),
+        (
+            "ckptwatch_baseline_accepted_timestamp_seconds",
+            "Unix time at which an operator last accepted a new baseline for the watch (ckptwatch accept); "
+            "absent until one has.",
+            ("watch",),
+        ),
         (
             "ckptwatch_queue_depth",
             "Checkpoints waiting to be verified, per configured watch.",
@@ -274,6 +288,8 @@ class SnapshotCollector(Collector):
         for d in top_tensors(w.top_tensors, self._top_k):
             add("ckptwatch_tensor_drift_relative_l2", [name, d.reference, d.tensor], d.relative_l2)
         add("ckptwatch_nonfinite_values", [name], w.nonfinite)
+        add("ckptwatch_baseline_step", [name], w.baseline_step)
+        add("ckptwatch_baseline_accepted_timestamp_seconds", [name], w.accepted.at if w.accepted else None)
         add("ckptwatch_queue_depth", [name], w.queue_depth or 0)
         for ref, value in w.functional_agreement.items():
             add("ckptwatch_functional_agreement_ratio", [name, ref], value)

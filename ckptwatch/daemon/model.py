@@ -63,6 +63,17 @@ class TensorDrift:
     relative_l2: float
 
 
+@dataclass(frozen=True)
+class AcceptedBaseline:
+    """An operator's latest `ckptwatch accept` of a watch, as shown on the status page and in metrics."""
+
+    checkpoint: str
+    step: int | None
+    by: str
+    reason: str
+    at: float  # unix time it was recorded
+
+
 @dataclass
 class WatchStatus:
     """Per-watch figures the metrics and the status page show (a snapshot copy)."""
@@ -86,6 +97,12 @@ class WatchStatus:
     functional_agreement: dict[str, float] = field(default_factory=dict)  # model-aware checks (later)
     functional_max_abs_diff: dict[str, float] = field(default_factory=dict)
     restore_unmatched: int | None = None
+    # baselines: what the next checkpoint is compared with, what publish_dir names, the latest acceptance
+    baseline_checkpoint: str | None = None
+    baseline_step: int | None = None
+    published_checkpoint: str | None = None
+    published_step: int | None = None
+    accepted: AcceptedBaseline | None = None
 
 
 @dataclass

@@ -96,6 +96,7 @@ class Done:
     seconds: float  # from dispatch to the result
     finished: float  # wall time
     fingerprint: str | None = None  # written by the worker: the candidate passed integrity
+    previous: str | None = None  # what it was judged against (the job's previous: a path or a fingerprint)
 
 
 Event = Pending | Queued | Skipped | Retrying | GaveUp | Done
@@ -292,7 +293,7 @@ class Pipeline:
         self.attempts.pop(c.key, None)
         self.seen_keys.add((c.watch, c.key))
         seconds = self.clock.monotonic() - job.queued_at
-        self.emit(Done(c, report, seconds, self.clock.time(), fingerprint))
+        self.emit(Done(c, report, seconds, self.clock.time(), fingerprint, job.request.previous))
 
 
 __all__ = [

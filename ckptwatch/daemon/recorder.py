@@ -1,5 +1,12 @@
 """What becomes of the pipeline's events: the state, the metrics, the watch statuses, the log
-and publish_dir.
+and publish_dir; and the operators' acceptances of new baselines.
+
+Baselines (DESIGN.md): a checkpoint becomes its watch's baseline ("previous" for the next one)
+only when it passed (verdict pass or warn) against the current baseline; a failed one never does,
+so a run that goes on from a bad state keeps failing until an operator accepts a new baseline
+(`ckptwatch accept`, applied by `apply_acceptances` at each poll). publish_dir follows the
+baselines: it advances to each new one, never to a lower step than it names, and after an
+acceptance the chain restarts at the accepted checkpoint.
 
 A watch removed by SIGHUP may still have a job in flight: its end is stored and logged, but it
 neither updates a status nor brings the watch's series back into /metrics.
@@ -10,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from ckptwatch.config import Config
-from ckptwatch.daemon import watch_status
+from ckptwatch.daemon import discovery, watch_status
 from ckptwatch.daemon.metrics import DaemonMetrics
-from ckptwatch.daemon.model import Candidate, WatchStatus
+from ckptwatch.daemon.model import AcceptedBaseline, Candidate, WatchStatus
 from ckptwatch.daemon.pipeline import Done, Event, GaveUp, Pending, Queued, Retrying, Skipped
 from ckptwatch.daemon.publish import publish
-from ckptwatch.daemon.state import GoodCheckpoint, State
+from ckptwatch.daemon.state import Acceptance, GoodCheckpoint, State
 
 
 class Recorder:
@@ -30,13 +37,24 @@ class Recorder:
         """At start and on SIGHUP: statuses for the configured watches (kept where they exist,
         a new one filled from the state's newest report of the watch)."""
         self.config = config
+        self.compared = {w.name: watch_status.compared_by(w.policy_model()) for w in config.watches}
         self.statuses = watch_status.restore(
             self.statuses,
             [(w.name, w.path) for w in config.watches],
             self.state.latest(),
             self.state.last_pass_times(),
             config.daemon.top_k_tensors,
+            self.compared,
         )
+        accepted = self.state.last_acceptances()
+        for name, status in self.statuses.items():
+            baseline, published = self.state.last_good(name), self.state.published(name)
+            status.baseline_checkpoint = baseline.path if baseline else None
+            status.baseline_step = baseline.step if baseline else None
+            status.published_checkpoint = published.path if published else None
+            status.published_step = published.step if published else None
+            if name in accepted:
+                status.accepted = _shown(accepted[name])
 
     def __call__(self, event: Event) -> None:
         c: Candidate = event.job.candidate if isinstance(event, (Retrying, GaveUp)) else event.candidate
@@ -64,9 +82,12 @@ class Recorder:
     def _done(self, done: Done, configured: bool) -> None:
         c, report = done.candidate, done.report
         self.state.record_report(c.watch, c.path, c.key, c.step, report)
+        if done.fingerprint:  # integrity passed: an operator may accept it as a baseline later
+            self.state.record_fingerprint(c.watch, c.path, c.key, c.step, done.fingerprint)
         if configured:
             top_k = self.config.daemon.top_k_tensors
-            watch_status.apply_report(self.statuses[c.watch], report, done.finished, done.seconds, top_k)
+            compared = self.compared.get(c.watch, watch_status.weights_only)
+            watch_status.apply_report(self.statuses[c.watch], report, done.finished, done.seconds, top_k, compared)
             self.metrics.verification_finished(c.watch, report["verdict"], done.seconds)
         self.log.info(
             "checkpoint verified",
@@ -77,12 +98,96 @@ class Recorder:
             seconds=round(done.seconds, 3),
             read_seconds=(report.get("timings") or {}).get("read_seconds"),
         )
-        if done.fingerprint:  # integrity passed: this is "previous" from now on
-            self.state.set_last_good(c.watch, GoodCheckpoint(c.path, c.step, c.key, done.fingerprint))
-        w = self.config.watch(c.watch) if configured else None
-        if w and w.publish_dir and report["verdict"] in watch_status.GOOD:
-            try:
-                publish(w.publish_dir, c.path)
-                self.log.info("published", watch=c.watch, checkpoint=c.path, publish_dir=w.publish_dir)
-            except OSError as e:
-                self.log.error("cannot publish", watch=c.watch, publish_dir=w.publish_dir, error=str(e))
+        if report["verdict"] in watch_status.GOOD:
+            self._passed(done)
+
+    def _passed(self, done: Done) -> None:
+        """A passing checkpoint becomes the baseline if it was judged against the baseline (an
+        acceptance may have replaced the one its job was given), then is published."""
+        c = done.candidate
+        where = {"watch": c.watch, "checkpoint": c.path, "step": c.step}
+        baseline = self.state.last_good(c.watch)
+        if baseline is not None and done.previous not in (baseline.path, baseline.fingerprint):
+            if done.previous is not None:
+                self.log.warning(
+                    "not made the baseline", **where, judged_against=done.previous, baseline=baseline.path,
+                    reason="judged against a baseline replaced meanwhile (an acceptance)",
+                )  # fmt: skip
+                return
+            self.log.warning(
+                "baseline unavailable", **where, baseline=baseline.path,
+                reason="neither its files nor its fingerprint are left: the chain restarts here",
+            )  # fmt: skip
+        good = GoodCheckpoint(c.path, c.step, c.key, done.fingerprint)
+        self.state.set_last_good(c.watch, good)
+        status = self.statuses.get(c.watch)
+        if status is not None:
+            status.baseline_checkpoint, status.baseline_step = good.path, good.step
+        self._publish(c.watch, good, accepted=False)
+
+    def _publish_dir(self, watch: str) -> str | None:
+        """The watch's publish_dir (None: it has none, or it left the config)."""
+        return self.config.watch(watch).publish_dir if watch in self.statuses else None
+
+    def _publish(self, watch: str, good: GoodCheckpoint, accepted: bool) -> None:
+        """Point the watch's publish_dir (if it has one) at the new baseline `good`: not at a step
+        lower than the published one's unless an operator accepted it."""
+        publish_dir = self._publish_dir(watch)
+        if not publish_dir:
+            return
+        where = {"watch": watch, "checkpoint": good.path, "step": good.step, "publish_dir": publish_dir}
+        published = self.state.published(watch)
+        lower = published and published.step is not None and good.step is not None and good.step < published.step
+        if lower and not accepted:
+            assert published is not None
+            self.log.warning(
+                "not published", **where, published=published.path, published_step=published.step,
+                reason="its step is lower than the published checkpoint's",
+            )  # fmt: skip
+            return
+        try:
+            publish(publish_dir, good.path)
+        except OSError as e:
+            self.log.error("cannot publish", **where, error=str(e))
+            return
+        self._set_published(watch, good)
+        self.log.info("published", **where)
+
+    def _set_published(self, watch: str, good: GoodCheckpoint | None) -> None:
+        self.state.set_published(watch, good)
+        status = self.statuses.get(watch)
+        if status is not None:
+            status.published_checkpoint = good.path if good else None
+            status.published_step = good.step if good else None
+
+    # -- acceptances -----------------------------------------------------------------------------
+
+    def apply_acceptances(self) -> None:
+        """Apply the acceptances `ckptwatch accept` recorded since the last call (the daemon calls
+        this each poll_interval): the accepted checkpoint is the baseline, logged, shown, and
+        published if its files are still there (else publish_dir's chain restarts with the next
+        passing checkpoint)."""
+        for pending in self.state.pending_acceptances():
+            acceptance = self.state.apply_acceptance(pending)
+            good = acceptance.checkpoint
+            self.log.info(
+                "baseline accepted", watch=acceptance.watch, checkpoint=good.path, step=good.step,
+                by=acceptance.by, reason=acceptance.reason, accepted_at=acceptance.at,
+            )  # fmt: skip
+            status = self.statuses.get(acceptance.watch)
+            if status is not None:
+                status.baseline_checkpoint, status.baseline_step = good.path, good.step
+                status.accepted = _shown(acceptance)
+            if discovery.current_key(good.path) == good.key:
+                self._publish(acceptance.watch, good, accepted=True)
+            elif self._publish_dir(acceptance.watch):
+                self._set_published(acceptance.watch, None)
+                self.log.info(
+                    "accepted baseline not published", watch=acceptance.watch, checkpoint=good.path,
+                    reason="its files are gone: publish_dir goes on with the next passing checkpoint",
+                )  # fmt: skip
+
+
+def _shown(acceptance: Acceptance) -> AcceptedBaseline:
+    good = acceptance.checkpoint
+    return AcceptedBaseline(good.path, good.step, acceptance.by, acceptance.reason, acceptance.at)

@@ -1,20 +1,29 @@
 """Persistent state in `state_dir` (SQLite, WAL): every report, what was skipped,
-each watch's last good checkpoint and the fingerprints that stand in for
-checkpoints once they are deleted. Nothing here ever touches a watched directory.
+each watch's baseline (the last checkpoint that passed, or the one an operator accepted),
+what was published, the acceptances, and the fingerprints that stand in for checkpoints
+once they are deleted. Nothing here ever touches a watched directory.
 
-One connection, guarded by a lock: the main loop writes, the HTTP thread reads.
+One connection, guarded by a lock: the main loop writes, the HTTP thread reads. `ckptwatch
+accept` writes an acceptance from another process (WAL, one short transaction); the daemon
+applies it at its next poll (`pending_acceptances`, `apply_acceptance`).
+
+Fingerprints: every checkpoint that passed integrity has one (table `fingerprints`), so an
+operator can accept any of them later, even after CheckpointManager deleted its files. A
+fingerprint goes (row and file) with its report when reports_kept prunes it, unless it is a
+watch's baseline or a pending acceptance's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+
+from ckptwatch.daemon.baselines import BASELINE_SCHEMA, Acceptance, Baselines, GoodCheckpoint
+from ckptwatch.errors import CkptwatchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -49,15 +58,7 @@ CREATE TABLE IF NOT EXISTS last_good (
 """
 
 
-@dataclass(frozen=True)
-class GoodCheckpoint:
-    path: str
-    step: int | None
-    key: str
-    fingerprint: str | None  # file in state_dir standing in for the checkpoint once it is gone
-
-
-class State:
+class State(Baselines):
     """`reports_kept`: how many reports (and skip records) are kept; each insert prunes the
     oldest beyond it (None: all kept). SQLite reuses the freed pages: the file stops growing."""
 
@@ -72,6 +73,7 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.executescript(BASELINE_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -96,7 +98,8 @@ class State:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (watch, path, key, step, report["verdict"], time.time(), duration, json.dumps(report)),
             )
-            self._prune("reports", self.reports_kept)
+            if self._prune("reports", self.reports_kept):
+                self._prune_fingerprints()
 
     def record_skip(self, watch: str, path: str, key: str, reason: str) -> None:
         with self._lock:
@@ -147,36 +150,19 @@ class State:
         with self._lock:
             self._prune("reports", keep)
             self._prune("skipped", keep)
+            self._prune_fingerprints()
 
-    def _prune(self, table: str, keep: int | None) -> None:
+    def _prune(self, table: str, keep: int | None) -> int:
         """Delete the rows of `table` older than its `keep` newest (by id: a walk down the
-        primary key from the newest row, then a range delete; the lock is held)."""
+        primary key from the newest row, then a range delete; the lock is held). Returns how
+        many went."""
         if keep is None:
-            return
-        self._db.execute(
+            return 0
+        cursor = self._db.execute(
             f"DELETE FROM {table} WHERE id < (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (max(keep, 1) - 1,),
         )
-
-    # -- previous ------------------------------------------------------------------------
-
-    def last_good(self, watch: str) -> GoodCheckpoint | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT path, step, key, fingerprint FROM last_good WHERE watch=?", (watch,)
-            ).fetchone()
-        return GoodCheckpoint(*row) if row else None
-
-    def set_last_good(self, watch: str, good: GoodCheckpoint) -> None:
-        old = self.last_good(watch)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO last_good (watch, path, step, key, fingerprint) VALUES (?, ?, ?, ?, ?)",
-                (watch, good.path, good.step, good.key, good.fingerprint),
-            )
-        if old and old.fingerprint and old.fingerprint != good.fingerprint:
-            with contextlib.suppress(OSError):
-                os.remove(old.fingerprint)  # only the newest good one is ever "previous"
+        return max(cursor.rowcount, 0)
 
     def fingerprint_path(self, watch: str, checkpoint_path: str) -> str:
         """Where the worker writes the fingerprint of a checkpoint of this watch."""
@@ -184,3 +170,17 @@ class State:
         folder = os.path.join(self.dir, "fingerprints", re.sub(r"[^A-Za-z0-9_.-]", "_", watch))
         os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, f"{safe}.{time.time_ns()}.fp.json.gz")
+
+
+def open_existing(state_dir: str) -> State:
+    """The daemon's state in `state_dir`, for a command run beside it (`ckptwatch accept`);
+    CkptwatchError if there is none."""
+    if not os.path.isfile(os.path.join(state_dir, "state.sqlite3")):
+        raise CkptwatchError(f"no ckptwatch state in {state_dir} (state.sqlite3 not found)")
+    try:
+        return State(state_dir)
+    except (OSError, sqlite3.Error) as e:
+        raise CkptwatchError(f"cannot open the state in {state_dir}: {e}") from None
+
+
+__all__ = ["Acceptance", "GoodCheckpoint", "State", "open_existing"]

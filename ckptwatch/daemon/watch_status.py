@@ -1,25 +1,74 @@
 """A watch's status (what /metrics and the status page show) from its latest report.
 
-    apply_report(status, report, finished, seconds, top_k)   a report just finished (or restored)
-    restore(statuses, watches, latest, passed, top_k)        the statuses of the configured watches,
-                                                             the state's newest reports filling new ones
+    apply_report(status, report, finished, seconds, top_k, compared)   a report just finished (or restored)
+    restore(statuses, watches, latest, passed, top_k, compared)        the statuses of the configured
+                                                             watches, the state's newest reports filling new ones
+    compared_by(policy)                                      which of a report's tensors drift checks compare
     log_fields(report)                                       the figures of "checkpoint verified"
+
+Drift figures do not lie: a tensor holding NaN or Inf has NaN drift (the engine measures drift
+over the finite positions only, so an all-NaN tensor would show 0), and so has the checkpoint's
+overall drift when one of its compared tensors does; a figure the report holds as null (JSON has
+no NaN) is NaN, not absent. The top-K tensors are those the drift checks compare: weights, not
+counters or optimizer state (unless the watch's policy sets include_optimizer), nor excluded ones.
 
 Pure: dicts in, WatchStatus fields out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 
 from ckptwatch.daemon.model import TensorDrift, WatchStatus
+from ckptwatch.formats.kinds import WEIGHT
+from ckptwatch.policy import Policy
 
 REFERENCES = ("previous", "golden")
 GOOD = ("pass", "warn")
 
+Compared = Callable[[dict], bool]  # a report's tensor row -> whether drift checks compare it
 
-def apply_report(status: WatchStatus, report: dict, finished: float, seconds: float | None, top_k: int) -> None:
-    """`status` after `report` (finished at unix time `finished`, in `seconds` if known)."""
+
+def weights_only(tensor: dict) -> bool:
+    """The default policy's compared tensors: weights (a row without a kind counts as one)."""
+    return tensor.get("kind", WEIGHT) == WEIGHT
+
+
+def compared_by(policy: Policy) -> Compared:
+    """The tensors `policy`'s drift checks compare: its kinds (weights, plus optimizer state with
+    include_optimizer), less the excluded ones."""
+    kinds = policy.compared_kinds()
+
+    def compared(tensor: dict) -> bool:
+        name = tensor.get("name") or ""
+        return (
+            tensor.get("kind", WEIGHT) in kinds
+            and not policy.settings_for(name, tensor.get("display") or name)["exclude"]
+        )
+
+    return compared
+
+
+def _nonfinite(tensor: dict) -> bool:
+    stats = tensor.get("stats") or {}
+    return bool((stats.get("nan") or 0) + (stats.get("inf") or 0))
+
+
+def _figure(value: float | None, broken: bool) -> float:
+    return math.nan if broken or value is None else value
+
+
+def apply_report(
+    status: WatchStatus,
+    report: dict,
+    finished: float,
+    seconds: float | None,
+    top_k: int,
+    compared: Compared = weights_only,
+) -> None:
+    """`status` after `report` (finished at unix time `finished`, in `seconds` if known);
+    `compared`: which tensors the watch's drift checks compare."""
     ck = report.get("checkpoint") or {}
     status.last_verdict = report["verdict"]
     status.last_checkpoint = ck.get("path")
@@ -30,11 +79,13 @@ def apply_report(status: WatchStatus, report: dict, finished: float, seconds: fl
         status.last_pass_time = finished
     status.last_duration = seconds
     status.drift_relative_l2, status.drift_max_abs = {}, {}
+    tensors = [t for t in report.get("tensors", []) if compared(t)]
     for ref, d in (report.get("drift") or {}).items():
         if d:
-            status.drift_relative_l2[ref] = d["relative_l2"]
-            status.drift_max_abs[ref] = d["max_abs"]
-    status.top_tensors = top_tensors(report, top_k)
+            broken = any(_nonfinite(t) and (t.get("drift") or {}).get(ref) for t in tensors)
+            status.drift_relative_l2[ref] = _figure(d.get("relative_l2"), broken)
+            status.drift_max_abs[ref] = _figure(d.get("max_abs"), broken)
+    status.top_tensors = top_tensors(report, top_k, compared)
     stats = [t["stats"] for t in report.get("tensors", []) if t.get("stats")]
     status.nonfinite = sum((s.get("nan") or 0) + (s.get("inf") or 0) for s in stats) if stats else None
     model = report.get("model") or {}
@@ -49,16 +100,16 @@ def apply_report(status: WatchStatus, report: dict, finished: float, seconds: fl
     status.restore_unmatched = model.get("restore_unmatched")
 
 
-def top_tensors(report: dict, k: int) -> list[TensorDrift]:
-    """The `k` tensors that drifted most from each reference, worst first."""
+def top_tensors(report: dict, k: int, compared: Compared = weights_only) -> list[TensorDrift]:
+    """The `k` compared tensors that drifted most from each reference, worst first (NaN first of all)."""
     top: list[TensorDrift] = []
     for ref in REFERENCES:
         rows = [
-            TensorDrift(ref, t.get("display") or t["name"], t["drift"][ref]["relative_l2"])
+            TensorDrift(ref, t.get("display") or t["name"], _figure(t["drift"][ref].get("relative_l2"), _nonfinite(t)))
             for t in report.get("tensors", [])
-            if (t.get("drift") or {}).get(ref) and t["drift"][ref].get("relative_l2") is not None
+            if (t.get("drift") or {}).get(ref) and compared(t)
         ]
-        top += sorted(rows, key=lambda r: -r.relative_l2)[:k]
+        top += sorted(rows, key=lambda r: -math.inf if math.isnan(r.relative_l2) else -r.relative_l2)[:k]
     return top
 
 
@@ -68,16 +119,19 @@ def restore(
     latest: Mapping[str, dict],
     passed: Mapping[str, float],
     top_k: int,
+    compared: Mapping[str, Compared] | None = None,
 ) -> dict[str, WatchStatus]:
     """The status of each configured (name, path): kept from `statuses` where it exists, else new,
     filled from the state's newest report of the watch (`latest`: name -> {report, finished})
-    and its last passing time (`passed`); watches no longer configured are left out."""
+    and its last passing time (`passed`); watches no longer configured are left out. `compared`:
+    each watch's compared tensors (default: weights)."""
     fresh = {}
     for name, path in watches:
         status = statuses.get(name) or WatchStatus(name, path)
         status.path = path
         if status.last_verdict is None and name in latest:
-            apply_report(status, latest[name]["report"], latest[name]["finished"], None, top_k)
+            which = (compared or {}).get(name, weights_only)
+            apply_report(status, latest[name]["report"], latest[name]["finished"], None, top_k, which)
         if status.last_pass_time is None:
             status.last_pass_time = passed.get(name)
         fresh[name] = status

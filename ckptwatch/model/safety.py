@@ -1,44 +1,40 @@
 """Safe mode: what in a model file would run code, found before anything is loaded.
 
 A `.keras` config may name a Lambda layer (Python bytecode stored in the file) or
-classes and functions from outside Keras (their module would be imported). A
-SavedModel's graph may read or write files, run Python, or write summaries when
-called. Such files are refused with a reason; nothing from them is executed.
+classes and functions from outside Keras (their module would be imported): only Keras'
+own classes are let through. A SavedModel's graph may read or write files, run Python,
+or write summaries when called: only ops known to be pure computation are let through
+(safety_graph.py, pure_ops.py). Such files are refused with a reason; nothing from them
+is executed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
-CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+from ckptwatch.model.safety_graph import graph_refusal
 
-# Ops that touch the filesystem, run Python, or otherwise act outside the graph's tensors.
-FORBIDDEN_OPS = {
-    "ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "ImmutableConst",
-    "WholeFileReader", "WholeFileReaderV2", "TFRecordReader", "TFRecordReaderV2", "TextLineReader",
-    "TextLineReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "LMDBReader",
-    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
-    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteRawProtoSummary",
-    "WriteGraphSummary", "ImportEvent", "FlushSummaryWriter", "CloseSummaryWriter",
-    "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset",
-    "ExperimentalLoadDataset", "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount",
-    "DebugNumericSummary", "DebugNumericSummaryV2", "FileSystemSetConfiguration",
-}  # fmt: skip
-# Checkpoint ops belong to the SavedModel's own save/restore functions; the loader restores
-# variables without them. In a function the serving signature calls they would touch files.
-CHECKPOINT_OPS = {"SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints"}
+CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+# Layers that load another model from a path in their config (Keras 3.12+ refuses TFSMLayer in
+# safe mode itself; older Keras does not): that model would bypass the checks here.
+LOADING_LAYERS = {"TFSMLayer"}
+# Lookup layers read a vocabulary given as a path (Keras saves its own in the archive's assets and
+# writes null here; Keras 3.12+ refuses a path in safe mode itself, older Keras reads it).
+VOCABULARY_LAYERS = {"StringLookup", "IntegerLookup", "TextVectorization"}
 
 
 def _walk(node: Any) -> Iterator[dict]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
+    """Every dict in a parsed JSON value, depth first, without recursion (the depth is the file's)."""
+    todo = [node]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            yield value
+            todo.extend(reversed(list(value.values())))
+        elif isinstance(value, list):
+            todo.extend(reversed(value))
 
 
 def keras_config_refusal(config: dict | None) -> str | None:
@@ -54,6 +50,13 @@ def keras_config_refusal(config: dict | None) -> str | None:
         if class_name in CODE_LAYERS or class_name == "__lambda__":
             what = f"layer {name!r}" if name else "the model"
             return f"{what} is a {class_name} layer: it holds Python code stored in the file"
+        if class_name in LOADING_LAYERS:
+            what = f"layer {name!r}" if name else "the model"
+            path = inner.get("filepath") if isinstance(inner, dict) else None
+            return f"{what} is a {class_name}: it would load the SavedModel at {path!r}, outside this file"
+        if class_name in VOCABULARY_LAYERS and isinstance(inner, dict) and isinstance(inner.get("vocabulary"), str):
+            what = f"layer {name!r}" if name else "the model"
+            return f"{what} reads its vocabulary from {inner['vocabulary']!r}, outside this file"
         if module is None and obj.get("registered_name"):
             return f"{class_name!r} is a custom class ({obj['registered_name']}): its code is not part of Keras"
         if isinstance(module, str) and module != "keras" and not module.startswith("keras."):
@@ -61,18 +64,10 @@ def keras_config_refusal(config: dict | None) -> str | None:
     return None
 
 
-def _func_names(attr: Any) -> Iterator[str]:
-    if attr.HasField("func"):
-        yield attr.func.name
-    if attr.HasField("list"):
-        for f in attr.list.func:
-            yield f.name
-
-
 def saved_model_refusal(pb_path: str, signature: str | None = None) -> tuple[str | None, str | None]:
-    """(reason to refuse or None, the signature to call). Parses saved_model.pb as a
-    protobuf (no graph is built) and checks every op the serving signature can reach,
-    plus forbidden ops anywhere in the file."""
+    """(reason to refuse or None, the signature to call). Parses saved_model.pb as a protobuf
+    (no graph is built) and checks every op of every MetaGraph, its function library included,
+    against safe mode's allow-list (safety_graph.py)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     try:
@@ -82,45 +77,13 @@ def saved_model_refusal(pb_path: str, signature: str | None = None) -> tuple[str
         return f"saved_model.pb does not parse: {e}", None
     if not saved.meta_graphs:
         return "saved_model.pb has no meta graph", None
-    meta = saved.meta_graphs[0]
-    library = {f.signature.name: f for f in meta.graph_def.library.function}
-    for fname, fdef in library.items():
-        for node in fdef.node_def:
-            if node.op in FORBIDDEN_OPS:
-                return f"function {fname!r} contains op {node.op} ({node.name}): it acts outside the model", None
-    for node in meta.graph_def.node:
-        if node.op in FORBIDDEN_OPS:
-            return f"the graph contains op {node.op} ({node.name}): it acts outside the model", None
-    signatures = dict(meta.signature_def)
+    directory = os.path.dirname(pb_path)
+    for meta in saved.meta_graphs:
+        why = graph_refusal(meta, directory)
+        if why:
+            return why, None
+    signatures = dict(saved.meta_graphs[0].signature_def)
     name = signature or ("serving_default" if "serving_default" in signatures else next(iter(sorted(signatures)), None))
     if name is None or name not in signatures:
         return "the SavedModel has no serving signature to run", None
-    nodes = {n.name: n for n in meta.graph_def.node}
-    todo = [t.name.split(":")[0].lstrip("^") for t in signatures[name].outputs.values()]
-    seen: set[str] = set()
-    funcs: list[str] = []
-    while todo:
-        n = todo.pop()
-        if n in seen or n not in nodes:
-            continue
-        seen.add(n)
-        node = nodes[n]
-        if node.op in CHECKPOINT_OPS:
-            return f"the signature {name!r} reaches op {node.op}: it would touch files", None
-        for attr in node.attr.values():
-            funcs.extend(_func_names(attr))
-        todo.extend(i.split(":")[0].lstrip("^") for i in node.input)
-    done: set[str] = set()
-    while funcs:
-        fname = funcs.pop()
-        if fname in done or fname not in library:
-            continue
-        done.add(fname)
-        for node in library[fname].node_def:
-            if node.op in CHECKPOINT_OPS:
-                return f"the signature {name!r} reaches op {node.op} in {fname!r}: it would touch files", None
-            if node.op in library:
-                funcs.append(node.op)
-            for attr in node.attr.values():
-                funcs.extend(_func_names(attr))
     return None, name

@@ -23,7 +23,7 @@ import numpy as np
 
 from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
-from ckptwatch.formats.base import CHUNK_ELEMENTS, DECODE_ERRORS, READ_ERRORS, TensorInfo, decode_problem
+from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, decode_problem
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
@@ -71,12 +71,21 @@ class _StreamFailed(Exception):
         self.index, self.error = index, error
 
 
-def _tagged(index: int, stream: Iterator[np.ndarray], name: str = "") -> Iterator[np.ndarray]:
-    """The reader's chunks; an IntegrityError (or a decoding error: the same) as _StreamFailed."""
+def _unreadable(e: OSError, tensor: str) -> IntegrityError:
+    """A file that went away or could not be read while a tensor was streamed from it
+    (CheckpointManager's max_to_keep deletes between a reader's stat and its open)."""
+    where = os.path.basename(e.filename) if isinstance(e.filename, str) else "a file of the checkpoint"
+    return IntegrityError("integrity.unreadable", f"{where}: {e.strerror or e}", tensor)
+
+
+def _tagged(index: int, stream: Iterator[np.ndarray], tensor: str) -> Iterator[np.ndarray]:
+    """The reader's chunks; what reading raises (IntegrityError, a decoding error, OSError) as _StreamFailed."""
     try:
         yield from stream
     except READ_ERRORS as e:
-        raise _StreamFailed(index, decode_problem(e, name or "the tensor", name or None)) from None
+        raise _StreamFailed(index, decode_problem(e, tensor, tensor)) from None
+    except OSError as e:
+        raise _StreamFailed(index, _unreadable(e, tensor)) from None
 
 
 def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
@@ -144,6 +153,8 @@ class Engine:
             except READ_ERRORS as e:
                 problem = decode_problem(e, info.name)
                 out.findings.append(Finding("fail", problem.problem.check, str(problem), info.name))
+            except OSError as e:
+                out.findings.append(Finding("fail", "integrity.unreadable", str(_unreadable(e, info.name)), info.name))
             return out
         s = self.policy.settings_for(info.name, info.label)
         live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
@@ -185,7 +196,7 @@ class Engine:
         streams += [_tagged(i + 1, r.source.read(r.pairs[info.name], ch), info.name) for i, r in enumerate(live)]
         acc = StatsAccumulator()
         sums = [PairSums() for _ in live]
-        sketch: SketchBuilder | None = None  # made after the reader checked the shape (first chunk)
+        sketch: SketchBuilder | None = None  # made after the first chunk: the reader checks the shape first
         atol, rtol = s["atol"], s["rtol"]
         for chunks in aligned(streams):
             c = chunks[0]
@@ -196,8 +207,7 @@ class Engine:
             for j in range(len(live)):
                 sums[j].update(c, chunks[j + 1], atol, rtol)
         out.result.stats = acc.result()
-        if self._wants_sketch:
-            out.sketch = (sketch or SketchBuilder(info.size)).result()
+        out.sketch = (sketch or SketchBuilder(info.size)).result() if self._wants_sketch else None
         for r, sm in zip(live, sums, strict=True):
             out.ref_stats[r.role] = sm.reference_stats()
             out.sums[r.role] = sm
@@ -331,12 +341,9 @@ def verify_paths(
                 opened.append(refs[role])
         try:
             cand = open_checkpoint(candidate)
-        except DECODE_ERRORS as e:  # corrupt beyond what the reader foresaw: still the file's fault
-            finding = Finding("fail", "integrity.format", str(decode_problem(e, candidate)))
-            return unverified_report(os.path.abspath(candidate), finding), []
-        except IntegrityError as e:
-            finding = Finding("fail", e.problem.check, str(e), e.problem.tensor)
-            return unverified_report(os.path.abspath(candidate), finding), []
+        except READ_ERRORS as e:  # a decoding error on bytes the reader did not expect: the file's fault too
+            p = decode_problem(e, candidate).problem
+            return unverified_report(os.path.abspath(candidate), Finding("fail", p.check, p.message, p.tensor)), []
         except OSError as e:
             raise CheckpointNotFound(f"{candidate}: {e.strerror or e}") from None
         opened.append(cand)
@@ -371,15 +378,8 @@ def diff_paths(a: str, b: str, top: int | None = None, options: Options | None =
     rows = []
     for t in report.tensors:
         d = t.drift.get("previous")
-        rows.append(
-            {
-                "name": t.name,
-                "display": t.display,
-                "kind": t.kind,
-                "shape": list(t.shape),
-                **(d.to_dict() if d else {"relative_l2": None}),
-            }
-        )
+        row = {"name": t.name, "display": t.display, "kind": t.kind, "shape": list(t.shape)}
+        rows.append({**row, **(d.to_dict() if d else {"relative_l2": None})})
     rows.sort(key=lambda r: (r["relative_l2"] is None, -(r["relative_l2"] or 0.0)))
     if top:
         rows = rows[:top]

@@ -221,8 +221,9 @@ def test_max_to_keep_1_previous_gone_at_dispatch_uses_fingerprint(tf, daemon_fac
         assert start["previous"] and start["previous"].startswith(fingerprints), start
         outcome(d, saved[-1])
     _check_outcomes(d, saved)
-    kept = list(Path(fingerprints, "run").iterdir())
-    assert len(kept) == 1, f"only the newest good checkpoint's fingerprint is kept: {kept}"
+    kept = sorted(Path(fingerprints, "run").iterdir())
+    # one per verified checkpoint (an operator may accept any of them later), pruned with reports_kept
+    assert len(kept) == len(saved), f"one fingerprint per verified checkpoint: {kept}"
 
 
 def test_max_to_keep_1_saves_in_a_row(tf, daemon_factory, tmp_path):

@@ -24,7 +24,7 @@ from ckptwatch.daemon import http as http_module
 from ckptwatch.daemon.http import StatusServer, render_status_page
 from ckptwatch.daemon.logs import configure_logging
 from ckptwatch.daemon.metrics import DaemonMetrics
-from ckptwatch.daemon.model import Snapshot, WatchStatus, WorkerStatus
+from ckptwatch.daemon.model import AcceptedBaseline, Snapshot, WatchStatus, WorkerStatus
 from tests.factories import watch_status
 from tests.tools import require_tool
 
@@ -189,6 +189,16 @@ def test_status_page(server: StatusServer, daemon: Daemon):
     assert "none yet" in page  # the watch with no verdict yet
     for expected in ("gpu:0", "4242", "/ckpt/run7/ckpt-13", ">up<", ">2<"):
         assert expected in page, expected
+    baselines = page.split("<h2>Baselines</h2>", 1)[1].split("<h2>Workers</h2>")[0]
+    for expected in (
+        "/ckpt/run7/ckpt-11 (step 1100)",  # the baseline, published
+        "/ckpt/run7/ckpt-9 (step 900)",  # the last acceptance: what, by whom, when, why
+        ">alice<",
+        "restarted from ckpt-8 on purpose",
+        "2023-11-14 19:26:40 UTC",
+        "never",  # the fresh watch: never accepted
+    ):
+        assert expected in baselines, expected
 
 
 def test_status_page_escapes_everything(server: StatusServer, daemon: Daemon):
@@ -196,10 +206,11 @@ def test_status_page_escapes_everything(server: StatusServer, daemon: Daemon):
     w = a_watch(name="<script>")
     w.last_checkpoint = f'/ckpt/"{evil}'
     w.last_verdict = evil  # not a real verdict, but it must still be escaped
+    w.accepted = AcceptedBaseline(evil, 1, f"<b>{evil}", evil, 0.0)  # `ckptwatch accept --by --reason`: any text
     daemon.snap = Snapshot(evil, daemon.snap.started, [w], [WorkerStatus("<b>gpu</b>", up=True, gave_up=evil)])
     page = get(server, "/").text
     assert "<script>" not in page
-    assert "<b>gpu</b>" not in page
+    assert "<b>gpu</b>" not in page and "<b>&lt;" not in page
     assert "&lt;script&gt;" in page and "&lt;b&gt;gpu&lt;/b&gt;" in page
     assert "&quot;" in page
 

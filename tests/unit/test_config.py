@@ -88,6 +88,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (d.log_format, d.log_level, d.observer) == ("auto", "info", "auto")
     assert (d.poll_interval, d.settle_seconds, d.top_k_tensors, d.queue_limit) == (1.0, 2.0, 10, 8)
     assert (d.job_timeout, d.max_attempts, d.reports_kept) == (900.0, 3, 10000)
+    assert d.liveness_timeout == 30.0
     assert (w.devices, w.threads, w.memory_limit_mb) == (["cpu"], 2, None)
     assert (w.heartbeat_interval, w.heartbeat_timeout, w.restart_backoff, w.restart_backoff_max) == (
         2.0,
@@ -251,6 +252,11 @@ CASES = [
         "daemon.queue_limit: Input should be greater than or equal to 1",
     ),
     ("job timeout", "[daemon]\njob_timeout = 0\n" + WATCH, "daemon.job_timeout: Input should be greater than 0"),
+    (
+        "liveness timeout",
+        "[daemon]\nliveness_timeout = 0\n" + WATCH,
+        "daemon.liveness_timeout: Input should be greater than 0",
+    ),
     (
         "max attempts",
         "[daemon]\nmax_attempts = 0\n" + WATCH,

@@ -148,3 +148,22 @@ def test_chunk_size_does_not_change_the_figures(chunk: int) -> None:
     for a, b in zip(reference.tensors, chunked.tensors, strict=True):
         assert a.stats is not None and b.stats is not None
         assert a.name == b.name and a.stats.l2 == pytest.approx(b.stats.l2, rel=1e-9)
+
+
+class Deleted(ArraySource):
+    """A checkpoint whose data file is deleted while it is read (CheckpointManager's max_to_keep)."""
+
+    def read(self, name, chunk_elements=1 << 20):
+        yield from super().read(name, 1)  # a first chunk, then the shard is gone
+        raise FileNotFoundError(2, "No such file or directory", "/ckpt/run/ckpt-7.data-00000-of-00001")
+
+
+def test_a_file_deleted_while_read_is_unreadable_not_a_crash() -> None:
+    previous = weights()
+    candidate = trained(previous)
+    report, _ = Engine(None, Options(threads=1)).run(ArraySource(candidate), Deleted(previous, "prev"))
+    warned = [f for f in report.findings if f.check == "integrity.unreadable"]
+    assert warned and all(f.severity == "warn" and f.reference == "previous" for f in warned)
+    assert "ckpt-7.data-00000-of-00001" in warned[0].message
+    report, _ = Engine(None, Options(threads=1)).run(Deleted(candidate, "cand"), ArraySource(previous))
+    assert ("integrity.unreadable", KERNEL) in fails(report)

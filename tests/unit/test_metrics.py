@@ -73,6 +73,8 @@ def test_every_snapshot_metric():
     assert val(reg, "ckptwatch_functional_agreement_ratio", watch="run7", reference="golden") == 0.984375
     assert val(reg, "ckptwatch_functional_output_max_abs_diff", watch="run7", reference="golden") == 0.125
     assert val(reg, "ckptwatch_restore_unmatched_objects", watch="run7") == 1
+    assert val(reg, "ckptwatch_baseline_step", watch="run7") == 1100
+    assert val(reg, "ckptwatch_baseline_accepted_timestamp_seconds", watch="run7") == 1_699_990_000.0
     # absent references stay absent
     assert val(reg, "ckptwatch_functional_agreement_ratio", watch="run7", reference="previous") is None
 
@@ -113,6 +115,8 @@ def test_fresh_watch_exports_only_queue_depth():
         "ckptwatch_functional_agreement_ratio",
         "ckptwatch_functional_output_max_abs_diff",
         "ckptwatch_restore_unmatched_objects",
+        "ckptwatch_baseline_step",
+        "ckptwatch_baseline_accepted_timestamp_seconds",
     ):
         assert names_of(reg, family) == [], family
 
@@ -122,10 +126,12 @@ def test_none_values_are_omitted():
     w.last_step = None  # e.g. a .weights.h5 file has no step
     w.nonfinite = None
     w.restore_unmatched = None
+    w.accepted = None  # never accepted
     reg, _, _ = make(snapshot([w]))
     assert val(reg, "ckptwatch_last_checkpoint_step", watch="run7") is None
     assert val(reg, "ckptwatch_nonfinite_values", watch="run7") is None
     assert val(reg, "ckptwatch_restore_unmatched_objects", watch="run7") is None
+    assert val(reg, "ckptwatch_baseline_accepted_timestamp_seconds", watch="run7") is None
     assert val(reg, "ckptwatch_checkpoint_bytes", watch="run7") == 123_456_789
 
 

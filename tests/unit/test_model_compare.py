@@ -89,6 +89,14 @@ def _model(*layers) -> dict:
         ({"class_name": "__lambda__", "config": {"code": "..."}}, "__lambda__"),
         ({"module": None, "class_name": "MyLayer", "registered_name": "Custom>MyLayer", "config": {}}, "custom"),
         ({"module": "os", "class_name": "function", "config": "system"}, "module 'os'"),
+        (
+            {"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "t", "filepath": "/srv/m"}},
+            "layer 't' is a TFSMLayer: it would load the SavedModel at '/srv/m', outside this file",
+        ),
+        (
+            {"module": "keras.layers", "class_name": "StringLookup", "config": {"name": "v", "vocabulary": "/etc/x"}},
+            "layer 'v' reads its vocabulary from '/etc/x', outside this file",
+        ),
     ],
 )
 def test_keras_configs_that_would_run_code_are_refused(layer, reason):
@@ -96,6 +104,15 @@ def test_keras_configs_that_would_run_code_are_refused(layer, reason):
     assert why is not None and reason in why
 
 
+def test_deeply_nested_keras_configs_are_walked_without_recursion():
+    deep: dict = {"module": "keras.layers", "class_name": "Lambda", "config": {"name": "deep"}}
+    for _ in range(50_000):
+        deep = {"config": {"layers": [deep]}}
+    assert "'deep' is a Lambda layer" in (keras_config_refusal(deep) or "")
+
+
 def test_plain_keras_configs_pass():
     assert keras_config_refusal(_model(DENSE, {**DENSE, "config": {"activation": "relu", "name": "e"}})) is None
+    lookup = {"module": "keras.layers", "class_name": "StringLookup", "config": {"name": "v", "vocabulary": None}}
+    assert keras_config_refusal(_model(lookup)) is None  # Keras keeps the vocabulary in the archive's assets
     assert keras_config_refusal(None) is not None

@@ -143,6 +143,19 @@ def test_done_with_a_report(h):
     assert h.drain() == [] and h.checked == [], "verified once"
 
 
+def test_done_says_what_the_candidate_was_judged_against(h):
+    """The recorder makes a passing checkpoint the baseline only if it was judged against the
+    current one (an acceptance may have replaced the baseline while the job ran)."""
+    c = cand(3)
+    h.p.rescan("run", [c])
+    h.drain()
+    job = h.p.next_job(lambda c: VerifyRequest(c.path, "/state/fp/ckpt-2.fp"))
+    assert job is not None
+    h.p.result(job, Result(job.id, "ok", report=report(c), fingerprint="/state/fp/ckpt-3.fp"))
+    (done,) = h.drain()
+    assert done.previous == "/state/fp/ckpt-2.fp"
+
+
 def test_worker_error_is_done_with_an_error_report(h):
     c = cand(3)
     h.p.rescan("run", [c])

@@ -1,0 +1,1 @@
+"""Benchmarks (see bench/README.md). A package so that `python -m bench.quality` runs."""
