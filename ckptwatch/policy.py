@@ -39,12 +39,59 @@ class Policy(_Strict):
     include_optimizer: bool = False
     exclude: list[str] = Field(default_factory=list, description="globs: not compared at all")
     frozen: list[str] = Field(default_factory=list, description="globs: expected not to change vs previous")
-    max_jump: float = Field(1.0, ge=0, description="per tensor: relative L2 vs previous above this fails")
-    max_global_jump: float = Field(0.5, ge=0, description="whole checkpoint: relative L2 vs previous above this fails")
-    max_norm_growth: float = Field(10.0, gt=1, description="per tensor: ||candidate|| / ||previous|| above this fails")
+    # drift vs previous (training): see ckptwatch.verify.judge for the rules and the formulas
+    max_jump: float = Field(
+        1.0,
+        ge=0,
+        description="per tensor, while there is no history to judge it by: a change vs previous (relative L2, "
+        "or of its layer's scale for a tensor whose norm is near zero) above this warns",
+    )
+    max_global_jump: float = Field(
+        0.5, ge=0, description="whole checkpoint, without history: relative L2 vs previous above this warns"
+    )
+    max_norm_growth: float = Field(
+        10.0, gt=1, description="per tensor, without history: ||candidate|| / ||previous|| above this warns"
+    )
     max_abs_value: float = Field(1e6, gt=0, description="any |weight| above this fails (explosion)")
     min_reference_rms: float = Field(
-        1e-3, ge=0, description="tensors whose previous RMS is below this skip the per-tensor jump test"
+        1e-3,
+        ge=0,
+        description="the smallest RMS a change is measured against: a tensor whose own RMS (and its layer's) "
+        "is below it has its change divided by sqrt(n) x this",
+    )
+    min_history: int = Field(
+        4,
+        ge=2,
+        description="past changes a tensor needs before its own history judges it (fewer: its group's, once the "
+        "run has this many; none: only clear-cut rules fail, the rest warns)",
+    )
+    history_window: int = Field(32, ge=2, le=4096, description="passing checkpoints a watch's history keeps")
+    history_tolerance: float = Field(
+        4.0,
+        gt=0,
+        description="a change fails above median x exp(history_tolerance x sigma), sigma the robust spread "
+        "(1.4826 x MAD) of the log of the tensor's past changes",
+    )
+    min_history_ratio: float = Field(
+        2.5, gt=1, description="the history's limit is never below this x the typical (median) past change"
+    )
+    clear_jump: float = Field(
+        10.0, gt=0, description="per tensor: a change vs previous above this fails, with or without history"
+    )
+    clear_norm_growth: float = Field(
+        100.0, gt=1, description="per tensor: a norm grown (or a kernel shrunk) by more than this factor fails"
+    )
+    reset_cosine: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="a kernel (64+ values) whose cosine with previous falls below this fails as re-initialised",
+    )
+    frozen_after: int = Field(
+        3,
+        ge=1,
+        description="a tensor that trained and is then identical to previous this many checkpoints in a row "
+        "while the rest trains fails drift.frozen (fewer: warn); likewise a whole checkpoint whose step advances",
     )
     max_golden_drift: float | None = Field(None, ge=0, description="per tensor: relative L2 vs golden bound")
     max_global_golden_drift: float | None = Field(None, ge=0)

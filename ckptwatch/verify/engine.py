@@ -26,8 +26,10 @@ from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint,
 from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, decode_problem
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
+from ckptwatch.verify.change import history_entry, measure, training_steps
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
 from ckptwatch.verify.fingerprint import FingerprintSource
+from ckptwatch.verify.history import History
 from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats, unverified_report
 from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
@@ -226,7 +228,11 @@ class Engine:
     # -- a whole checkpoint ----------------------------------------------------------
 
     def run(
-        self, cand: CheckpointSource, previous: CheckpointSource | None = None, golden: CheckpointSource | None = None
+        self,
+        cand: CheckpointSource,
+        previous: CheckpointSource | None = None,
+        golden: CheckpointSource | None = None,
+        history: History | None = None,
     ) -> tuple[Report, list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]]:
         t0 = time.perf_counter()
         policy = self.policy
@@ -285,7 +291,8 @@ class Engine:
                     total.add(o.sums[ref.role])
             global_drift[ref.role] = total.drift() if total.count else None
         previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
-        findings += evaluate(policy, results, global_drift, previous_stats)
+        steps = training_steps(results, previous_stats, cand.step, previous.step if previous is not None else None)
+        findings += evaluate(policy, results, global_drift, previous_stats, history, steps)
         t_end = time.perf_counter()
         report = Report(
             checkpoint=_source_meta(cand),
@@ -302,6 +309,10 @@ class Engine:
                 "total_seconds": round(t_end - t0, 4),
             },
         )
+        report.history = {"entries": len(history), "tensors": len(history.names)} if history is not None else None
+        if previous is not None and policy.profile == "training":  # what history gains if this one passes
+            changes = measure(policy, results, previous_stats)
+            report.history_entry = history_entry(changes, steps, global_drift.get("previous"), cand.path)
         prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
         return report, prints
 
@@ -329,9 +340,11 @@ def verify_paths(
     golden: str | None = None,
     policy: Policy | None = None,
     options: Options | None = None,
+    history: History | None = None,
 ) -> tuple[Report, list]:
     """Verify a candidate path; a broken candidate is a `fail` report, a missing
-    one or an unreadable reference raises CkptwatchError."""
+    one or an unreadable reference raises CkptwatchError. `history`: the run's, to judge
+    each tensor's change against (ckptwatch.verify.history)."""
     opened: list[CheckpointSource] = []
     try:
         refs = {}
@@ -347,7 +360,7 @@ def verify_paths(
         except OSError as e:
             raise CheckpointNotFound(f"{candidate}: {e.strerror or e}") from None
         opened.append(cand)
-        report, prints = Engine(policy, options).run(cand, refs.get("previous"), refs.get("golden"))
+        report, prints = Engine(policy, options).run(cand, refs.get("previous"), refs.get("golden"), history)
         report.references = {role: (refs[role].path if role in refs else None) for role in ROLES}
         return report, prints
     finally:

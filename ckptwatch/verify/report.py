@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the daemon's main process imports this module, never numpy
     from ckptwatch.verify.drift import Drift
@@ -27,15 +27,24 @@ class Finding:
     message: str
     tensor: str | None = None
     reference: str | None = None  # previous | golden | None
+    # What a drift finding saw and held it to (every drift.* finding sets them; optional keys in JSON):
+    value: float | None = None  # the figure measured (relative L2, norm ratio, cosine, ...)
+    limit: float | None = None  # the bound it crossed
+    expected: dict | None = None  # the typical range: {"median", "max", "count", "limit"} or {"max"}
+    basis: str | None = None  # where that came from: "history", "group:<group>", "policy: <key>", ...
 
     def to_dict(self) -> dict:
-        return {
+        doc = {
             "severity": self.severity,
             "check": self.check,
             "tensor": self.tensor,
             "reference": self.reference,
             "message": self.message,
         }
+        for key in ("value", "limit", "expected", "basis"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        return doc
 
 
 @dataclass
@@ -76,6 +85,8 @@ class Report:
     timings: dict[str, float]
     model: dict | None = None
     verdict: str = ""
+    history: dict | None = None  # the run's history the drift was judged against: {"entries", "tensors"}
+    history_entry: Any = None  # what this checkpoint adds to that history if it passes (not in the JSON)
 
     def __post_init__(self) -> None:
         self.findings.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
@@ -100,6 +111,7 @@ class Report:
                 "tensors": [t.to_dict() for t in self.tensors],
                 "model": self.model,
                 "timings": self.timings,
+                **({"history": self.history} if self.history is not None else {}),
             }
         )
 

@@ -73,14 +73,19 @@ def test_a_kernel_reset_to_zeros_fails_reset() -> None:
     assert ("drift.reset", KERNEL) in fails(run(candidate, previous))
 
 
-def test_a_reinitialised_kernel_fails_jump_with_value_and_limit() -> None:
+def test_a_reinitialised_kernel_fails_reset_with_value_and_limit() -> None:
+    """A fresh random draw is uncorrelated with the trained kernel: clear-cut, it fails without any
+    history (drift.reset, on the cosine); its jump alone would only warn before the run has history."""
     previous = weights()
     candidate = trained(previous)
     candidate[OTHER] = RNG.standard_normal(candidate[OTHER].shape).astype(np.float32)
     report = run(candidate, previous)
-    assert ("drift.jump", OTHER) in fails(report)
-    message = next(f.message for f in report.findings if f.check == "drift.jump" and f.tensor == OTHER)
-    assert "vs previous (> 1)" in message
+    assert ("drift.reset", OTHER) in fails(report)
+    reset = next(f for f in report.findings if f.check == "drift.reset" and f.tensor == OTHER)
+    assert "cosine" in reset.message and reset.limit == Policy().reset_cosine and reset.value < reset.limit
+    assert reset.to_dict()["basis"] == "policy: reset_cosine"
+    jump = next(f for f in report.findings if f.check == "drift.jump" and f.tensor == OTHER)
+    assert jump.severity == "warn" and "(> 1; no history yet" in jump.message and jump.value > jump.limit == 1.0
 
 
 def test_explosion_fails_on_the_absolute_bound() -> None:

@@ -1,0 +1,174 @@
+"""What a tensor's change vs previous is, as the drift rules (ckptwatch.verify.judge) and the
+run's history (ckptwatch.verify.history) use it.
+
+    measure(policy, results, previous_stats) -> [Change]   one per compared tensor
+    training_steps(results, previous_stats, ...) -> Steps   training steps from the counters
+    history_entry(changes, steps, ...) -> Entry             what a passing checkpoint adds to history
+
+change = ||candidate - previous|| / scale, scale = max(||previous||, sqrt(n) x layer RMS,
+sqrt(n) x min_reference_rms): the relative L2 vs previous, except for a tensor whose norm is
+near zero (a bias, a BatchNorm offset or moving mean early in a run), whose change is measured
+against its layer's scale (the RMS of the layer's largest weight in the previous checkpoint,
+moving statistics left out) instead of its own tiny norm. Norm growth uses the same scale.
+
+Groups (what a tensor with little history of its own borrows from) come from the variable's
+name: kernels, biases, embeddings, normalisation scales and offsets, moving statistics; else
+its rank (kernels, vectors). The layer is the name without its last component.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ckptwatch.policy import Policy
+from ckptwatch.verify.drift import TINY_NORM, Drift, ReferenceStats
+from ckptwatch.verify.history import Entry
+from ckptwatch.verify.report import TensorResult
+from ckptwatch.verify.stats import TensorStats
+
+MOVING = "moving statistics"
+_GROUPS = [
+    (MOVING, re.compile(r"(moving|running)_(mean|var|variance|average)|^(mean|variance|count)$")),
+    ("embeddings", re.compile(r"embedding")),
+    ("normalisation scales", re.compile(r"^(gamma|scale)$")),
+    ("normalisation offsets", re.compile(r"^(beta|offset)$")),
+    ("biases", re.compile(r"bias|^b$|^b_?\d+$")),
+    ("kernels", re.compile(r"kernel|^w$|^w_?\d+$|weights?$")),
+]
+_STEP_COUNTERS = ("global_step", "iterations", "iter")
+
+
+def group_of(display: str, shape: tuple[int, ...]) -> str:
+    """The kind of variable, from its name (else its rank): what a tensor with little
+    history of its own borrows from."""
+    leaf = display.rsplit("/", 1)[-1].removesuffix(":0").split(" ")[0].lower()
+    for group, pattern in _GROUPS:
+        if pattern.search(leaf):
+            return group
+    return "kernels" if len(shape) >= 2 else "vectors"
+
+
+def layer_of(display: str) -> str:
+    return display.rsplit("/", 1)[0] if "/" in display else ""
+
+
+@dataclass(frozen=True)
+class Change:
+    result: TensorResult
+    group: str
+    value: float  # ||c - p|| / scale
+    growth: float  # ||c|| / scale
+    shrink: float  # ||p|| / max(||c||, absolute floor)
+    own_scale: bool  # scale is the tensor's own norm
+    previous_l2: float
+    drift: Drift
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    @property
+    def size(self) -> int:
+        return self.result.stats.count if self.result.stats else 0
+
+    @property
+    def unchanged(self) -> bool:
+        return self.drift.changed_fraction == 0.0 and not self.drift.estimated
+
+
+@dataclass(frozen=True)
+class Steps:
+    candidate: float | None = None
+    previous: float | None = None
+    counted: bool = False  # both from training-step counters (global_step, optimizer iterations)
+
+    @property
+    def gap(self) -> float | None:
+        if self.candidate is None or self.previous is None or self.candidate <= self.previous:
+            return None
+        return self.candidate - self.previous
+
+
+def is_floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
+def compared(policy: Policy, results: list[TensorResult]) -> list[TensorResult]:
+    kinds = policy.compared_kinds()
+    return [
+        t for t in results
+        if t.stats is not None and t.kind in kinds and is_floating(t.dtype)
+        and not policy.settings_for(t.name, t.display)["exclude"]
+    ]  # fmt: skip
+
+
+def measure(
+    policy: Policy, results: list[TensorResult], previous_stats: Mapping[str, TensorStats | ReferenceStats]
+) -> list[Change]:
+    """The change of every compared tensor that has a previous."""
+    tensors = [t for t in compared(policy, results) if "previous" in t.drift and t.name in previous_stats]
+    layer_rms: dict[str, float] = {}
+    for t in tensors:
+        p = previous_stats[t.name]
+        if group_of(t.display, t.shape) != MOVING and p.count:
+            rms = p.l2 / math.sqrt(p.count)
+            layer_rms[layer_of(t.display)] = max(layer_rms.get(layer_of(t.display), 0.0), rms)
+    out = []
+    for t in tensors:
+        p, stats, d = previous_stats[t.name], t.stats, t.drift["previous"]
+        assert stats is not None
+        root_n = math.sqrt(max(p.count, 1))
+        floor = root_n * max(layer_rms.get(layer_of(t.display), 0.0), policy.min_reference_rms)
+        scale = max(p.l2, floor, TINY_NORM)
+        # relative_l2 divides by ||previous|| (by ||candidate|| when that is ~0): undo it
+        diff = d.relative_l2 * (p.l2 if p.l2 > TINY_NORM else stats.l2)
+        absolute = root_n * policy.min_reference_rms
+        out.append(
+            Change(
+                t,
+                group_of(t.display, t.shape),
+                value=diff / scale,
+                growth=stats.l2 / scale,
+                shrink=p.l2 / max(stats.l2, absolute, TINY_NORM),
+                own_scale=p.l2 >= floor,
+                previous_l2=p.l2,
+                drift=d,
+            )
+        )
+    return out
+
+
+def training_steps(
+    results: list[TensorResult],
+    previous_stats: Mapping[str, TensorStats | ReferenceStats],
+    candidate_path_step: int | None,
+    previous_path_step: int | None,
+) -> Steps:
+    """Training steps of candidate and previous: from a step counter both have (global_step,
+    optimizer iterations), else from the paths (ckpt-<N>, which may number saves)."""
+    for t in results:
+        leaf = t.display.rsplit("/", 1)[-1].removesuffix(":0")
+        if leaf in _STEP_COUNTERS and t.stats is not None and t.stats.count == 1 and t.name in previous_stats:
+            if not (math.isfinite(t.stats.mean) and math.isfinite(previous_stats[t.name].mean)):
+                continue
+            return Steps(round(t.stats.mean), round(previous_stats[t.name].mean), counted=True)
+    if candidate_path_step is not None and previous_path_step is not None:
+        return Steps(candidate_path_step, previous_path_step)
+    return Steps(candidate_path_step, None)
+
+
+def history_entry(changes: list[Change], steps: Steps, global_drift: Drift | None, checkpoint: str) -> Entry:
+    trained = [c for c in changes if c.group != MOVING] or changes
+    whole = global_drift.relative_l2 if global_drift is not None else math.nan
+    return Entry(
+        step=steps.candidate,
+        gap=steps.gap,
+        # 0 when the optimizer moved nothing (moving statistics may still follow the data): what
+        # a run of identical checkpoints is counted by
+        global_change=0.0 if trained and all(c.unchanged for c in trained) else whole,
+        tensors={c.name: (c.value, c.growth, c.drift.changed_fraction) for c in changes},
+        checkpoint=checkpoint,
+    )

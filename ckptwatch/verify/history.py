@@ -1,0 +1,268 @@
+"""A run's history of per-tensor change: what healthy training looked like so far.
+
+    History.load(path) / history.save(path)     the file (.npz, numeric arrays only, no pickle)
+    history.extended(entry, window)             a new History with one more transition
+    history.expected(names, gap, ...)           per tensor: typical change, spread, count
+
+One *entry* is one transition between two checkpoints that passed (previous -> candidate):
+per compared tensor its change (||candidate - previous|| / scale, see ckptwatch.verify.judge),
+its norm growth and the fraction of its elements that changed, and for the whole checkpoint
+the candidate's training step, the steps since the previous and the global relative L2.
+A history keeps the last `window` entries: arrays of shape (tensors, window), oldest first,
+NaN where a tensor was absent. 10,000 tensors x 32 entries x 3 figures is 3.8 MB.
+
+Steps. Healthy change grows with the steps between two saves: linearly while updates keep
+a direction (warm-up, momentum, early training), like a square root once they are noise
+(late training, Adam near a minimum). A past change v_i over g_i steps is scaled to the
+candidate's g steps by the more lenient of the two: (g / g_i) when g > g_i, sqrt(g / g_i)
+when g < g_i. A checkpoint judged against an older baseline (after a failure) is therefore
+never held to a too-small change, and frequent saves after sparse ones are not held to a
+too-large one. Without steps, changes are compared as they are.
+
+The file is written by the worker (numpy) and only handed around by path: the daemon's
+main process never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckptwatch.errors import CkptwatchError
+from ckptwatch.verify.report import Report
+
+SCHEMA = "ckptwatch.history/v1"
+DEFAULT_WINDOW = 32
+PASSING = ("pass", "warn")  # the verdicts that extend a history (and make a baseline)
+_PER_TENSOR = ("change", "growth", "changed")
+_PER_ENTRY = ("step", "gap", "global_change")
+
+
+class HistoryError(CkptwatchError):
+    """A history file that cannot be used (an error, exit 2: it says nothing about the checkpoint)."""
+
+
+@dataclass
+class Entry:
+    """One passing transition, previous -> candidate."""
+
+    step: float | None  # the candidate's training step
+    gap: float | None  # steps since the previous checkpoint
+    global_change: float  # whole-checkpoint relative L2 vs previous
+    tensors: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # change, growth, changed fraction
+    checkpoint: str = ""  # the candidate's path, for people reading the file
+
+
+@dataclass
+class Expected:
+    """A tensor's (or a pool's) past changes scaled to the candidate's gap, on a log scale."""
+
+    count: int
+    median: float  # the level a next change is expected at (see _series)
+    maximum: float
+    log_mad: float  # robust spread (sigma) of log(change)
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "max": self.maximum, "count": self.count}
+
+
+def _nan(shape) -> np.ndarray:
+    return np.full(shape, np.nan, dtype=np.float32)
+
+
+class History:
+    def __init__(
+        self,
+        names: list[str],
+        arrays: dict[str, np.ndarray] | None = None,
+        entries: dict[str, np.ndarray] | None = None,
+        checkpoints: list[str] | None = None,
+    ):
+        self.names = list(names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        width = len(next(iter(entries.values()))) if entries else 0
+        self.arrays = arrays or {k: _nan((len(self.names), width)) for k in _PER_TENSOR}
+        self.entries = entries or {k: np.full(width, np.nan) for k in _PER_ENTRY}
+        self.checkpoints = checkpoints or [""] * width
+
+    def __len__(self) -> int:
+        return len(self.entries["step"])
+
+    @classmethod
+    def empty(cls) -> History:
+        return cls([])
+
+    # -- the file ------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str) -> History:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("schema") != SCHEMA:
+                    raise HistoryError(f"history {path}: not a {SCHEMA} file")
+                names = [str(n) for n in z["names"]]
+                arrays = {k: np.asarray(z[k], dtype=np.float32) for k in _PER_TENSOR}
+                entries = {k: np.asarray(z[k], dtype=np.float64) for k in _PER_ENTRY}
+        except HistoryError:
+            raise
+        except FileNotFoundError:
+            raise HistoryError(f"history {path}: no such file") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HistoryError(f"history {path}: unreadable ({e})") from None
+        width = len(entries["step"])
+        if any(a.shape != (len(names), width) for a in arrays.values()) or any(
+            len(e) != width for e in entries.values()
+        ):
+            raise HistoryError(f"history {path}: inconsistent array shapes")
+        checkpoints = [str(c) for c in meta.get("checkpoints", [])][:width]
+        return cls(names, arrays, entries, checkpoints + [""] * (width - len(checkpoints)))
+
+    def save(self, path: str) -> None:
+        """Written to a temporary file and renamed: a reader never sees half a file."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints}
+        with open(tmp, "wb") as f:
+            arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
+            np.savez(f, **{**arrays, **self.arrays, **self.entries})
+        os.replace(tmp, path)
+
+    # -- growing it ------------------------------------------------------------------------------
+
+    def after(self, report: Report, window: int = DEFAULT_WINDOW) -> History:
+        """The history once `report`'s checkpoint is judged: one entry longer if it passed
+        (pass or warn) against a previous checkpoint, else as it was."""
+        entry = report.history_entry
+        if report.verdict in PASSING and isinstance(entry, Entry):
+            return self.extended(entry, window)
+        return self
+
+    def extended(self, entry: Entry, window: int = DEFAULT_WINDOW) -> History:
+        """This history plus `entry`, keeping the newest `window` entries; tensors absent from
+        every kept entry are dropped."""
+        names = self.names + [n for n in entry.tensors if n not in self.index]
+        width = len(self) + 1
+        arrays = {k: _nan((len(names), width)) for k in _PER_TENSOR}
+        for k, a in self.arrays.items():
+            arrays[k][: len(self.names), :-1] = a
+        for name, figures in entry.tensors.items():
+            row = self.index.get(name, None)
+            row = names.index(name) if row is None else row
+            for k, value in zip(_PER_TENSOR, figures, strict=True):
+                arrays[k][row, -1] = value
+        entries = {k: np.append(v, np.nan) for k, v in self.entries.items()}
+        entries["step"][-1] = _or_nan(entry.step)
+        entries["gap"][-1] = _or_nan(entry.gap)
+        entries["global_change"][-1] = entry.global_change
+        checkpoints = [*self.checkpoints, entry.checkpoint]
+        if width > window:
+            cut = width - window
+            arrays = {k: a[:, cut:] for k, a in arrays.items()}
+            entries = {k: v[cut:] for k, v in entries.items()}
+            checkpoints = checkpoints[cut:]
+        alive = ~np.all(np.isnan(arrays["change"]), axis=1) if width else np.zeros(0, bool)
+        if not alive.all():
+            names = [n for n, keep in zip(names, alive, strict=True) if keep]
+            arrays = {k: a[alive] for k, a in arrays.items()}
+        return History(names, arrays, entries, checkpoints)
+
+    # -- reading it ----------------------------------------------------------------------------
+
+    def scale_to(self, gap: float | None) -> np.ndarray:
+        """Per entry: the factor that scales its change to a transition of `gap` steps."""
+        gaps = self.entries["gap"]
+        factors = np.ones(len(self))
+        if gap is None or not gap > 0:
+            return factors
+        ok = np.isfinite(gaps) & (gaps > 0)
+        ratio = np.where(ok, gap / np.where(ok, gaps, 1.0), 1.0)
+        return np.where(ratio > 1.0, ratio, np.sqrt(ratio))
+
+    def expected(self, names: list[str], gap: float | None) -> dict[str, Expected]:
+        """For each name with at least one past change: its changes scaled to `gap`."""
+        rows = [self.index[n] for n in names if n in self.index]
+        if not rows:
+            return {}
+        scaled = self.arrays["change"][rows].astype(np.float64) * self.scale_to(gap)
+        stats = {self.names[r]: _series(row) for r, row in zip(rows, scaled, strict=True)}
+        return {name: e for name, e in stats.items() if e is not None}
+
+    def pooled(self, names: list[str], gap: float | None) -> Expected | None:
+        """The changes of several tensors (a group) together, scaled to `gap`."""
+        rows = [self.index[n] for n in names if n in self.index]
+        if not rows:
+            return None
+        scaled = self.arrays["change"][rows].astype(np.float64) * self.scale_to(gap)
+        return _pool(scaled.reshape(-1))
+
+    def expected_global(self, gap: float | None) -> Expected | None:
+        scaled = self.entries["global_change"] * self.scale_to(gap)
+        return _series(scaled)
+
+    def unchanged_run(self, name: str) -> tuple[int, bool]:
+        """(how many of the newest entries in a row show `name` unchanged, whether it changed
+        in any kept entry)."""
+        row = self.index.get(name)
+        if row is None:
+            return 0, False
+        changed = self.arrays["changed"][row]
+        present = changed[np.isfinite(changed)]
+        return _trailing_zeros(changed), bool(np.any(present > 0))
+
+    def global_unchanged_run(self) -> tuple[int, bool]:
+        g = self.entries["global_change"]
+        present = g[np.isfinite(g)]
+        return _trailing_zeros(g), bool(np.any(present > 0))
+
+
+def _or_nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _trailing_zeros(values: np.ndarray) -> int:
+    n = 0
+    for v in values[::-1]:
+        if v != 0:  # NaN (absent) or a change ends the run
+            break
+        n += 1
+    return n
+
+
+RECENT = 8  # the newest changes that set a series' level
+
+
+def _series(scaled: np.ndarray) -> Expected | None:
+    """One tensor's past changes, oldest first: its level is the median of the newest RECENT
+    (training drifts: a 32-change window spans a learning-rate schedule, a norm that grows),
+    raised along an upward trend (a warm-up); its spread is the robust spread of the steps
+    between consecutive changes, around their median (the trend), divided by sqrt(2)."""
+    values = scaled[np.isfinite(scaled) & (scaled > 0)]
+    if not len(values):
+        return None
+    logs = np.log(values)
+    recent = logs[-RECENT:]
+    level = float(np.median(recent))
+    sigma = 0.0
+    if len(logs) >= 3:
+        steps = np.diff(logs)
+        trend = float(np.median(steps))
+        sigma = 1.4826 * float(np.median(np.abs(steps - trend))) / math.sqrt(2)
+        level += max(trend, 0.0) * (len(recent) + 1) / 2  # from the recent median to the next change
+    return Expected(len(values), math.exp(level), float(values.max()), sigma)
+
+
+def _pool(scaled: np.ndarray) -> Expected | None:
+    """Several tensors' changes together (a group): median and robust spread of them all."""
+    values = scaled[np.isfinite(scaled) & (scaled > 0)]
+    if not len(values):
+        return None
+    logs = np.log(values)
+    level = float(np.median(logs))
+    sigma = 1.4826 * float(np.median(np.abs(logs - level)))
+    return Expected(len(values), math.exp(level), float(values.max()), sigma)
