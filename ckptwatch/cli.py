@@ -140,6 +140,14 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
     "--model-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds for model checks."
 )
 @click.option("--write-fingerprint", metavar="FILE", help="Also write the candidate's fingerprint (same single read).")
+@click.option(
+    "--history",
+    metavar="PATH",
+    help="The run's history to judge drift by: a history file (the daemon's <state_dir>/history/<watch>.npz, or "
+    "--write-history's), or the run's directory, whose earlier checkpoints (or fingerprints) are replayed; "
+    "it then also gives the default --previous.",
+)
+@click.option("--write-history", metavar="FILE", help="Write the history extended by PATH if it passes (pass or warn).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
 @_threads
 @_timeout
@@ -159,11 +167,18 @@ def verify(
     write_outputs: str | None,
     model_timeout: float,
     write_fingerprint: str | None,
+    history: str | None,
+    write_history: str | None,
     as_json: bool,
     threads: int | None,
     timeout: float | None,
 ) -> None:
-    """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error."""
+    """Verify the checkpoint at PATH; exit 0 pass/warn, 1 fail, 2 error.
+
+    Without --history, drift vs previous is judged by conservative rules: only clear-cut
+    damage fails (non-finite values, a reset, growth by orders of magnitude, structure), a
+    large relative jump warns. With the run's history, each tensor's change is judged against
+    its own past changes."""
     _isolated(path, as_json, threads, timeout)
     from ckptwatch.config import load_policy
     from ckptwatch.policy import Policy
@@ -196,6 +211,8 @@ def verify(
         policy=policy.model_copy(update=updates),
         model=spec,
         fingerprint_out=write_fingerprint,
+        history=history,
+        history_out=write_history,
         threads=threads or DEFAULT_THREADS,
     )
     done = _verify(request)

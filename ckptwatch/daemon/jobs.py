@@ -10,6 +10,7 @@ import os
 
 from ckptwatch.config import Config
 from ckptwatch.daemon import discovery
+from ckptwatch.daemon import history as run_history
 from ckptwatch.daemon.model import Candidate
 from ckptwatch.daemon.state import GoodCheckpoint, State
 from ckptwatch.daemon.supervisor import WorkerSettings
@@ -51,6 +52,10 @@ def verify_request(config: Config, state: State, c: Candidate) -> VerifyRequest:
         golden_required=False,  # not mounted (yet): verified without it, with a warning
         policy=w.policy_model(),
         model=ModelSpec.from_dict(w.model.spec()) if w.model else None,
+        # the run's history ends at `good`: judge against it, and extend it if this one passes
+        history=run_history.for_request(state.dir, c.watch, good.key if good and previous else None),
+        history_required=False,  # unreadable: judged without it, with a warning (a new one starts)
+        history_out=run_history.next_path(state.dir, c.watch, c.key),
         fingerprint_out=state.fingerprint_path(c.watch, c.path),
         threads=config.worker.threads,
         discovered=True,

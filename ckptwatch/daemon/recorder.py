@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckptwatch.config import Config
-from ckptwatch.daemon import discovery, watch_status
+from ckptwatch.daemon import discovery, history, watch_status
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import AcceptedBaseline, Candidate, WatchStatus
 from ckptwatch.daemon.pipeline import Done, Event, GaveUp, Pending, Queued, Retrying, Skipped
@@ -100,6 +100,7 @@ class Recorder:
         )
         if report["verdict"] in watch_status.GOOD:
             self._passed(done)
+        history.discard(self.state.dir, c.watch)  # what a worker wrote for a checkpoint that did not pass
 
     def _passed(self, done: Done) -> None:
         """A passing checkpoint becomes the baseline if it was judged against the baseline (an
@@ -119,6 +120,7 @@ class Recorder:
                 reason="neither its files nor its fingerprint are left: the chain restarts here",
             )  # fmt: skip
         good = GoodCheckpoint(c.path, c.step, c.key, done.fingerprint)
+        history.adopt(self.state.dir, c.watch, c.key)  # the run's history, extended by this one, ends here
         self.state.set_last_good(c.watch, good)
         status = self.statuses.get(c.watch)
         if status is not None:

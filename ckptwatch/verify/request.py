@@ -58,6 +58,15 @@ class VerifyRequest:
     model: ModelSpec | None = None
     # Where to write the candidate's fingerprint. Only a checkpoint that passed its integrity
     # checks is fingerprinted ("integrity"); `ckptwatch fingerprint` asks for a passing verdict.
+    # The run's history of per-tensor change (ckptwatch.verify.history) to judge drift against: a
+    # history file, or (CLI) a directory of the run's earlier checkpoints or fingerprints.
+    history: str | None = None
+    # True (the CLI): a history that cannot be read is an error. False (the daemon): a warning,
+    # and the candidate is judged without it.
+    history_required: bool = True
+    # Where to write the history extended by this checkpoint, if it passes (pass or warn) and had
+    # a previous: the daemon adopts it as the watch's history (ckptwatch.daemon.history).
+    history_out: str | None = None
     fingerprint_out: str | None = None
     fingerprint_gate: Literal["integrity", "verdict"] = "integrity"
     # True (the daemon): the candidate was found complete, so a candidate that is gone now was

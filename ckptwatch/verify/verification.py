@@ -11,7 +11,9 @@ In order:
    that runs them (ckptwatch.model.checks.add_model_checks), handed in by the caller so that
    this layer never imports TensorFlow;
 4. the fingerprint gate: only a checkpoint that passed its integrity checks (or, for
-   `ckptwatch fingerprint`, its whole verification) is fingerprinted.
+   `ckptwatch fingerprint`, its whole verification) is fingerprinted;
+5. the run's history (`request.history`, read before the engine runs) extended by this
+   checkpoint is written to `request.history_out` if it passed (pass or warn).
 
 A candidate deleted meanwhile raises CheckpointVanished (the daemon skips it). Model checks
 that cannot run raise ModelChecksError (ModelTimeout past their time limit: the calling
@@ -21,7 +23,7 @@ process must exit, the thread running TensorFlow cannot be stopped).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ckptwatch.errors import (
     CheckpointNotFound,
@@ -32,6 +34,7 @@ from ckptwatch.errors import (
 from ckptwatch.formats import checkpoint_exists
 from ckptwatch.policy import Policy
 from ckptwatch.verify.engine import Options, Progress, verify_paths
+from ckptwatch.verify.history import PASSING, History, HistoryError
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
 
@@ -42,6 +45,7 @@ ModelChecks = Callable[[Report, str, "str | None", ModelSpec, Policy], None]
 class Verification:
     report: Report
     fingerprint: str | None = None  # the fingerprint file written, if one was
+    history: str | None = None  # the history file written (request.history_out), if one was
     not_fingerprinted: str | None = None  # why none was written although the request asked for one
 
 
@@ -53,8 +57,11 @@ def verify_checkpoint(
     golden, golden_missing = request.golden, None
     if golden and not request.golden_required and not checkpoint_exists(golden):
         golden, golden_missing = None, golden  # not mounted (yet): verify without it, and say so
+    history, last, history_problem = _history(request, options)
+    if last and not request.previous:  # from the run's directory: the last earlier checkpoint that passed
+        request = replace(request, previous=last)
     try:
-        report, prints = _engine(request, golden, options)
+        report, prints = _engine(request, golden, options, history)
     except CheckpointNotFound as e:
         if request.discovered and not checkpoint_exists(request.candidate):
             raise CheckpointVanished(f"{request.candidate}: deleted before it was verified") from e
@@ -73,9 +80,16 @@ def verify_checkpoint(
                 )
             ]
         )
+    if history_problem:
+        report.add_findings(
+            [Finding("warn", "integrity.history", f"{history_problem}: judged without the run's history")]
+        )
     if request.model is not None:
         _model_checks(report, request, golden, model_checks)
     verification = Verification(report)
+    if request.history_out and report.verdict in PASSING and report.history_entry is not None:
+        (history or History.empty()).after(report, request.policy.history_window).save(request.history_out)
+        verification.history = request.history_out
     if request.fingerprint_out:
         verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
         if verification.not_fingerprinted is None and prints:
@@ -86,7 +100,28 @@ def verify_checkpoint(
     return verification
 
 
-def _engine(request: VerifyRequest, golden: str | None, options: Options) -> tuple[Report, list]:
+def _history(request: VerifyRequest, options: Options) -> tuple[History | None, str | None, str | None]:
+    """(the run's history, the last earlier checkpoint that passed when it came from the run's
+    directory, why there is none although the request named one: the daemon's requests only,
+    for the CLI that is an error)."""
+    if not request.history or request.policy.profile != "training":
+        return None, None, None
+    from ckptwatch.verify.replay import load_history
+
+    try:
+        history, last = load_history(
+            request.history, request.candidate, request.policy, replace(options, progress=None)
+        )
+        return history, last, None
+    except HistoryError as e:
+        if request.history_required:
+            raise
+        return None, None, str(e)
+
+
+def _engine(
+    request: VerifyRequest, golden: str | None, options: Options, history: History | None
+) -> tuple[Report, list]:
     """The engine run, with the previous checkpoint's fingerprint standing in for it if
     the checkpoint was deleted before or while it was read."""
     previous, fallback = request.previous, request.previous_fingerprint
@@ -95,7 +130,7 @@ def _engine(request: VerifyRequest, golden: str | None, options: Options) -> tup
         return bool(previous and fallback and previous != fallback and not checkpoint_exists(previous))
 
     def run(reference: str | None) -> tuple[Report, list]:
-        return verify_paths(request.candidate, reference, golden, request.policy, options)
+        return verify_paths(request.candidate, reference, golden, request.policy, options, history)
 
     try:
         report, prints = run(previous)
