@@ -12,7 +12,9 @@ import pytest
 import ckptwatch
 
 REPORT_KEYS = {"schema", "checkpoint", "verdict", "findings", "drift", "tensors", "model", "timings"}
-OPTIONAL_REPORT_KEYS = {"references"}
+OPTIONAL_REPORT_KEYS = {"references", "history"}
+FINDING_KEYS = {"severity", "check", "tensor", "reference", "message"}
+DRIFT_FINDING_KEYS = {"value", "limit", "expected", "basis"}  # what it saw, held it to, and where that came from
 CHECK_PREFIXES = ("integrity.", "nonfinite", "structure.", "drift.", "restore.", "functional.")
 STRUCTURE_CHECKS = {f"structure.{c}" for c in ("missing", "unexpected", "shape", "dtype", "renamed")}
 DRIFT_KEYS = {"relative_l2", "max_abs", "cosine", "changed_fraction"}
@@ -125,7 +127,9 @@ def check_report_contract(doc: dict) -> None:
     assert set(doc["checkpoint"]) == {"path", "format", "step", "tensors", "bytes"}
     assert doc["verdict"] in ("pass", "warn", "fail", "error")
     for f in doc["findings"]:
-        assert set(f) == {"severity", "check", "tensor", "reference", "message"}
+        assert FINDING_KEYS <= set(f) <= FINDING_KEYS | DRIFT_FINDING_KEYS, set(f)
+        if f["check"].startswith("drift."):
+            assert set(f) >= DRIFT_FINDING_KEYS, f
         assert f["severity"] in ("fail", "warn", "info")
         assert f["check"].startswith(CHECK_PREFIXES), f["check"]
         if f["check"].startswith("structure."):
@@ -246,12 +250,18 @@ def test_policy_file_with_a_bad_override(run_cli, keras_run, tmp_path: Path) -> 
 
 
 def test_policy_file_is_applied(run_cli, keras_run, tmp_path: Path) -> None:
-    """A working policy changes the verdict: a tight max_jump turns the normal step into a fail."""
+    """A working policy changes the verdict: without history, a tight max_jump turns the normal
+    step into a warning, a tight clear_jump (fails with or without history) into a fail."""
     policy = tmp_path / "tight.toml"
     policy.write_text("max_jump = 0.01\n")
     r = run_cli("verify", keras_run.candidate, "--previous", keras_run.previous, "--policy", policy, "--json")
+    assert r.returncode == 0 and r.json()["verdict"] == "warn"
+    jumps = {f["tensor"] for f in r.json()["findings"] if f["check"] == "drift.jump" and f["severity"] == "warn"}
+    assert set(keras_run.kernels.values()) <= jumps
+    policy.write_text("clear_jump = 0.01\n")
+    r = run_cli("verify", keras_run.candidate, "--previous", keras_run.previous, "--policy", policy, "--json")
     assert r.returncode == 1
-    jumps = {f["tensor"] for f in r.json()["findings"] if f["check"] == "drift.jump"}
+    jumps = {f["tensor"] for f in r.json()["findings"] if f["check"] == "drift.jump" and f["severity"] == "fail"}
     assert set(keras_run.kernels.values()) <= jumps
 
 

@@ -1,0 +1,42 @@
+"""The daemon judges drift against each watch's own history: built from the checkpoints that
+passed, kept in state_dir, handed to the worker; a checkpoint 10x further from its previous
+than the run's healthy steps fails, although it would pass a fixed threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conftest import GOOD, Trainer, install, outcome, report_of
+
+
+def test_a_watch_builds_its_history_and_a_jump_beyond_it_fails(tf, daemon_factory, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    d = daemon_factory([{"name": "run", "path": str(run)}])
+    trainer = Trainer(tf, run, max_to_keep=3)
+    saved = [trainer.save() for _ in range(8)]
+    for path in saved:
+        assert outcome(d, path)["verdict"] in GOOD
+    history = d.state_dir / "history" / "run.npz"
+    assert history.is_file()
+    first_reports = [report_of(d, p) for p in saved[1:3]]
+    assert all(r["verdict"] == "pass" for r in first_reports), [r["findings"] for r in first_reports]
+
+    # the next step, with noise of 10x a step on the kernel (relative L2 ~0.1: no fixed threshold sees it)
+    kernel = trainer.net.kernel
+    trainer.step()
+    clean = kernel.numpy()
+    kernel.assign(clean + np.random.default_rng(0).normal(scale=0.1, size=clean.shape).astype("float32"))
+    staged = trainer.ckpt.write(str(tmp_path / "staging" / "ckpt-9"))
+    kernel.assign(clean)
+    bad = install(staged, run, "ckpt-9")
+    assert outcome(d, bad)["verdict"] == "fail"
+    findings = [f for f in report_of(d, bad)["findings"] if f["severity"] == "fail" and f["tensor"]]
+    assert {(f["check"], f["tensor"]) for f in findings} == {("drift.jump", trainer.key_of("kernel"))}
+    (jump,) = findings
+    assert jump["basis"] == "history" and jump["value"] > jump["limit"] and jump["expected"]["count"] >= 4
+    assert "this tensor's last" in jump["message"]
+
+    # the run goes on: judged against the last checkpoint that passed, with the same history
+    after = trainer.save(number=10)
+    assert outcome(d, after)["verdict"] in GOOD

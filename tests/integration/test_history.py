@@ -1,0 +1,122 @@
+"""The run's history through the real processes: a simulated run written as TF bundles (TF's own
+SaveV2 op), verified checkpoint by checkpoint by a real worker (`python -m ckptwatch.worker`)
+the way the daemon does, and one-shot by `ckptwatch verify --history`."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckptwatch.verify.request import VerifyRequest
+from tests.integration.test_one_sequence import WorkerProcess
+from tests.simulated_run import HIDDEN, simulate
+
+STEPS = list(range(0, 200, 10))
+
+
+@dataclass
+class WrittenRun:
+    dir: Path  # the run's checkpoints: ckpt-0 ... ckpt-190
+    prefixes: list[str]
+    noisy: str  # ckpt-190 with noise of 5x HIDDEN's typical change, in another directory
+
+
+def save_bundle(tf, prefix: str, arrays: dict[str, np.ndarray]) -> str:
+    names = sorted(arrays)
+    tensors = [tf.constant(arrays[n]) for n in names]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def written(tf, tmp_path_factory) -> WrittenRun:
+    root = tmp_path_factory.mktemp("history")
+    run = simulate(STEPS)
+    prefixes = [save_bundle(tf, str(root / "run" / f"ckpt-{step}"), arrays) for step, arrays in run]
+    typical = np.median([np.linalg.norm(b[HIDDEN] - a[HIDDEN]) for (_, a), (_, b) in itertools.pairwise(run)])
+    arrays = dict(run[-1][1])
+    unit = np.random.default_rng(3).normal(size=arrays[HIDDEN].shape)
+    arrays[HIDDEN] = (arrays[HIDDEN] + 5 * typical * unit / np.linalg.norm(unit)).astype(np.float32)
+    noisy = save_bundle(tf, str(root / "faulty" / f"ckpt-{STEPS[-1]}"), arrays)
+    return WrittenRun(root / "run", prefixes, noisy)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = WorkerProcess()
+    yield w
+    w.close()
+
+
+def fails(report: dict) -> set[tuple[str, str | None]]:
+    """(check, tensor) of the fail findings, the whole checkpoint's (tensor None) left out."""
+    return {(f["check"], f["tensor"]) for f in report["findings"] if f["severity"] == "fail" and f["tensor"]}
+
+
+def test_the_worker_builds_the_history_and_judges_by_it(worker, written: WrittenRun, tmp_path: Path) -> None:
+    """The daemon's loop: each request gets the history so far and a place to write it extended;
+    only a passing checkpoint's file is adopted."""
+    history, extended = str(tmp_path / "run.npz"), str(tmp_path / "next.npz")
+    previous = None
+    for prefix in written.prefixes[:-1]:
+        request = VerifyRequest(
+            prefix, previous, history=history if os.path.exists(history) else None, history_out=extended
+        )
+        result = worker.verify(request)
+        assert result.status == "ok" and result.report is not None
+        assert result.report["verdict"] == "pass", result.report["findings"]
+        if previous is not None:
+            assert os.path.exists(extended)
+            os.replace(extended, history)
+        previous = prefix
+    request = VerifyRequest(written.noisy, previous, history=history, history_out=extended, history_required=False)
+    report = worker.verify(request).report
+    assert report is not None and fails(report) == {("drift.jump", HIDDEN)}
+    (jump,) = [f for f in report["findings"] if f["check"] == "drift.jump" and f["tensor"]]
+    assert jump["basis"] == "history" and jump["value"] > jump["limit"] and jump["expected"]["count"] == 18
+    assert report["history"] == {"entries": 18, "tensors": 10}
+    assert not os.path.exists(extended)  # a failed checkpoint never extends the history
+    healthy = worker.verify(VerifyRequest(written.prefixes[-1], previous, history=history)).report
+    assert healthy is not None and healthy["verdict"] == "pass"
+
+
+def test_a_history_the_worker_cannot_read_is_a_warning_for_the_daemon(worker, written, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    prefixes = written.prefixes
+    request = VerifyRequest(prefixes[2], prefixes[1], history=str(bad), history_required=False)
+    report = worker.verify(request).report
+    assert report is not None and report["verdict"] == "warn"
+    assert {f["check"] for f in report["findings"]} == {"integrity.history"}
+
+
+def test_verify_without_history_is_conservative(run_cli, written: WrittenRun) -> None:
+    r = run_cli("verify", written.noisy, "--previous", written.prefixes[-2], "--json")
+    assert r.returncode == 0, r.stdout[-2000:]  # 5x a healthy step, but nothing to know that by
+
+
+def test_verify_with_the_runs_directory(run_cli, written: WrittenRun) -> None:
+    r = run_cli("verify", written.noisy, "--history", written.dir, "--json")
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr)
+    report = r.json()
+    assert fails(report) == {("drift.jump", HIDDEN)}
+    assert report["references"]["previous"] == written.prefixes[-2]  # the last earlier one that passed
+    assert report["history"]["entries"] == len(STEPS) - 2
+    healthy = run_cli("verify", written.prefixes[-1], "--history", written.dir, "--json")
+    assert healthy.returncode == 0 and healthy.json()["verdict"] == "pass", healthy.stdout[-2000:]
+
+
+def test_verify_writes_and_reads_a_history_file(run_cli, written: WrittenRun, tmp_path: Path) -> None:
+    history = tmp_path / "h.npz"
+    p = written.prefixes
+    r = run_cli("verify", p[-2], "--history", written.dir, "--write-history", history)
+    assert r.returncode == 0 and history.exists(), r.stderr
+    r = run_cli("verify", written.noisy, "--previous", p[-2], "--history", history, "--json")
+    assert r.returncode == 1 and fails(r.json()) == {("drift.jump", HIDDEN)}
+    missing = run_cli("verify", p[-1], "--previous", p[-2], "--history", tmp_path / "nope.npz")
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
