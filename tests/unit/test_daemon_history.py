@@ -14,17 +14,17 @@ def written(state: Path, watch: str, key: str, content: bytes = b"h") -> Path:
     return path
 
 
-def test_a_passing_checkpoint_extends_the_history_a_failing_one_does_not(tmp_path: Path) -> None:
+def test_the_baseline_extends_the_history_a_failing_checkpoint_does_not(tmp_path: Path) -> None:
     state = str(tmp_path)
     assert history.for_request(state, "run", "k1") is None  # nothing yet
     written(tmp_path, "run", "k2", b"two")
-    assert history.adopt(state, "run", "k2", "warn")
+    assert history.adopt(state, "run", "k2")
     assert history.ends_at(state, "run") == "k2"
     assert history.for_request(state, "run", "k2") == history.current(state, "run")
     assert Path(history.current(state, "run")).read_bytes() == b"two"
 
-    leftover = written(tmp_path, "run", "k3", b"three")
-    assert not history.adopt(state, "run", "k3", "fail")
+    leftover = written(tmp_path, "run", "k3", b"three")  # k3 failed: never adopted
+    history.discard(state, "run")
     assert not leftover.exists() and history.ends_at(state, "run") == "k2"
     assert Path(history.current(state, "run")).read_bytes() == b"two"
 
@@ -34,7 +34,7 @@ def test_a_history_that_does_not_end_at_previous_is_not_used(tmp_path: Path) -> 
     describes the run: the next request gets none, and a new one starts."""
     state = str(tmp_path)
     written(tmp_path, "run", "k2")
-    history.adopt(state, "run", "k2", "pass")
+    history.adopt(state, "run", "k2")
     assert history.for_request(state, "run", "accepted") is None
     assert history.for_request(state, "run", None) is None
 
@@ -43,7 +43,7 @@ def test_watches_are_kept_apart_and_names_are_safe(tmp_path: Path) -> None:
     state = str(tmp_path)
     written(tmp_path, "a/b", "k")
     written(tmp_path, "other", "k")
-    history.adopt(state, "a/b", "k", "pass")
+    history.adopt(state, "a/b", "k")
     assert Path(history.current(state, "a/b")).parent == tmp_path / "history"
     assert history.ends_at(state, "other") is None
     assert Path(history.next_path(state, "other", "k")).exists()  # another watch's file is left alone
