@@ -60,7 +60,7 @@ class Policy(_Strict):
         "is below it has its change divided by sqrt(n) x this",
     )
     min_history: int = Field(
-        4,
+        3,
         ge=2,
         description="past changes a tensor needs before its own history judges it (fewer: its group's, once the "
         "run has this many; none: only clear-cut rules fail, the rest warns)",

@@ -150,7 +150,7 @@ def training_steps(
     """Training steps of candidate and previous: from a step counter both have (global_step,
     optimizer iterations), else from the paths (ckpt-<N>, which may number saves)."""
     for t in results:
-        leaf = t.display.rsplit("/", 1)[-1].removesuffix(":0")
+        leaf = t.display.rsplit("/", 1)[-1].removesuffix(":0").lstrip("_")  # Keras 3: optimizer/_iterations
         if leaf in _STEP_COUNTERS and t.stats is not None and t.stats.count == 1 and t.name in previous_stats:
             if not (math.isfinite(t.stats.mean) and math.isfinite(previous_stats[t.name].mean)):
                 continue

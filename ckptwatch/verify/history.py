@@ -234,26 +234,28 @@ def _trailing_zeros(values: np.ndarray) -> int:
     return n
 
 
-RECENT = 8  # the newest changes that set a series' level
+RECENT = 8  # the newest changes whose steps give a series' trend and spread
+LATEST = 3  # the newest changes whose median is its level
 
 
 def _series(scaled: np.ndarray) -> Expected | None:
-    """One tensor's past changes, oldest first: its level is the median of the newest RECENT
-    (training drifts: a 32-change window spans a learning-rate schedule, a norm that grows),
-    raised along an upward trend (a warm-up); its spread is the robust spread of the steps
-    between consecutive changes, around their median (the trend), divided by sqrt(2)."""
+    """One tensor's past changes, oldest first. Training drifts (a 32-change window spans a
+    learning-rate schedule, a norm that grows), so the level a next change is expected at is the
+    median of the LATEST changes, one trend step further when they rise (a warm-up), never
+    lowered when they fall; the spread is the robust spread of the steps between consecutive
+    recent changes around their median (the trend), divided by sqrt(2)."""
     values = scaled[np.isfinite(scaled) & (scaled > 0)]
     if not len(values):
         return None
     logs = np.log(values)
-    recent = logs[-RECENT:]
-    level = float(np.median(recent))
+    level = float(np.median(logs[-LATEST:]))
     sigma = 0.0
-    if len(logs) >= 3:
-        steps = np.diff(logs)
+    recent = logs[-RECENT:]
+    if len(recent) >= 3:
+        steps = np.diff(recent)
         trend = float(np.median(steps))
         sigma = 1.4826 * float(np.median(np.abs(steps - trend))) / math.sqrt(2)
-        level += max(trend, 0.0) * (len(recent) + 1) / 2  # from the recent median to the next change
+        level += max(trend, 0.0)
     return Expected(len(values), math.exp(level), float(values.max()), sigma)
 
 
