@@ -256,7 +256,7 @@ def _verify(request):
 @_threads
 def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None) -> None:
     """Per-tensor drift of checkpoint A against B, worst first."""
-    from ckptwatch.verify.engine import diff_paths
+    from ckptwatch.verify.diff import diff_paths
     from ckptwatch.verify.render import render_diff
 
     result = diff_paths(a, b, top, _options(threads))

@@ -105,7 +105,7 @@ def verify_run(checkpoints, policy=None, replace=None, history=None):
         arrays = (replace or {}).get(i, arrays)
         cand = ArraySource(arrays, f"ckpt-{step}", step=step)
         prev = ArraySource(previous[1], f"ckpt-{previous[0]}", step=previous[0]) if previous else None
-        report, _ = Engine(policy, Options(threads=1)).run(cand, prev, None, history)
+        report, _ = Engine(policy, Options(threads=1, history=history)).run(cand, prev)
         history = history.after(report, policy.history_window)
         out.append((step, report))
         if report.verdict in ("pass", "warn"):

@@ -4,6 +4,7 @@ run's history (ckptwatch.verify.history) use it.
     measure(policy, results, previous_stats) -> [Change]   one per compared tensor
     training_steps(results, previous_stats, ...) -> Steps   training steps from the counters
     history_entry(changes, steps, ...) -> Entry             what a passing checkpoint adds to history
+    record_history(report, ...)                             both on the report (the engine's last step)
 
 change = ||candidate - previous|| / scale, scale = max(||previous||, sqrt(n) x layer RMS,
 sqrt(n) x min_reference_rms): the relative L2 vs previous, except for a tensor whose norm is
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 
 from ckptwatch.policy import Policy
 from ckptwatch.verify.drift import TINY_NORM, Drift, ReferenceStats
-from ckptwatch.verify.history import Entry
-from ckptwatch.verify.report import TensorResult
+from ckptwatch.verify.history import Entry, History
+from ckptwatch.verify.report import Report, TensorResult
 from ckptwatch.verify.stats import TensorStats
 
 MOVING = "moving statistics"
@@ -172,3 +173,20 @@ def history_entry(changes: list[Change], steps: Steps, global_drift: Drift | Non
         tensors={c.name: (c.value, c.growth, c.drift.changed_fraction) for c in changes},
         checkpoint=checkpoint,
     )
+
+
+def record_history(
+    report: Report,
+    policy: Policy,
+    results: list[TensorResult],
+    previous_stats: Mapping[str, TensorStats | ReferenceStats],
+    steps: Steps,
+    history: History | None,
+    compared: bool,
+) -> None:
+    """The history the report was judged against ({"entries", "tensors"}), and what this checkpoint
+    adds to it if it passes (a checkpoint compared with a previous one, in the training profile)."""
+    report.history = {"entries": len(history), "tensors": len(history.names)} if history is not None else None
+    if compared and policy.profile == "training":
+        changes = measure(policy, results, previous_stats)
+        report.history_entry = history_entry(changes, steps, report.drift.get("previous"), report.checkpoint["path"])

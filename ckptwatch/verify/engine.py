@@ -2,7 +2,7 @@
 
     verify_paths(candidate, previous=None, golden=None, policy=Policy()) -> Report
     inspect_path(path) -> Report          (statistics only)
-    diff_paths(a, b) -> dict               (ckptwatch.diff/v1)
+    (diff_paths, `ckptwatch diff`, is ckptwatch.verify.diff's)
 
 One tensor at a time, in chunks: the candidate's chunks and the matching
 reference chunks are re-sliced to common boundaries and fed to the statistics,
@@ -26,11 +26,11 @@ from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint,
 from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, decode_problem
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
-from ckptwatch.verify.change import history_entry, measure, training_steps
+from ckptwatch.verify.change import record_history, training_steps
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
 from ckptwatch.verify.fingerprint import FingerprintSource
 from ckptwatch.verify.history import History
-from ckptwatch.verify.report import DIFF_SCHEMA, ROLES, Finding, Report, TensorResult, clean_floats, unverified_report
+from ckptwatch.verify.report import ROLES, Finding, Report, TensorResult, unverified_report
 from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
 from ckptwatch.verify.stats import StatsAccumulator, TensorStats
@@ -45,6 +45,7 @@ class Options:
     chunk_elements: int = CHUNK_ELEMENTS
     sketch: bool = False  # also build the candidate's fingerprint sketches
     progress: Progress | None = None  # called with each tensor name before it is read
+    history: History | None = None  # the run's, to judge each tensor's change by (ckptwatch.verify.history)
 
 
 @dataclass
@@ -228,11 +229,7 @@ class Engine:
     # -- a whole checkpoint ----------------------------------------------------------
 
     def run(
-        self,
-        cand: CheckpointSource,
-        previous: CheckpointSource | None = None,
-        golden: CheckpointSource | None = None,
-        history: History | None = None,
+        self, cand: CheckpointSource, previous: CheckpointSource | None = None, golden: CheckpointSource | None = None
     ) -> tuple[Report, list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]]:
         t0 = time.perf_counter()
         policy = self.policy
@@ -292,7 +289,7 @@ class Engine:
             global_drift[ref.role] = total.drift() if total.count else None
         previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
         steps = training_steps(results, previous_stats, cand.step, previous.step if previous is not None else None)
-        findings += evaluate(policy, results, global_drift, previous_stats, history, steps)
+        findings += evaluate(policy, results, global_drift, previous_stats, self.options.history, steps)
         t_end = time.perf_counter()
         report = Report(
             checkpoint=_source_meta(cand),
@@ -309,10 +306,7 @@ class Engine:
                 "total_seconds": round(t_end - t0, 4),
             },
         )
-        report.history = {"entries": len(history), "tensors": len(history.names)} if history is not None else None
-        if previous is not None and policy.profile == "training":  # what history gains if this one passes
-            changes = measure(policy, results, previous_stats)
-            report.history_entry = history_entry(changes, steps, global_drift.get("previous"), cand.path)
+        record_history(report, policy, results, previous_stats, steps, self.options.history, previous is not None)
         prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
         return report, prints
 
@@ -340,11 +334,9 @@ def verify_paths(
     golden: str | None = None,
     policy: Policy | None = None,
     options: Options | None = None,
-    history: History | None = None,
 ) -> tuple[Report, list]:
     """Verify a candidate path; a broken candidate is a `fail` report, a missing
-    one or an unreadable reference raises CkptwatchError. `history`: the run's, to judge
-    each tensor's change against (ckptwatch.verify.history)."""
+    one or an unreadable reference raises CkptwatchError."""
     opened: list[CheckpointSource] = []
     try:
         refs = {}
@@ -360,7 +352,7 @@ def verify_paths(
         except OSError as e:
             raise CheckpointNotFound(f"{candidate}: {e.strerror or e}") from None
         opened.append(cand)
-        report, prints = Engine(policy, options).run(cand, refs.get("previous"), refs.get("golden"), history)
+        report, prints = Engine(policy, options).run(cand, refs.get("previous"), refs.get("golden"))
         report.references = {role: (refs[role].path if role in refs else None) for role in ROLES}
         return report, prints
     finally:
@@ -371,40 +363,3 @@ def verify_paths(
 def inspect_path(path: str, options: Options | None = None) -> Report:
     report, _ = verify_paths(path, options=options)
     return report
-
-
-def diff_paths(a: str, b: str, top: int | None = None, options: Options | None = None) -> dict:
-    """Per-tensor drift of A against B (B is the reference), worst first."""
-    policy = Policy(include_optimizer=True)
-    src_b = open_reference(b, "B")
-    try:
-        try:
-            src_a = open_checkpoint(a)
-        except READ_ERRORS as e:
-            raise CheckpointUnreadable(f"{a}: unreadable ({decode_problem(e, a)})") from None
-        try:
-            report, _ = Engine(policy, options).run(src_a, previous=src_b)
-        finally:
-            src_a.close()
-    finally:
-        src_b.close()
-    rows = []
-    for t in report.tensors:
-        d = t.drift.get("previous")
-        row = {"name": t.name, "display": t.display, "kind": t.kind, "shape": list(t.shape)}
-        rows.append({**row, **(d.to_dict() if d else {"relative_l2": None})})
-    rows.sort(key=lambda r: (r["relative_l2"] is None, -(r["relative_l2"] or 0.0)))
-    if top:
-        rows = rows[:top]
-    structural = [f.to_dict() for f in report.findings if f.check.startswith(("structure.", "integrity.", "nonfinite"))]
-    overall = report.drift.get("previous")
-    return clean_floats(
-        {
-            "schema": DIFF_SCHEMA,
-            "a": report.checkpoint,
-            "b": {"path": src_b.path, "format": src_b.format, "step": src_b.step},
-            "drift": overall.to_dict() if overall else None,
-            "findings": structural,
-            "tensors": rows,
-        }
-    )

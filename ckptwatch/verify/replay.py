@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ckptwatch.errors import CkptwatchError
 from ckptwatch.formats import IntegrityError, layout, resolve
@@ -49,7 +49,7 @@ def load_history(
 
 
 def replay(items: list[_Item], policy: Policy, options: Options | None = None) -> tuple[History, str | None]:
-    history, previous = History.empty(), None
+    history, previous, options = History.empty(), None, options or Options()
     for item in items:
         try:
             if item.fingerprint:
@@ -58,7 +58,8 @@ def replay(items: list[_Item], policy: Policy, options: Options | None = None) -
                 else:
                     verdict = "pass"  # a checkpoint's fingerprint to come: nothing to compare it with
             else:
-                report, _ = verify_paths(item.path, previous.path if previous else None, None, policy, options, history)
+                prev = previous.path if previous else None
+                report, _ = verify_paths(item.path, prev, None, policy, replace(options, history=history))
                 history, verdict = history.after(report, policy.history_window), report.verdict
         except (CkptwatchError, IntegrityError):
             continue  # an unreadable earlier checkpoint is not part of the run's healthy history

@@ -61,7 +61,7 @@ def verify_checkpoint(
     if last and not request.previous:  # from the run's directory: the last earlier checkpoint that passed
         request = replace(request, previous=last)
     try:
-        report, prints = _engine(request, golden, options, history)
+        report, prints = _engine(request, golden, replace(options, history=history))
     except CheckpointNotFound as e:
         if request.discovered and not checkpoint_exists(request.candidate):
             raise CheckpointVanished(f"{request.candidate}: deleted before it was verified") from e
@@ -119,9 +119,7 @@ def _history(request: VerifyRequest, options: Options) -> tuple[History | None, 
         return None, None, str(e)
 
 
-def _engine(
-    request: VerifyRequest, golden: str | None, options: Options, history: History | None
-) -> tuple[Report, list]:
+def _engine(request: VerifyRequest, golden: str | None, options: Options) -> tuple[Report, list]:
     """The engine run, with the previous checkpoint's fingerprint standing in for it if
     the checkpoint was deleted before or while it was read."""
     previous, fallback = request.previous, request.previous_fingerprint
@@ -130,7 +128,7 @@ def _engine(
         return bool(previous and fallback and previous != fallback and not checkpoint_exists(previous))
 
     def run(reference: str | None) -> tuple[Report, list]:
-        return verify_paths(request.candidate, reference, golden, request.policy, options, history)
+        return verify_paths(request.candidate, reference, golden, request.policy, options)
 
     try:
         report, prints = run(previous)

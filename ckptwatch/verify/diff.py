@@ -1,0 +1,50 @@
+"""`ckptwatch diff A B`: per-tensor drift of A against B, worst first (ckptwatch.diff/v1).
+
+diff_paths(a, b, top=None, options=None) -> dict
+"""
+
+from __future__ import annotations
+
+from ckptwatch.errors import CheckpointUnreadable
+from ckptwatch.formats import open_checkpoint
+from ckptwatch.formats.base import READ_ERRORS, decode_problem
+from ckptwatch.policy import Policy
+from ckptwatch.verify.engine import Engine, Options, open_reference
+from ckptwatch.verify.report import DIFF_SCHEMA, clean_floats
+
+
+def diff_paths(a: str, b: str, top: int | None = None, options: Options | None = None) -> dict:
+    """Per-tensor drift of A against B (B is the reference), worst first."""
+    policy = Policy(include_optimizer=True)
+    src_b = open_reference(b, "B")
+    try:
+        try:
+            src_a = open_checkpoint(a)
+        except READ_ERRORS as e:
+            raise CheckpointUnreadable(f"{a}: unreadable ({decode_problem(e, a)})") from None
+        try:
+            report, _ = Engine(policy, options).run(src_a, previous=src_b)
+        finally:
+            src_a.close()
+    finally:
+        src_b.close()
+    rows = []
+    for t in report.tensors:
+        d = t.drift.get("previous")
+        row = {"name": t.name, "display": t.display, "kind": t.kind, "shape": list(t.shape)}
+        rows.append({**row, **(d.to_dict() if d else {"relative_l2": None})})
+    rows.sort(key=lambda r: (r["relative_l2"] is None, -(r["relative_l2"] or 0.0)))
+    if top:
+        rows = rows[:top]
+    structural = [f.to_dict() for f in report.findings if f.check.startswith(("structure.", "integrity.", "nonfinite"))]
+    overall = report.drift.get("previous")
+    return clean_floats(
+        {
+            "schema": DIFF_SCHEMA,
+            "a": report.checkpoint,
+            "b": {"path": src_b.path, "format": src_b.format, "step": src_b.step},
+            "drift": overall.to_dict() if overall else None,
+            "findings": structural,
+            "tensors": rows,
+        }
+    )
