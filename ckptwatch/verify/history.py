@@ -147,15 +147,15 @@ class History:
         """This history plus `entry`, keeping the newest `window` entries; tensors absent from
         every kept entry are dropped."""
         names = self.names + [n for n in entry.tensors if n not in self.index]
+        index = {n: i for i, n in enumerate(names)}
         width = len(self) + 1
         arrays = {k: _nan((len(names), width)) for k in _PER_TENSOR}
         for k, a in self.arrays.items():
             arrays[k][: len(self.names), :-1] = a
-        for name, figures in entry.tensors.items():
-            row = self.index.get(name, None)
-            row = names.index(name) if row is None else row
-            for k, value in zip(_PER_TENSOR, figures, strict=True):
-                arrays[k][row, -1] = value
+        rows = np.array([index[n] for n in entry.tensors], dtype=np.int64)
+        figures = np.array(list(entry.tensors.values()), dtype=np.float64).reshape(len(rows), len(_PER_TENSOR))
+        for j, k in enumerate(_PER_TENSOR):
+            arrays[k][rows, -1] = figures[:, j]
         entries = {k: np.append(v, np.nan) for k, v in self.entries.items()}
         entries["step"][-1] = _or_nan(entry.step)
         entries["gap"][-1] = _or_nan(entry.gap)

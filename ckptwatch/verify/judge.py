@@ -89,6 +89,7 @@ def training_findings(
     gap = judge.steps.gap
     expected = judge.history.expected([c.name for c in changes], gap) if judge.history else {}
     groups: dict[str, list[str]] = {}
+    pools: dict[str, Expected | None] = {}
     for c in changes:
         groups.setdefault(c.group, []).append(c.name)
     out: list[Finding] = []
@@ -110,8 +111,10 @@ def training_findings(
         if own is not None and own.count >= policy.min_history:
             out += _judged(judge, c, own, "history", f"this tensor's last {own.count} changes")
             continue
-        run_known = judge.history is not None and len(judge.history) >= policy.min_history
-        pool = judge.history.pooled(groups[c.group], gap) if run_known and judge.history else None
+        if c.group not in pools:  # computed once per group
+            run_known = judge.history is not None and len(judge.history) >= policy.min_history
+            pools[c.group] = judge.history.pooled(groups[c.group], gap) if run_known and judge.history else None
+        pool = pools[c.group]
         if pool is not None and pool.count >= 2 * policy.min_history and len(groups[c.group]) > 1:
             what = (
                 f"little history of its own ({own.count if own else 0}); its group's ({c.group}) {pool.count} changes"
