@@ -90,24 +90,36 @@ def simulate(
 
 
 def verify_run(checkpoints, policy=None, replace=None, history=None):
-    """Verify checkpoint after checkpoint the way the daemon does: previous = the last one that
-    passed (pass or warn), the history extended by each one that passed. `replace` maps a
-    position to the arrays verified there instead (a fault). Returns [(step, report)]."""
+    """Verify checkpoint after checkpoint the way the daemon's worker does: previous = the last one
+    that passed (pass or warn), the history extended by each one that passed and noting each one
+    that failed a drift check, a fingerprint of every checkpoint (what the continuation rule
+    compares with). `replace` maps a position to the arrays verified there instead (a fault).
+    Returns ([(step, report)], history)."""
+    import tempfile
+
     from ckptwatch.formats.memory import ArraySource
     from ckptwatch.policy import Policy
+    from ckptwatch.verify.continues import continues_findings, next_history
     from ckptwatch.verify.engine import Engine, Options
+    from ckptwatch.verify.fingerprint import write_fingerprint
     from ckptwatch.verify.history import History
 
     policy = policy or Policy()
     history = history if history is not None else History.empty()
     previous, out = None, []
-    for i, (step, arrays) in enumerate(checkpoints):
-        arrays = (replace or {}).get(i, arrays)
-        cand = ArraySource(arrays, f"ckpt-{step}", step=step)
-        prev = ArraySource(previous[1], f"ckpt-{previous[0]}", step=previous[0]) if previous else None
-        report, _ = Engine(policy, Options(threads=1, history=history)).run(cand, prev)
-        history = history.after(report, policy.history_window)
-        out.append((step, report))
-        if report.verdict in ("pass", "warn"):
-            previous = (step, arrays)
+    with tempfile.TemporaryDirectory() as prints_dir:
+        for i, (step, arrays) in enumerate(checkpoints):
+            arrays = (replace or {}).get(i, arrays)
+            cand = ArraySource(arrays, f"ckpt-{step}", step=step)
+            prev = ArraySource(previous[1], previous[2], step=previous[0]) if previous else None
+            report, prints = Engine(policy, Options(threads=1, history=history, sketch=True)).run(cand, prev)
+            report.references = {"previous": previous[2] if previous else None, "golden": None}
+            report.add_findings(continues_findings(history, report, prints, []))
+            fingerprint = f"{prints_dir}/{i}.fp.json"
+            write_fingerprint(fingerprint, report.checkpoint, prints)
+            written = next_history(history, report, fingerprint, policy.history_window, [])
+            history = written if written is not None else history
+            out.append((step, report))
+            if report.verdict in ("pass", "warn"):
+                previous = (step, arrays, f"ckpt-{step}")
     return out, history

@@ -15,12 +15,20 @@ Golden modes: none, first (the run's first checkpoint), final (its last one). Wi
 the request also asks for the model-aware checks (restore, functional probe vs golden) with the
 run's factory (bench/quality/models.py) and probe batch, as a watch's [watch.model] would.
 
+The run's history (ckptwatch.verify.history) is kept as the daemon keeps a watch's
+(ckptwatch.daemon.history): each request gets it and a place to write it extended, and what the
+worker wrote becomes the history when the checkpoint becomes the baseline. ":nohistory" leaves it
+out: every checkpoint is judged by the conservative rules, as `ckptwatch verify` without --history.
+
 A fault replaces the checkpoint at its position: it is verified against the baseline that
 healthy checkpoint had, and a fault spanning several saves continues with the same rule.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -41,19 +49,29 @@ class Config:
     baseline: str = "passed"
     golden: str = "none"
     model: bool = False  # model-aware checks too (factory bench.quality.models:<run>, the run's probe batch)
+    history: bool = True  # the run's history, kept as the daemon keeps it
 
     @property
     def label(self) -> str:
-        return f"{self.baseline}:{self.golden}" + (":model" if self.model else "")
+        return (
+            f"{self.baseline}:{self.golden}" + (":model" if self.model else "") + ("" if self.history else ":nohistory")
+        )
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        """BASELINE[:GOLDEN[:model]]"""
+        """BASELINE[:GOLDEN[:model][:nohistory]]"""
         parts = text.split(":")
-        config = cls(parts[0], parts[1] if len(parts) > 1 else "none", parts[2:] == ["model"])
-        if config.baseline not in BASELINES or config.golden not in GOLDENS or parts[2:] not in ([], ["model"]):
+        extras = parts[2:]
+        config = cls(parts[0], parts[1] if len(parts) > 1 else "none", "model" in extras, "nohistory" not in extras)
+        if (
+            config.baseline not in BASELINES
+            or config.golden not in GOLDENS
+            or not set(extras) <= {"model", "nohistory"}
+            or len(set(extras)) != len(extras)
+        ):
             raise ValueError(
-                f"{text!r}: expected BASELINE:GOLDEN[:model] with BASELINE in {BASELINES}, GOLDEN in {GOLDENS}"
+                f"{text!r}: expected BASELINE:GOLDEN[:model][:nohistory] with BASELINE in {BASELINES}, "
+                f"GOLDEN in {GOLDENS}"
             )
         return config
 
@@ -117,9 +135,65 @@ class RunResult:
     faults: list[FaultOutcome] = field(default_factory=list)
 
 
+class _History:
+    """A run's history as the daemon keeps a watch's (ckptwatch.daemon.history): the current file
+    and the checkpoint it ends at; the worker writes the next one for a candidate (extended if it
+    passed, noting it if it failed a drift check); a request gets the history only if it ends at
+    the request's previous. Snapshots let a fault start from the history its position had."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.dir = tempfile.mkdtemp(prefix="ckptwatch-bench-history-")
+        self.current, self.next = os.path.join(self.dir, "run.npz"), os.path.join(self.dir, "next.npz")
+        self.ends_at: str | None = None
+        self.count = 0
+
+    def request(self, previous: str) -> dict:
+        if not self.enabled:
+            return {}
+        if os.path.exists(self.next):
+            os.remove(self.next)
+        usable = os.path.exists(self.current) and self.ends_at == previous
+        self.count += 1  # every verified checkpoint gets its fingerprint, as the daemon's do
+        return {
+            "history": self.current if usable else None,
+            "history_required": False,
+            "history_out": self.next,
+            "fingerprint_out": os.path.join(self.dir, f"{self.count}.fp.json"),
+        }
+
+    def update(self, candidate: str, outcome: Outcome, baseline: bool) -> None:
+        """After a verification: the worker's file becomes the history; it ends at the candidate if
+        that passed and became the baseline, else still where it did."""
+        if not (self.enabled and os.path.exists(self.next)):
+            return
+        if outcome.verdict in ("pass", "warn") and not baseline:
+            return  # passed, but not made the baseline: the daemon would not adopt it
+        os.replace(self.next, self.current)
+        if outcome.verdict in ("pass", "warn"):
+            self.ends_at = candidate
+
+    def snapshot(self, position: int) -> tuple[str | None, str | None]:
+        if not os.path.exists(self.current):
+            return None, self.ends_at
+        return shutil.copyfile(self.current, os.path.join(self.dir, f"at-{position}.npz")), self.ends_at
+
+    def restore(self, snapshot: tuple[str | None, str | None]) -> None:
+        path, self.ends_at = snapshot
+        if path is None:
+            if os.path.exists(self.current):
+                os.remove(self.current)
+        else:
+            shutil.copyfile(path, self.current)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Verifier:
     def __init__(self, worker: Worker, policy: Policy, config: Config) -> None:
         self.worker, self.policy, self.config = worker, policy, config
+        self.history = _History(False)
 
     def model_spec(self, run: Run) -> ModelSpec | None:
         if not self.config.model or RUNS[run.name].build is None:
@@ -129,8 +203,16 @@ class Verifier:
         )
 
     def verify(self, candidate: str, previous: str | None, golden: str | None, model: ModelSpec | None) -> Outcome:
+        history = self.history.request(previous) if previous is not None else {}
         request = VerifyRequest(
-            candidate, previous, golden=golden, golden_required=False, policy=self.policy, model=model, discovered=True
+            candidate,
+            previous,
+            golden=golden,
+            golden_required=False,
+            policy=self.policy,
+            model=model,
+            discovered=True,
+            **history,
         )
         t0 = time.perf_counter()
         result = self.worker.verify(request)
@@ -142,23 +224,35 @@ class Verifier:
         return Outcome(candidate, previous, report["verdict"], problems, seconds)
 
     def run(self, run: Run, faults: list[Fault]) -> RunResult:
+        self.history = _History(self.config.history)
+        try:
+            return self._run(run, faults)
+        finally:
+            self.history.close()
+
+    def _run(self, run: Run, faults: list[Fault]) -> RunResult:
         rule, golden, model = self.config.baseline, self.config.golden_for(run), self.model_spec(run)
         previous: str | None = None
         baseline_at: list[str | None] = []
+        history_at: list[tuple[str | None, str | None]] = []
         healthy = []
-        for ckpt in run.checkpoints:
+        for i, ckpt in enumerate(run.checkpoints):
             baseline_at.append(previous)
+            history_at.append(self.history.snapshot(i))
             outcome = self.verify(ckpt, previous, golden, model)
             healthy.append(outcome)
+            self.history.update(ckpt, outcome, outcome.advances(rule))
             if outcome.advances(rule):
                 previous = ckpt
         result = RunResult(run, healthy)
         for fault in faults:
             previous = baseline_at[fault.position]
+            self.history.restore(history_at[fault.position])
             outcomes = []
             for ckpt in fault.checkpoints:
                 outcome = self.verify(ckpt, previous, golden, model)
                 outcomes.append(outcome)
+                self.history.update(ckpt, outcome, outcome.advances(rule))
                 if outcome.advances(rule):
                     previous = ckpt
             names = None

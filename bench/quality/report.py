@@ -84,7 +84,12 @@ def summarize(config: Config, results: list[RunResult]) -> dict:
         }
     seconds = [o.seconds for _, _, o in healthy] + [o.seconds for fo in faults for o in fo.outcomes]
     return {
-        "config": {"baseline": config.baseline, "golden": config.golden, "model": config.model},
+        "config": {
+            "baseline": config.baseline,
+            "golden": config.golden,
+            "model": config.model,
+            "history": config.history,
+        },
         "matrix": matrix,
         "healthy": {
             "checkpoints": n,
@@ -204,7 +209,8 @@ def markdown(summary: dict) -> str:
     c, h, f = summary["config"], summary["healthy"], summary["faults"]
     wn = f["without_noise"]
     model = ", with model-aware checks" if c["model"] else ""
-    lines = [f"### baseline = {c['baseline']}, golden = {c['golden']}{model}", ""]
+    history = "" if c.get("history", True) else ", without the run's history"
+    lines = [f"### baseline = {c['baseline']}, golden = {c['golden']}{model}{history}", ""]
     lines += [
         "| row | n | pass | warn | fail | error | caught (right check + tensor) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -259,9 +265,9 @@ def markdown(summary: dict) -> str:
 def overview(summaries: list[dict]) -> str:
     """One line per configuration: the figures issue 11 sets targets for."""
     lines = [
-        "| baseline | golden | model checks | healthy failed | healthy warned | first ckpts failed "
+        "| baseline | golden | model checks | history | healthy failed | healthy warned | first ckpts failed "
         "| faults caught | without noise | noise 3x caught | smallest noise caught (median) | verify s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         c, h, f = s["config"], s["healthy"], s["faults"]
@@ -270,6 +276,7 @@ def overview(summaries: list[dict]) -> str:
         smallest = f["noise"]["median_smallest_caught_multiple"]
         lines.append(
             f"| {c['baseline']} | {c['golden']} | {'yes' if c['model'] else 'no'} "
+            f"| {'yes' if c.get('history', True) else 'no'} "
             f"| {h['verdicts']['fail']}/{h['checkpoints']} ({_pct(h['false_fail_rate'])}) "
             f"| {h['verdicts']['warn']}/{h['checkpoints']} ({_pct(h['false_warn_rate'])}) "
             f"| {sum(v == 'fail' for v in firsts)}/{len(firsts)} "

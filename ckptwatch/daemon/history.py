@@ -10,7 +10,8 @@ is judged against. The main process only hands files around; the worker reads an
 watch's baseline): after an operator accepts another baseline (`ckptwatch accept`), the old
 history no longer describes the run, and a new one starts. `adopt` makes a worker's file the
 watch's history when its checkpoint becomes the baseline (it passed, against the baseline);
-`discard` removes the others: a failed checkpoint never extends the history.
+`discard` removes the others: a failed checkpoint never extends the history (it is only noted
+in it, adopted with `ends_at_key`, the baseline's: the next checkpoint must not continue from it).
 """
 
 from __future__ import annotations
@@ -55,16 +56,18 @@ def for_request(state_dir: str, watch: str, previous_key: str | None) -> str | N
     return path
 
 
-def adopt(state_dir: str, watch: str, key: str) -> bool:
+def adopt(state_dir: str, watch: str, key: str, ends_at_key: str | None = None) -> bool:
     """The candidate with this key passed and is the watch's baseline now: the history its worker
-    wrote (extended by it) becomes the watch's."""
+    wrote (extended by it) becomes the watch's. With `ends_at_key` (the baseline's key), a
+    candidate that failed: its worker wrote the same history noting it, which still ends at the
+    baseline (ckptwatch.verify.continues: the next checkpoint must not continue from it)."""
     written = next_path(state_dir, watch, key)
     if not os.path.isfile(written):
         return False
     os.replace(written, current(state_dir, watch))
     marker = _base(state_dir, watch) + ".json"
     with open(marker + ".tmp", "w") as f:
-        json.dump({"key": key}, f)
+        json.dump({"key": ends_at_key or key}, f)
     os.replace(marker + ".tmp", marker)
     return True
 

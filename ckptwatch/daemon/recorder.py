@@ -100,6 +100,10 @@ class Recorder:
         )
         if report["verdict"] in watch_status.GOOD:
             self._passed(done)
+        else:  # the history, noting a checkpoint that failed a drift check, still ends at the baseline
+            baseline = self.state.last_good(c.watch)
+            if baseline is not None:
+                history.adopt(self.state.dir, c.watch, c.key, ends_at_key=baseline.key)
         history.discard(self.state.dir, c.watch)  # what a worker wrote for a checkpoint that did not pass
 
     def _passed(self, done: Done) -> None:

@@ -89,6 +89,10 @@ class History:
         self.arrays = arrays or {k: _nan((len(self.names), width)) for k in _PER_TENSOR}
         self.entries = entries or {k: np.full(width, np.nan) for k in _PER_ENTRY}
         self.checkpoints = checkpoints or [""] * width
+        # The last checkpoint that failed a drift check against the baseline this history ends at,
+        # if any (ckptwatch.verify.continues): {"checkpoint", "fingerprint", "baseline", "tensors":
+        # {name: its change vs the baseline}}. A checkpoint that passes clears it.
+        self.rejected: dict | None = None
 
     def __len__(self) -> int:
         return len(self.entries["step"])
@@ -121,19 +125,28 @@ class History:
         ):
             raise HistoryError(f"history {path}: inconsistent array shapes")
         checkpoints = [str(c) for c in meta.get("checkpoints", [])][:width]
-        return cls(names, arrays, entries, checkpoints + [""] * (width - len(checkpoints)))
+        history = cls(names, arrays, entries, checkpoints + [""] * (width - len(checkpoints)))
+        rejected = meta.get("rejected")
+        history.rejected = rejected if isinstance(rejected, dict) else None
+        return history
 
     def save(self, path: str) -> None:
         """Written to a temporary file and renamed: a reader never sees half a file."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints}
+        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints, "rejected": self.rejected}
         with open(tmp, "wb") as f:
             arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
             np.savez(f, **{**arrays, **self.arrays, **self.entries})
         os.replace(tmp, path)
 
     # -- growing it ------------------------------------------------------------------------------
+
+    def with_rejected(self, rejected: dict | None) -> History:
+        """The same history, noting the checkpoint that just failed against its baseline."""
+        copy = History(self.names, self.arrays, self.entries, self.checkpoints)
+        copy.rejected = rejected
+        return copy
 
     def after(self, report: Report, window: int = DEFAULT_WINDOW) -> History:
         """The history once `report`'s checkpoint is judged: one entry longer if it passed

@@ -12,8 +12,11 @@ In order:
    this layer never imports TensorFlow;
 4. the fingerprint gate: only a checkpoint that passed its integrity checks (or, for
    `ckptwatch fingerprint`, its whole verification) is fingerprinted;
-5. the run's history (`request.history`, read before the engine runs) extended by this
-   checkpoint is written to `request.history_out` if it passed (pass or warn).
+5. the run's history (`request.history`, read before the engine runs): a candidate that still
+   carries the jump of a checkpoint that failed, from that one's state, fails too
+   (ckptwatch.verify.continues); the history extended by this checkpoint is written to
+   `request.history_out` if it passed (pass or warn), the same history noting it if it failed a
+   drift check.
 
 A candidate deleted meanwhile raises CheckpointVanished (the daemon skips it). Model checks
 that cannot run raise ModelChecksError (ModelTimeout past their time limit: the calling
@@ -33,8 +36,9 @@ from ckptwatch.errors import (
 )
 from ckptwatch.formats import checkpoint_exists
 from ckptwatch.policy import Policy
+from ckptwatch.verify.continues import continues_findings, next_history
 from ckptwatch.verify.engine import Options, Progress, verify_paths
-from ckptwatch.verify.history import PASSING, History, HistoryError
+from ckptwatch.verify.history import History, HistoryError
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
 
@@ -60,6 +64,8 @@ def verify_checkpoint(
     history, last, history_problem = _history(request, options)
     if last and not request.previous:  # from the run's directory: the last earlier checkpoint that passed
         request = replace(request, previous=last)
+    if history is not None and history.rejected:  # the candidate's sketches: where is it vs a failed one?
+        options = replace(options, sketch=True)
     try:
         report, prints = _engine(request, golden, replace(options, history=history))
     except CheckpointNotFound as e:
@@ -84,12 +90,11 @@ def verify_checkpoint(
         report.add_findings(
             [Finding("warn", "integrity.history", f"{history_problem}: judged without the run's history")]
         )
+    baseline = [request.previous, request.previous_fingerprint]
+    report.add_findings(continues_findings(history, report, prints, baseline))
     if request.model is not None:
         _model_checks(report, request, golden, model_checks)
     verification = Verification(report)
-    if request.history_out and report.verdict in PASSING and report.history_entry is not None:
-        (history or History.empty()).after(report, request.policy.history_window).save(request.history_out)
-        verification.history = request.history_out
     if request.fingerprint_out:
         verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
         if verification.not_fingerprinted is None and prints:
@@ -97,6 +102,11 @@ def verify_checkpoint(
 
             write_fingerprint(request.fingerprint_out, report.checkpoint, prints)
             verification.fingerprint = request.fingerprint_out
+    if request.history_out:  # extended if it passed; noting it if it failed a drift check
+        written = next_history(history, report, verification.fingerprint, request.policy.history_window, baseline)
+        if written is not None:
+            written.save(request.history_out)
+            verification.history = request.history_out
     return verification
 
 

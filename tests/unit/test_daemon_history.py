@@ -47,3 +47,14 @@ def test_watches_are_kept_apart_and_names_are_safe(tmp_path: Path) -> None:
     assert Path(history.current(state, "a/b")).parent == tmp_path / "history"
     assert history.ends_at(state, "other") is None
     assert Path(history.next_path(state, "other", "k")).exists()  # another watch's file is left alone
+
+
+def test_a_failed_checkpoints_note_is_adopted_and_the_history_still_ends_at_the_baseline(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    written(tmp_path, "run", "k2", b"two")
+    history.adopt(state, "run", "k2")
+    written(tmp_path, "run", "k3", b"two, noting k3")  # k3 failed a drift check against k2
+    assert history.adopt(state, "run", "k3", ends_at_key="k2")
+    assert history.ends_at(state, "run") == "k2"
+    assert history.for_request(state, "run", "k2") == history.current(state, "run")
+    assert Path(history.current(state, "run")).read_bytes() == b"two, noting k3"

@@ -249,3 +249,49 @@ def test_a_bad_history_file_is_an_error_not_a_verdict(tmp_path) -> None:
     np.savez(str(tmp_path / "other.npz"), meta=np.array('{"schema": "x"}'))
     with pytest.raises(HistoryError, match=r"not a ckptwatch\.history/v1"):
         History.load(str(tmp_path / "other.npz"))
+
+
+# -- a run that continues from a checkpoint that failed -------------------------------------------
+
+
+def test_a_reset_layer_that_keeps_training_keeps_failing() -> None:
+    """The issue's reset-and-continue: a layer back at its initial values at p, trained on from
+    there. Against the baseline (p-1) the later saves span more steps, so their change alone is
+    within the history's limit; that they continue from the failed state is what fails them."""
+    run = simulate(saves=list(range(0, 300, 10)))
+    p, init = 14, run[0][1]
+    layer = (HIDDEN, HIDDEN_BIAS)
+    reset = {
+        p + j: {**run[p + j][1], **{k: init[k] + (run[p + j][1][k] - run[p][1][k]) for k in layer}} for j in range(3)
+    }
+    results, _ = verify_run(run, replace=reset)
+    assert [results[p + j][1].verdict for j in range(3)] == ["fail"] * 3
+    for j in (1, 2):
+        report = results[p + j][1]
+        continues = [f for f in report.findings if f.severity == "fail" and "continues from" in f.message]
+        assert {f.tensor for f in continues} <= set(layer) and continues, [f.to_dict() for f in report.findings]
+        assert all(f.check == "drift.jump" and f.basis.startswith("failed checkpoint") for f in continues)
+    # training that goes on from the healthy state after one bad save passes again
+    transient, _ = verify_run(run, replace={p: with_noise(run[p][1], HIDDEN, 10 * typical_change(run, HIDDEN))})
+    assert [transient[p + j][1].verdict for j in range(3)] == ["fail", "pass", "pass"]
+
+
+def test_a_failed_checkpoint_is_noted_in_the_history_not_added() -> None:
+    run = simulate(saves=list(range(0, 200, 10)))
+    p = 12
+    boom = {**run[p][1], HIDDEN: run[p][1][HIDDEN] * np.float32(1000)}
+    results, history = verify_run(run[: p + 1], replace={p: boom})
+    assert results[p][1].verdict == "fail"
+    assert len(history) == p - 1 and history.rejected is not None
+    assert history.rejected["checkpoint"] == f"ckpt-{run[p][0]}" and HIDDEN in history.rejected["tensors"]
+    assert history.rejected["baseline"] == [f"ckpt-{run[p - 1][0]}"]
+
+
+def test_the_note_of_a_failed_checkpoint_is_kept_in_the_file_and_dropped_by_a_pass(tmp_path) -> None:
+    h = History.empty().extended(entry(10, a=0.01))
+    note = {"checkpoint": "ckpt-20", "fingerprint": "f", "baseline": ["ckpt-10"], "tensors": {"a": 0.5}}
+    path = str(tmp_path / "h.npz")
+    h.with_rejected(note).save(path)
+    again = History.load(path)
+    assert again.rejected == note and len(again) == 1
+    assert again.extended(entry(30, a=0.01)).rejected is None
