@@ -93,3 +93,17 @@ def flip_bits(path: str | Path, offset: int, mask: int = 0x01) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ mask]))
+
+
+def child_reading_a_shard(parent_pid: int):
+    """The child process of `parent_pid` that has a checkpoint data shard open (the CLI's
+    isolated reader), or None yet."""
+    import psutil
+
+    for child in psutil.Process(parent_pid).children():
+        try:
+            if any(".data-" in f.path for f in child.open_files()):
+                return child
+        except psutil.Error:
+            pass
+    return None

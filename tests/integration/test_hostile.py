@@ -32,7 +32,7 @@ from ckptwatch.formats.bundle import BundleSource
 from ckptwatch.formats.memory import ArraySource
 from ckptwatch.verify.engine import Engine, open_reference, verify_paths
 from tests import hostile
-from tests.tools import wait_until
+from tests.tools import child_reading_a_shard, wait_until
 from tests.wire import HEADER, bundle_entry, varint
 
 # -- the watch directory every daemon-side test uses: healthy checkpoints between hostile entries --
@@ -448,16 +448,7 @@ def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path, command: st
     t0 = time.monotonic()
     parent = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    def reading() -> psutil.Process | None:
-        for child in psutil.Process(parent.pid).children():
-            try:
-                if any(".data-" in f.path for f in child.open_files()):
-                    return child
-            except psutil.Error:
-                pass
-        return None
-
-    child = wait_until(reading, 20, "the child reading a shard", interval=0.002)
+    child = wait_until(lambda: child_reading_a_shard(parent.pid), 20, "the child reading a shard", interval=0.002)
     child.send_signal(signal.SIGSTOP)
     out, err = parent.communicate(timeout=60)
     assert parent.returncode == 2, err

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.tools import wait_until
+from tests.tools import child_reading_a_shard, wait_until
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,19 +28,9 @@ def big_checkpoint(tmp_path_factory):
     return tf.train.Checkpoint(**variables).write(str(root / "ckpt-1"))
 
 
-def _child_reading(parent: subprocess.Popen) -> psutil.Process | None:
-    for child in psutil.Process(parent.pid).children():
-        try:
-            if any(".data-" in f.path for f in child.open_files()):
-                return child
-        except psutil.Error:
-            pass
-    return None
-
-
 def _wait_for_child_reading(parent: subprocess.Popen, timeout: float = 60.0) -> psutil.Process:
     return wait_until(
-        lambda: _child_reading(parent),
+        lambda: child_reading_a_shard(parent.pid),
         timeout,
         "the verify child opening a data shard",
         interval=0.002,
