@@ -16,6 +16,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProb
 from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.formats.layout import FINGERPRINT_SCHEMA as SCHEMA
 from ckptwatch.formats.layout import looks_like_fingerprint
-from ckptwatch.verify.sketch import TensorSketch
+from ckptwatch.verify.sketch import SAMPLE_SIZE, TensorSketch
 from ckptwatch.verify.stats import TensorStats
 
 __all__ = ["SCHEMA", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
@@ -78,6 +79,35 @@ def write_fingerprint(
     return len(data)
 
 
+def _typed(value, types, what: str):
+    """`value` when it is of `types` (bool is no number here); ValueError naming `what` otherwise."""
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ValueError(f"{what} is not of the right type")
+    if not isinstance(value, types):
+        raise ValueError(f"{what} is not of the right type")
+    return value
+
+
+def _tensor_info(t: dict) -> TensorInfo:
+    name = _typed(t["name"], str, "tensor name")
+    shape = tuple(_typed(d, int, f"{name}: shape") for d in _typed(t["shape"], list, f"{name}: shape"))
+    if any(d < 0 for d in shape) or _typed(t["bytes"], int, f"{name}: bytes") < 0:
+        raise ValueError(f"{name}: negative shape or size")
+    fields = {key: _typed(t[key] if key != "display" else t.get(key, ""), str, f"{name}: {key}") for key in ("dtype", "kind", "display")}
+    return TensorInfo(name, fields["dtype"], shape, t["bytes"], fields["kind"], fields["display"])
+
+
+def _tensor_stats(d: dict) -> TensorStats:
+    _typed(d, dict, "stats")
+    for key, f in TensorStats.__dataclass_fields__.items():
+        if key in d:
+            _typed(d[key], int if f.type in ("int", int) else (int, float), f"stats.{key}")
+            if key in ("count", "nan", "inf", "l2") and d[key] < 0:
+                raise ValueError(f"stats.{key} is negative")
+    stats = TensorStats.from_dict(d)
+    return replace(stats, **{k: float(v) for k, v in asdict(stats).items() if TensorStats.__dataclass_fields__[k].type in ("float", float)})
+
+
 def _read_document(path: str) -> bytes:
     """The JSON text of a fingerprint file (gunzipped when it is gzip), inflated with a
     counted limit: never more than MAX_FINGERPRINT_BYTES, nor MAX_INFLATION times the file
@@ -112,20 +142,25 @@ class FingerprintSource:
                 raise ValueError("not a JSON object")
             if doc.get("schema") != SCHEMA:
                 raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
-            self.checkpoint: dict = doc.get("checkpoint") or {}
+            self.checkpoint: dict = _typed(doc.get("checkpoint") or {}, dict, "checkpoint")
+            _typed(self.checkpoint.get("step"), (int, type(None)), "checkpoint.step")
+            _typed(self.checkpoint.get("bytes") or 0, int, "checkpoint.bytes")
             self._infos, self._stats, self._sketches = [], {}, {}
-            for t in doc["tensors"]:
-                info = TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["bytes"], t["kind"], t.get("display", ""))
+            for t in _typed(doc["tensors"], list, "tensors"):
+                info = _tensor_info(_typed(t, dict, "a tensor"))
                 self._infos.append(info)
                 if t.get("stats"):
-                    self._stats[info.name] = TensorStats.from_dict(t["stats"])
+                    self._stats[info.name] = _tensor_stats(t["stats"])
                 if t.get("hash") and t.get("sample"):
-                    self._sketches[info.name] = TensorSketch(t["hash"], _decode_sample(t["sample"]), info.size)
+                    sample = _decode_sample(_typed(t["sample"], dict, "sample"))
+                    if sample.size != min(info.size, SAMPLE_SIZE):  # what sketch.sample_positions picks
+                        raise ValueError(f"{info.name}: a sample of {sample.size} values for {info.size} elements")
+                    self._sketches[info.name] = TensorSketch(_typed(t["hash"], str, "hash"), sample, info.size)
         except NotRegularFile:
             raise
         except RecursionError:
             raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint (too deep)") from None
-        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zlib.error) as e:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, EOFError, zlib.error) as e:
             raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint ({e})") from None
         self.step = self.checkpoint.get("step")
 
