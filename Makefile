@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench bench-quality clean tools
+.PHONY: demo test lint bench bench-quality fuzz clean tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ bench: $(STAMP)
 # (bench/quality/, bench/README.md). Training and faults are cached in bench/out/quality/.
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench.quality $(BENCH_QUALITY_ARGS)
+
+# Fuzzing (bench/fuzz/, bench/README.md): every reader and parser, seeded from files TF and Keras
+# write (cached in bench/out/fuzz/seeds), for FUZZ_SECONDS; inputs that end in an internal error,
+# a hang or too much memory are saved under bench/out/fuzz/crashes/. A fixed-seed slice runs in
+# `make test` (tests/integration/test_fuzz_smoke.py).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out

@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         for signature, count in f["internal"].items():
             print(f"{name}: {count} x {signature}")
         print(f"{name}: slowest {f['slowest_s']:.2f} s: {f['slowest']}")
-    path = save_summary(summary, args.out, {"seconds": round(elapsed, 1), "seed": args.seed, "jobs": args.jobs, "timeout": args.timeout})
-    print(f"{sum(f['cases'] for f in summary.values())} cases in {elapsed:.0f} s; summary: {path}; crashes: {campaign.crashes}")
+    path = save_summary(
+        summary, args.out, {"seconds": round(elapsed, 1), "seed": args.seed, "jobs": args.jobs, "timeout": args.timeout}
+    )
+    total = sum(f["cases"] for f in summary.values())
+    print(f"{total} cases in {elapsed:.0f} s; summary: {path}; crashes: {campaign.crashes}")
     bad = sum(f["internal_errors"] + f["hangs"] + f["memory"] for f in summary.values())
     return 1 if bad else 0
 

@@ -8,6 +8,7 @@ worker's address-space limit, or a peak RSS over the limit)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,13 +63,13 @@ def _preload(tf: bool) -> None:
     if tf:
         from tensorflow.core.protobuf import saved_model_pb2  # noqa: F401  (TF's protobufs, once)
 
-        import ckptwatch.model.safety  # noqa: F401
+        import ckptwatch.model.safety
     else:
-        import ckptwatch.config  # noqa: F401
-        import ckptwatch.formats.hdf5  # noqa: F401
-        import ckptwatch.formats.keras_archive  # noqa: F401
-        import ckptwatch.model.safety  # noqa: F401
-        import ckptwatch.verify.engine  # noqa: F401
+        import ckptwatch.config
+        import ckptwatch.formats.hdf5
+        import ckptwatch.formats.keras_archive
+        import ckptwatch.model.safety
+        import ckptwatch.verify.engine
         import ckptwatch.verify.fingerprint  # noqa: F401
 
 
@@ -102,7 +103,7 @@ def _worker(conn: Connection, tf: bool) -> None:
             kind, outcome = "clean", f"clean:IntegrityError[{e.problem.check}]"
         except CkptwatchError as e:
             kind, outcome = "clean", f"clean:{type(e).__name__}"
-        except BaseException as e:  # noqa: BLE001  everything else is what we are looking for
+        except BaseException as e:
             kind, outcome, detail = "internal", f"{type(e).__name__}@{_last_frame(e)}", traceback.format_exc()
         conn.send((kind, outcome, detail, _hwm_kb(), time.perf_counter() - t0))
 
@@ -123,7 +124,8 @@ class Figures:
         return {
             "cases": self.cases, "distinct_outcomes": len(self.outcomes), "outcomes": dict(self.outcomes.most_common()),
             "internal_errors": sum(self.internal.values()), "internal": self.internal, "hangs": self.hangs,
-            "memory": self.memory, "peak_rss_mb": round(self.peak_rss_mb, 1), "baseline_rss_mb": round(self.baseline_rss_mb, 1),
+            "memory": self.memory, "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "baseline_rss_mb": round(self.baseline_rss_mb, 1),
             "slowest_s": round(self.slowest_s, 3), "slowest": self.slowest,
         }  # fmt: skip
 
@@ -183,7 +185,9 @@ class Campaign:
             (t,) = [t for t in self.targets if t.tf]
             least = min((self.figures[x.name].cases for x in light), default=0)
             return t if not light or self.figures[t.name].cases <= least else None
-        return min(light, key=lambda t: self.figures[t.name].cases + sum(1 for s in self.slots if s.busy and s.busy[0] is t))
+        return min(
+            light, key=lambda t: self.figures[t.name].cases + sum(1 for s in self.slots if s.busy and s.busy[0] is t)
+        )
 
     def _submit(self, slot: _Slot, target: Target) -> None:
         self.number += 1
@@ -207,7 +211,8 @@ class Campaign:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(os.path.join(self.work, f"slot{slot.index}"), dest, symlinks=True)
         with open(os.path.join(dest, "OUTCOME.txt"), "w") as f:
-            f.write(f"target: {target.name}\nsignature: {signature}\nmutation: {slot.busy[2] if slot.busy else ''}\n\n{detail}\n")
+            label = slot.busy[2] if slot.busy else ""
+            f.write(f"target: {target.name}\nsignature: {signature}\nmutation: {label}\n\n{detail}\n")
 
     def _record(self, slot: _Slot, kind: str, outcome: str, detail: str, hwm_kb: int, secs: float) -> None:
         assert slot.busy is not None
@@ -243,7 +248,6 @@ class Campaign:
             for slot in self.slots:
                 self._start(slot)
             while True:
-                done = sum(f.cases for f in self.figures.values())
                 stopping = time.monotonic() >= end or (cases is not None and self.number >= cases)
                 if not stopping:
                     for slot in self.slots:
@@ -269,14 +273,11 @@ class Campaign:
                         self._record(slot, "hang", f"past {self.timeout:.0f} s", "", 0, self.timeout)
                         self._kill(slot)
                         self._start(slot)
-                del done
         finally:
             for slot in self.slots:
-                if slot.conn is not None and slot.busy is None and slot.proc is not None and slot.proc.is_alive():  # type: ignore[attr-defined]
-                    try:
+                if slot.conn is not None and slot.busy is None:
+                    with contextlib.suppress(OSError):
                         slot.conn.send(None)
-                    except OSError:
-                        pass
                 self._kill(slot)
             shutil.rmtree(self.work, ignore_errors=True)
         return {name: fig.as_dict() for name, fig in self.figures.items()}
@@ -292,7 +293,10 @@ def table(summary: dict) -> str:
                  f"{max((f['peak_rss_mb'] for f in summary.values()), default=0):.0f}",
                  f"{max((f['slowest_s'] for f in summary.values()), default=0):.2f}"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    )
 
 
 def save_summary(summary: dict, out: str, meta: dict) -> str:

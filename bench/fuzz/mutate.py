@@ -20,9 +20,41 @@ from ckptwatch.formats.table import build_table, iter_table
 from ckptwatch.formats.wire import parse_entry
 from tests.wire import bundle_entry, varint
 
-BIG = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32, 1 << 40, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+BIG = [
+    0,
+    1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0xFFFF,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    1 << 32,
+    1 << 40,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 DEEP = "\x00deep:"
-WEIRD: list[Any] = [None, True, -1, 0, 1 << 64, -(1 << 63), 1e308, float("nan"), "", "x" * 5000, [], {}, [1, 2], {"a": 1}, "../../etc/passwd"]
+WEIRD: list[Any] = [
+    None,
+    True,
+    -1,
+    0,
+    1 << 64,
+    -(1 << 63),
+    1e308,
+    float("nan"),
+    "",
+    "x" * 5000,
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    "../../etc/passwd",
+]
 
 
 # -- bytes -------------------------------------------------------------------------------------
@@ -84,7 +116,7 @@ def varint_bump(rng: random.Random, data: bytes) -> bytes:
     end = pos
     while end < len(data) and data[end] & 0x80 and end - pos < 9:
         end += 1
-    return data[:pos] + varint(rng.choice(BIG + [-1, -(1 << 31)])) + data[end + 1 :]
+    return data[:pos] + varint(rng.choice([*BIG, -1, -(1 << 31)])) + data[end + 1 :]
 
 
 BYTE_MUTATORS = [flip, flip, interesting_byte, truncate, insert, delete, int_field, int_field, varint_bump]
@@ -140,10 +172,13 @@ def index_structure(rng: random.Random, index: bytes, data: bytes) -> tuple[str,
         e = parse_entry(memoryview(value))
         dims, offset, size, dtype = list(e.shape), e.offset, e.size, e.dtype
         if choice == 1:
-            dims = [rng.choice(BIG + [-1, 3, 0]) for _ in range(rng.randint(0, 6))]
+            dims = [rng.choice([*BIG, -1, 3, 0]) for _ in range(rng.randint(0, 6))]
             what = "dims"
         elif choice == 2:
-            offset, size = rng.choice([offset, rng.randrange(len(data) + 1), rng.choice(BIG)]), rng.choice([size, 0, rng.randrange(len(data) + 1), rng.choice(BIG)])
+            offset, size = (
+                rng.choice([offset, rng.randrange(len(data) + 1), rng.choice(BIG)]),
+                rng.choice([size, 0, rng.randrange(len(data) + 1), rng.choice(BIG)]),
+            )
             what = "offset-size"
         elif choice == 3:
             dtype = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 14, 17, 18, 19, 20, 21, 22, 23, 100, 1 << 31])
@@ -222,7 +257,21 @@ def toml_text(rng: random.Random, data: bytes) -> tuple[str, bytes]:
         what = "dup-line"
     elif r == 1 and "=" in lines[i]:
         k = lines[i].split("=", 1)[0]
-        v = rng.choice(['""', "-1", "1e400", "nan", "[]", "{}", "true", '"' + "x" * 3000 + '"', "9" * 40, '"\\u0000"', "1979-05-27T07:32:00Z"])
+        v = rng.choice(
+            [
+                '""',
+                "-1",
+                "1e400",
+                "nan",
+                "[]",
+                "{}",
+                "true",
+                '"' + "x" * 3000 + '"',
+                "9" * 40,
+                '"\\u0000"',
+                "1979-05-27T07:32:00Z",
+            ]
+        )
         lines[i] = f"{k}= {v}"
         what = "value"
     elif r == 2 and "=" in lines[i]:
@@ -231,7 +280,12 @@ def toml_text(rng: random.Random, data: bytes) -> tuple[str, bytes]:
         lines[i] = f"{k}= " + ("[" * depth + "]" * depth if rng.random() < 0.5 else "{a=" * depth + "1" + "}" * depth)
         what = f"deep{depth}"
     elif r == 3:
-        lines.insert(i, rng.choice(["[[watch]]", "[daemon]", "[watch.policy]", "[[watch.policy.overrides]]", "[watch.model]", "x = 1"]))
+        lines.insert(
+            i,
+            rng.choice(
+                ["[[watch]]", "[daemon]", "[watch.policy]", "[[watch.policy.overrides]]", "[watch.model]", "x = 1"]
+            ),
+        )
         what = "table"
     else:
         return bytes_mutation(rng, data)
@@ -249,7 +303,9 @@ def keras_structure(rng: random.Random, data: bytes) -> tuple[str, bytes]:
     target = rng.choice(names)
     warnings.filterwarnings("ignore", "Duplicate name", UserWarning)
     out = io.BytesIO()
-    method = rng.choice([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+    method = rng.choice(
+        [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+    )
     what = "member"
     with zipfile.ZipFile(out, "w", method) as dst:
         for name in names:

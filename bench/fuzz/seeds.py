@@ -50,7 +50,11 @@ def _tf_seeds(out: str) -> None:
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="hidden"), keras.layers.Dense(3, name="logits")]
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(3, name="logits"),
+        ]
     )
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
@@ -74,7 +78,9 @@ def _tf_seeds(out: str) -> None:
 
     serve = tf.Module()
     serve.w = tf.Variable(np.ones((6, 3), dtype=np.float32))
-    serve.f = tf.function(lambda v: tf.nn.relu(tf.matmul(v, serve.w)), input_signature=[tf.TensorSpec([None, 6], tf.float32)])
+    serve.f = tf.function(
+        lambda v: tf.nn.relu(tf.matmul(v, serve.w)), input_signature=[tf.TensorSpec([None, 6], tf.float32)]
+    )
     tf.saved_model.save(serve, os.path.join(out, "savedmodel"), signatures=serve.f)
 
 
@@ -83,7 +89,15 @@ def generate(out: str) -> None:
     _tf_seeds(out)
     for name in ("fp.json", "fp.json.gz"):
         subprocess.run(
-            [sys.executable, "-m", "ckptwatch", "fingerprint", os.path.join(out, "bundle", "ckpt-2"), "-o", os.path.join(out, name)],
+            [
+                sys.executable,
+                "-m",
+                "ckptwatch",
+                "fingerprint",
+                os.path.join(out, "bundle", "ckpt-2"),
+                "-o",
+                os.path.join(out, name),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -97,7 +111,9 @@ def generate(out: str) -> None:
 def ensure(out: str) -> str:
     """Generate the seeds into `out` unless a complete set is there (cached); returns `out`."""
     if not os.path.exists(os.path.join(out, "DONE")):
-        subprocess.run([sys.executable, "-m", "bench.fuzz.seeds", out], check=True)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        subprocess.run([sys.executable, "-m", "bench.fuzz.seeds", os.path.abspath(out)], check=True, cwd=root, env=env)
     return out
 
 

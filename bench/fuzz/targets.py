@@ -139,8 +139,15 @@ def prep_state(rng: random.Random, seeds: str, case: str, other: bytes | None) -
     data = _read(path)
     if rng.random() < 0.3:
         line = rng.choice(
-            [b'model_checkpoint_path: "/dev/zero"', b'model_checkpoint_path: "../../../etc/passwd"', b'model_checkpoint_path: "' + b"a/" * 3000 + b'"',
-             b"model_checkpoint_path: ckpt-2", b'model_checkpoint_path: "ckpt-2\\x00"', b'model_checkpoint_path: "\xff\xfe"', b""]  # fmt: skip
+            [
+                b'model_checkpoint_path: "/dev/zero"',
+                b'model_checkpoint_path: "../../../etc/passwd"',
+                b'model_checkpoint_path: "' + b"a/" * 3000 + b'"',
+                b"model_checkpoint_path: ckpt-2",
+                b'model_checkpoint_path: "ckpt-2\\x00"',
+                b'model_checkpoint_path: "\xff\xfe"',
+                b"",
+            ]
         )
         what, data = "state-line", line + b"\n" + data
     else:

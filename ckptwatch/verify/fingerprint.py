@@ -16,7 +16,6 @@ import json
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -93,19 +92,24 @@ def _tensor_info(t: dict) -> TensorInfo:
     shape = tuple(_typed(d, int, f"{name}: shape") for d in _typed(t["shape"], list, f"{name}: shape"))
     if any(d < 0 for d in shape) or _typed(t["bytes"], int, f"{name}: bytes") < 0:
         raise ValueError(f"{name}: negative shape or size")
-    fields = {key: _typed(t[key] if key != "display" else t.get(key, ""), str, f"{name}: {key}") for key in ("dtype", "kind", "display")}
+    fields = {
+        key: _typed(t[key] if key != "display" else t.get(key, ""), str, f"{name}: {key}")
+        for key in ("dtype", "kind", "display")
+    }
     return TensorInfo(name, fields["dtype"], shape, t["bytes"], fields["kind"], fields["display"])
 
 
 def _tensor_stats(d: dict) -> TensorStats:
-    _typed(d, dict, "stats")
+    """TensorStats from a fingerprint's numbers: counts are non-negative ints, the rest floats."""
+    values = {}
     for key, f in TensorStats.__dataclass_fields__.items():
-        if key in d:
-            _typed(d[key], int if f.type in ("int", int) else (int, float), f"stats.{key}")
-            if key in ("count", "nan", "inf", "l2") and d[key] < 0:
+        if key in _typed(d, dict, "stats"):
+            integral = f.type in ("int", int)
+            value = _typed(d[key], int if integral else (int, float), f"stats.{key}")
+            if key in ("count", "nan", "inf", "l2") and value < 0:
                 raise ValueError(f"stats.{key} is negative")
-    stats = TensorStats.from_dict(d)
-    return replace(stats, **{k: float(v) for k, v in asdict(stats).items() if TensorStats.__dataclass_fields__[k].type in ("float", float)})
+            values[key] = value if integral else float(value)
+    return TensorStats.from_dict(values)
 
 
 def _read_document(path: str) -> bytes:

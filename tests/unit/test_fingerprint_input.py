@@ -47,7 +47,10 @@ MALFORMED = {
     "count is negative": (("tensors", 0, "stats", "count"), -4),  # ValueError: math domain error in change.py
     "shape holds a string": (("tensors", 0, "shape"), ["4"]),
     "checkpoint is a list": (("checkpoint",), [1, 2]),
-    "sample too short": (("tensors", 0, "sample", "data"), base64.b64encode(b"\0" * 8).decode()),  # broadcast ValueError
+    "sample too short": (
+        ("tensors", 0, "sample", "data"),
+        base64.b64encode(b"\0" * 8).decode(),
+    ),  # broadcast ValueError
 }
 
 
