@@ -5,6 +5,8 @@ exception other than ckptwatch's own, a dead worker) or run past its time limit.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.fuzz import seeds as seeding
 from bench.fuzz.harness import Campaign, table
 
@@ -12,6 +14,7 @@ CASES = 450  # ~10 s of cases on two cores, after ~10 s of seeds
 TIME_LIMIT = 10.0  # seconds per case: a loaded CI machine is slow; a real hang never ends
 
 
+@pytest.mark.slow
 def test_fuzz_smoke(tmp_path_factory) -> None:
     seeds = seeding.ensure(str(tmp_path_factory.mktemp("fuzz") / "seeds"))
     out = tmp_path_factory.mktemp("fuzz-out")
