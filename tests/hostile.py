@@ -30,8 +30,8 @@ from pathlib import Path
 import crc32c
 import numpy as np
 
-from ckptwatch.formats.table import TABLE_MAGIC, build_table, mask_crc
-from tests.wire import HEADER, bundle_entry, field, varint
+from ckptwatch.formats.table import build_table, mask_crc
+from tests.wire import HEADER, bundle_entry, field, raw_table, varint
 
 VALUES = np.array([1.0, 2.0, 3.0, 4.0], dtype="<f4").tobytes()
 OBJECT_GRAPH_KEY = b"_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -90,33 +90,7 @@ def overflowing_shape(directory: Path | str, name: str) -> str:
 
 def multi_block_index(path: Path | str, entries: list[tuple[bytes, bytes]], per_block: int) -> None:
     """An index table of many data blocks of `per_block` entries each (build_table writes one)."""
-
-    def block(kvs: list[tuple[bytes, bytes]]) -> bytes:
-        body, restarts = bytearray(), []
-        for k, v in kvs:
-            restarts.append(len(body))
-            body += varint(0) + varint(len(k)) + varint(len(v)) + k + v
-        for r in restarts or [0]:
-            body += struct.pack("<I", r)
-        return bytes(body + struct.pack("<I", len(restarts or [0])))
-
-    def trailer(contents: bytes) -> bytes:
-        return contents + b"\x00" + struct.pack("<I", mask_crc(crc32c.crc32c(contents + b"\x00")))
-
-    out, handles = bytearray(), []
-    entries = sorted(entries)
-    for i in range(0, len(entries), per_block):
-        chunk = entries[i : i + per_block]
-        contents = block(chunk)
-        handles.append((chunk[-1][0] + b"\xff", varint(len(out)) + varint(len(contents))))
-        out += trailer(contents)
-    meta_offset, meta = len(out), block([])
-    out += trailer(meta)
-    index_offset, index = len(out), block(handles)
-    out += trailer(index)
-    footer = varint(meta_offset) + varint(len(meta)) + varint(index_offset) + varint(len(index))
-    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", TABLE_MAGIC)
-    Path(path).write_bytes(bytes(out))
+    Path(path).write_bytes(raw_table(sorted(entries), block_entries=per_block))
 
 
 def string_tensor(values: list[bytes]) -> tuple[bytes, int]:

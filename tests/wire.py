@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import struct
 
-from ckptwatch.formats.table import mask_crc
+import crc32c
+
+from ckptwatch.formats.table import TABLE_MAGIC, mask_crc
 
 
 def varint(n: int) -> bytes:
@@ -37,3 +39,42 @@ def bundle_entry(dims: list[int], offset: int, size: int, crc: int, shard: int =
 
 
 HEADER = field(1, 1) + field(3, field(1, 1))  # BundleHeaderProto: num_shards=1, version{producer=1}
+
+
+def raw_table(entries: list[tuple[bytes, bytes]], restart_interval: int = 1, block_entries: int = 1000) -> bytes:
+    """An independent LevelDB table writer (keys as given, not sorted), with
+    prefix compression between restarts and several data blocks: what TF writes."""
+
+    def block(kvs: list[tuple[bytes, bytes]]) -> bytes:
+        body, restarts, last = bytearray(), [], b""
+        for i, (k, v) in enumerate(kvs):
+            shared = 0
+            if i % restart_interval == 0:
+                restarts.append(len(body))
+            else:
+                while shared < min(len(k), len(last)) and k[shared] == last[shared]:
+                    shared += 1
+            body += varint(shared) + varint(len(k) - shared) + varint(len(v)) + k[shared:] + v
+            last = k
+        restarts = restarts or [0]
+        body += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
+        return bytes(body)
+
+    def trailer(contents: bytes) -> bytes:
+        return contents + b"\x00" + struct.pack("<I", mask_crc(crc32c.crc32c(contents + b"\x00")))
+
+    out, index = bytearray(), []
+    groups = [entries[i : i + block_entries] for i in range(0, len(entries), block_entries)] or [[]]
+    for group in groups:
+        data = block(group)
+        index.append(((group[-1][0] if group else b"") + b"\xff", varint(len(out)) + varint(len(data))))
+        out += trailer(data)
+    meta = block([])
+    meta_offset = len(out)
+    out += trailer(meta)
+    idx = block(index)
+    idx_offset = len(out)
+    out += trailer(idx)
+    handles = varint(meta_offset) + varint(len(meta)) + varint(idx_offset) + varint(len(idx))
+    out += handles + b"\x00" * (40 - len(handles)) + struct.pack("<Q", TABLE_MAGIC)
+    return bytes(out)
