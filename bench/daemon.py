@@ -16,19 +16,16 @@ Then a ~400 MB checkpoint keeps the worker busy while /metrics is scraped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import json
 import os
-import queue
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+
+from daemon_process import DaemonProcess  # bench/ is on sys.path: these run as scripts
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -76,34 +73,8 @@ def main() -> int:
     import tensorflow as tf
 
     root = tempfile.mkdtemp(prefix="ckptwatch-bench-daemon-")
-    os.makedirs(f"{root}/run")
-    with open(f"{root}/config.toml", "w") as f:
-        f.write(CONFIG.format(root=root))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "ckptwatch", "watch", "--config", f"{root}/config.toml"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    events: queue.SimpleQueue[dict] = queue.SimpleQueue()
-
-    def read() -> None:
-        assert daemon.stdout
-        for line in daemon.stdout:
-            with contextlib.suppress(ValueError):
-                events.put(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-
-    def wait(event: str, timeout: float = 120.0, **match) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                e = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
-                return e
-        raise TimeoutError(event)
+    daemon = DaemonProcess(root, CONFIG.format(root=root))
+    events, wait = daemon.events, daemon.wait_for
 
     def ts(e: dict) -> float:
         return dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -170,8 +141,7 @@ def main() -> int:
         main_peak = peak_rss(main_pid)
         del prefix
     finally:
-        daemon.terminate()
-        daemon.wait(15)
+        daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     lat_ms = sorted(x * 1000 for x in latencies)

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+from daemon_process import DaemonProcess  # bench/ is on sys.path: these run as scripts
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -102,41 +99,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_daemon(root: str) -> tuple[subprocess.Popen, str]:
-    os.makedirs(f"{root}/run")
-    with open(f"{root}/config.toml", "w") as f:
-        f.write(CONFIG.format(root=root))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "ckptwatch", "watch", "--config", f"{root}/config.toml"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    events: queue.SimpleQueue[dict] = queue.SimpleQueue()
-
-    def read() -> None:
-        assert daemon.stdout
-        for line in daemon.stdout:
-            with contextlib.suppress(ValueError):
-                events.put(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    daemon.events = events  # type: ignore[attr-defined]  # for wait() below
-    return daemon, wait(daemon, "daemon started")["listen"]
-
-
-def wait(daemon: subprocess.Popen, event: str, timeout: float = 120.0, **match) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            e = daemon.events.get(timeout=0.5)  # type: ignore[attr-defined]
-        except queue.Empty:
-            continue
-        if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
-            return e
-    raise TimeoutError(event)
-
-
-def commit_checkpoints(daemon: subprocess.Popen, root: str, n: int) -> None:
+def commit_checkpoints(daemon: DaemonProcess, root: str, n: int) -> None:
     import numpy as np
     import tensorflow as tf
 
@@ -150,7 +113,7 @@ def commit_checkpoints(daemon: subprocess.Popen, root: str, n: int) -> None:
         ckpt.write(f"{root}/staging/ckpt-{step}")
         for name in sorted(os.listdir(f"{root}/staging"), key=lambda n: n.endswith(".index")):
             os.replace(f"{root}/staging/{name}", f"{root}/run/{name}")  # data first, the index last
-        wait(daemon, "checkpoint verified", step=step)
+        daemon.wait_for("checkpoint verified", step=step)
 
 
 def main() -> int:
@@ -163,11 +126,11 @@ def main() -> int:
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="ckptwatch-bench-http-")
-    daemon, listen = start_daemon(root)
-    host, port = listen.rsplit(":", 1)
+    daemon = DaemonProcess(root, CONFIG.format(root=root))
+    host, port = daemon.wait_for("daemon started")["listen"].rsplit(":", 1)
     rows = []
     try:
-        wait(daemon, "worker ready")
+        daemon.wait_for("worker ready")
         commit_checkpoints(daemon, root, args.checkpoints)
         for path in args.paths:
             for concurrency in args.concurrency:
@@ -177,8 +140,7 @@ def main() -> int:
                 row["cpu_ms"] = (cpu_seconds(daemon.pid) - cpu0) * 1000 / args.requests
                 rows.append(row)
     finally:
-        daemon.terminate()
-        daemon.wait(15)
+        daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"{args.requests} requests per burst on loopback, client timeout {args.timeout:g} s, {os.cpu_count()} cores\n"
