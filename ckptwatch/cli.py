@@ -123,6 +123,14 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
 @click.option("--previous", metavar="REF", help="The previous checkpoint of the same run (or its fingerprint).")
 @click.option("--golden", metavar="REF", help="A known-good reference checkpoint (or its fingerprint).")
 @click.option("--profile", type=click.Choice(["training", "replica"]), default=None, help="Policy profile [training].")
+@click.option(
+    "--golden-mode",
+    type=click.Choice(["target", "finetune"]),
+    default=None,
+    help="What --golden is to a training run: target (where it is going: the probe is compared with it only "
+    "once the run's history shows it was reached) or finetune (where it started: compared from the first "
+    "checkpoint, whole-checkpoint drift bounded) [target].",
+)
 @click.option("--policy", "policy_file", metavar="FILE.toml", help="Thresholds, excludes and per-tensor overrides.")
 @click.option(
     "--include-optimizer", is_flag=True, default=None, help="Check optimizer state for drift and structure too."
@@ -156,6 +164,7 @@ def verify(
     previous: str | None,
     golden: str | None,
     profile: str | None,
+    golden_mode: str | None,
     policy_file: str | None,
     include_optimizer: bool | None,
     exclude: tuple[str, ...],
@@ -198,6 +207,8 @@ def verify(
     updates: dict = {}
     if profile:
         updates["profile"] = profile
+    if golden_mode:
+        updates["golden_mode"] = golden_mode
     if include_optimizer:
         updates["include_optimizer"] = True
     if exclude:

@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ckptwatch.formats.kinds import OPTIMIZER, WEIGHT
 
-__all__ = ["Override", "Policy"]
+__all__ = ["FINETUNE_GOLDEN_DRIFT", "Override", "Policy"]
+
+# A fine-tuned run whose weights moved as far from the golden as the golden's own norm has left it:
+# that is a new model, not a fine-tune of the golden.
+FINETUNE_GOLDEN_DRIFT = 1.0
 
 
 class _Strict(BaseModel):
@@ -93,8 +97,18 @@ class Policy(_Strict):
         description="a tensor that trained and is then identical to previous this many checkpoints in a row "
         "while the rest trains fails drift.frozen (fewer: warn); likewise a whole checkpoint whose step advances",
     )
+    # what the golden is to a training run (profile "replica": an exported copy, every value equal)
+    golden_mode: Literal["target", "finetune"] = Field(
+        "target",
+        description="target: where a run from scratch is going: the functional comparison with golden fails only "
+        "once the run has reached it (an earlier passing checkpoint met it) and falls back; finetune: the run "
+        "starts from the golden: the functional comparison applies from the first checkpoint and the whole "
+        "checkpoint's drift from golden is bounded (max_global_golden_drift, default FINETUNE_GOLDEN_DRIFT)",
+    )
     max_golden_drift: float | None = Field(None, ge=0, description="per tensor: relative L2 vs golden bound")
-    max_global_golden_drift: float | None = Field(None, ge=0)
+    max_global_golden_drift: float | None = Field(
+        None, ge=0, description="whole checkpoint: relative L2 vs golden bound (unset: none; 1.0 with finetune)"
+    )
     atol: float = Field(1e-6, ge=0, description="replica: absolute tolerance")
     rtol: float = Field(1e-5, ge=0, description="replica: relative tolerance")
     overrides: list[Override] = Field(default_factory=list)
@@ -116,7 +130,27 @@ class Policy(_Strict):
         1.0, ge=0, description="training: relative L2 difference of probe outputs vs golden above this fails"
     )
     min_agreement: float = Field(0.5, ge=0, le=1, description="training: argmax agreement with golden below this fails")
-    max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="training: probe accuracy drop vs golden that fails")
+    max_accuracy_drop: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="training: probe accuracy drop vs golden that fails",
+    )
+    max_accuracy_regression: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="training: probe accuracy this far below the best a kept checkpoint of the run reached (its "
+        "history) fails functional.regression; early training dips by 10 points on a small probe batch",
+    )
+
+    def global_golden_bound(self) -> float | None:
+        """The whole checkpoint's relative L2 vs golden that fails (None: not bounded)."""
+        if self.max_global_golden_drift is not None:
+            return self.max_global_golden_drift
+        if self.profile == "training" and self.golden_mode == "finetune":
+            return FINETUNE_GOLDEN_DRIFT
+        return None
 
     def compared_kinds(self) -> set[str]:
         """The tensor kinds (ckptwatch.formats.kinds) that drift and replica checks compare."""

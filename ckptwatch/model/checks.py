@@ -1,13 +1,14 @@
 """Model-aware checks of one checkpoint: restore status, restore fidelity, the
 functional check on a probe batch, and the optional one-step smoke test.
 
-    check_model(candidate, golden, spec, policy) -> (model section, findings)
+    check_model(candidate, golden, spec, policy, record=None) -> (model section, findings)
 
 The model comes from the operator's factory (restored from the checkpoint), or,
 for files that carry their own model (.keras, full-model .h5, SavedModel), from the
 file in safe mode. The golden reference for the functional check is, in order: stored
 golden outputs (spec.golden_outputs), or the golden checkpoint restored the same
-way. Nothing is written anywhere.
+way. `record` is what the run's history showed on the probe batch (ckptwatch.model.compare
+says how it is used). Nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ckptwatch.model import compare, restore, safety
 from ckptwatch.model.runtime import device_label, seed, tensorflow
 from ckptwatch.model.spec import Probe, load_outputs, load_probe, resolve_callable, save_outputs
 from ckptwatch.policy import Policy
+from ckptwatch.verify.history import ProbeRecord
 from ckptwatch.verify.report import Finding
 from ckptwatch.verify.request import ModelSpec
 from ckptwatch.verify.verification import integrity_failed
@@ -206,7 +208,9 @@ def smoke_step(loaded: Loaded, probe: Probe) -> tuple[dict, list[Finding]]:
     return section, findings
 
 
-def check_model(candidate: str, golden: str | None, spec: ModelSpec, policy: Policy) -> tuple[dict, list[Finding]]:
+def check_model(
+    candidate: str, golden: str | None, spec: ModelSpec, policy: Policy, record: ProbeRecord | None = None
+) -> tuple[dict, list[Finding]]:
     t0 = time.perf_counter()
     probe = load_probe(spec.probe, spec.python_path) if spec.probe else None
     if spec.factory:
@@ -235,7 +239,7 @@ def check_model(candidate: str, golden: str | None, spec: ModelSpec, policy: Pol
             save_outputs(spec.outputs_out, outputs)
         if outputs is not None:
             reference, ref_name = _reference(golden, spec, probe, policy, findings)
-            figures, more = compare.compare_outputs(outputs, reference, probe.y, policy, ref_name)
+            figures, more = compare.compare_outputs(outputs, reference, probe.y, policy, ref_name, record)
             figures["batch"] = probe.batch
             section["functional"] = figures
             findings += more
@@ -302,7 +306,14 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def add_model_checks(report: Any, candidate: str, golden: str | None, spec: ModelSpec, policy: Policy) -> None:
+def add_model_checks(
+    report: Any,
+    candidate: str,
+    golden: str | None,
+    spec: ModelSpec,
+    policy: Policy,
+    record: ProbeRecord | None = None,
+) -> None:
     """Run check_model within spec.timeout and merge it into `report` (a verify Report).
 
     A candidate that failed its integrity checks is not handed to TensorFlow: its
@@ -316,7 +327,7 @@ def add_model_checks(report: Any, candidate: str, golden: str | None, spec: Mode
 
     def work() -> None:
         try:
-            result["value"] = check_model(candidate, golden, spec, policy)
+            result["value"] = check_model(candidate, golden, spec, policy, record)
         except BaseException as e:  # handed to the caller's thread
             result["error"] = e
 

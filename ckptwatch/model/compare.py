@@ -9,15 +9,27 @@ are the worst over outputs.
     training  relative L2 difference <= max_output_relative_diff, argmax agreement
               >= min_agreement, accuracy (when labels are given) not lower than
               the reference's by more than max_accuracy_drop
+
+What a training checkpoint that misses the golden means depends on what the golden is to the
+run (policy.golden_mode) and on what the run's history showed (`record`):
+    finetune  the run starts from the golden: missing it fails, from the first checkpoint
+    target    the golden is where a run from scratch is going: early checkpoints naturally miss
+              it, so missing it is reported (info) until the run has met it at min_history kept
+              checkpoints in a row (one marginal pass early in training is not arrival); from
+              then on, falling back fails
+In both, probe accuracy more than max_accuracy_regression below the best a kept checkpoint of the run
+reached fails `functional.regression` (a sudden drop against the run's own best).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from ckptwatch.policy import Policy
+from ckptwatch.verify.history import ProbeRecord
 from ckptwatch.verify.report import Finding
 
 CHECK = "functional"
@@ -90,8 +102,59 @@ def compare_outputs(
     labels: np.ndarray | None,
     policy: Policy,
     reference_name: str = "golden",
+    record: ProbeRecord | None = None,
 ) -> tuple[dict, list[Finding]]:
     """Figures for the report's model.functional section, and the findings."""
+    figures, findings, vs_golden = _compare(candidate, reference, labels, policy, reference_name)
+    if policy.profile == "replica":
+        return figures, findings + vs_golden
+    if reference is not None and not figures["nonfinite_outputs"] and figures["outputs"]:
+        figures["golden_met"] = not vs_golden
+    findings += _as_judged(vs_golden, policy, record)
+    findings += _regression(figures["accuracy"], policy, record)
+    return figures, findings
+
+
+def _as_judged(vs_golden: list[Finding], policy: Policy, record: ProbeRecord | None) -> list[Finding]:
+    """The functional comparison's failures as the golden's meaning for this run makes them."""
+    if not vs_golden or policy.golden_mode == "finetune":
+        return vs_golden
+    if record is not None and record.reached:
+        note = f"; this run met the golden at {record.reached} and has fallen back (golden_mode = target)"
+        return [replace(f, message=f.message + note, basis=f"met at {record.reached}") for f in vs_golden]
+    note = "; not judged: the run has not reached the golden yet (golden_mode = target)"
+    return [replace(f, severity="info", message=f.message + note, basis="golden_mode = target") for f in vs_golden]
+
+
+def _regression(acc: float | None, policy: Policy, record: ProbeRecord | None) -> list[Finding]:
+    if acc is None or record is None or record.best_accuracy is None:
+        return []
+    best, allowed = record.best_accuracy, policy.max_accuracy_regression
+    if not best - acc > allowed + 1e-12:
+        return []
+    return [
+        Finding(
+            "fail",
+            "functional.regression",
+            f"accuracy on the probe batch {acc:.1%}, this run's best {best:.1%} ({record.best_checkpoint}): "
+            f"a drop of {best - acc:.1%} (allowed: {allowed:.0%})",
+            value=acc,
+            limit=best - allowed,
+            expected={"min": best - allowed, "best": best},
+            basis="history: the run's best probe accuracy; policy: max_accuracy_regression",
+        )
+    ]
+
+
+def _compare(
+    candidate: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray] | None,
+    labels: np.ndarray | None,
+    policy: Policy,
+    reference_name: str,
+) -> tuple[dict, list[Finding], list[Finding]]:
+    """(figures, findings, the findings that say the candidate misses the reference's
+    criteria: divergence, agreement, accuracy and, for a replica, any mismatch)."""
     nonfinite, findings = nonfinite_findings(candidate)
     figures: dict = {
         "reference": reference_name if reference is not None else None,
@@ -103,8 +166,9 @@ def compare_outputs(
         "accuracy": _first_accuracy(candidate, labels),
         "reference_accuracy": _first_accuracy(reference, labels) if reference is not None else None,
     }
+    vs: list[Finding] = []
     if reference is None:
-        return figures, findings
+        return figures, findings, vs
     missing = sorted(set(reference) - set(candidate))
     extra = sorted(set(candidate) - set(reference))
     if missing or extra:
@@ -118,7 +182,7 @@ def compare_outputs(
         )
     replica = policy.profile == "replica"
     if nonfinite:  # already a failure; differences with NaN in them say nothing more
-        return figures, findings
+        return figures, findings, vs
     for name in sorted(set(candidate) & set(reference)):
         c, r = candidate[name], reference[name]
         if c.shape != r.shape:
@@ -147,7 +211,7 @@ def compare_outputs(
         }
         where = f"output {name!r} vs the {reference_name}"
         if replica and outside:
-            findings.append(
+            vs.append(
                 Finding(
                     "fail",
                     "functional.mismatch",
@@ -157,22 +221,28 @@ def compare_outputs(
                 )
             )
         if not replica and policy.max_output_relative_diff is not None and not rel <= policy.max_output_relative_diff:
-            findings.append(
+            vs.append(
                 Finding(
                     "fail",
                     "functional.divergence",
                     f"{where}: relative difference {rel:.3g} > {policy.max_output_relative_diff:g} "
                     f"(max abs diff {max_abs:.3g})",
                     reference=reference_name,
+                    value=rel,
+                    limit=policy.max_output_relative_diff,
+                    basis="policy: max_output_relative_diff",
                 )
             )
         if not replica and agreement is not None and agreement < policy.min_agreement:
-            findings.append(
+            vs.append(
                 Finding(
                     "fail",
                     "functional.agreement",
                     f"{where}: argmax agrees on {agreement:.1%} of the probe batch (< {policy.min_agreement:.0%})",
                     reference=reference_name,
+                    value=agreement,
+                    limit=policy.min_agreement,
+                    basis="policy: min_agreement",
                 )
             )
     per = figures["outputs"].values()
@@ -185,13 +255,17 @@ def compare_outputs(
     if acc is not None and ref_acc is not None:
         allowed = 0.0 if replica else policy.max_accuracy_drop
         if ref_acc - acc > allowed + 1e-12:
-            findings.append(
+            vs.append(
                 Finding(
                     "fail",
                     "functional.accuracy",
                     f"accuracy on the probe batch {acc:.1%}, the {reference_name} {ref_acc:.1%} "
                     f"(drop allowed: {allowed:.0%})",
                     reference=reference_name,
+                    value=acc,
+                    limit=ref_acc - allowed,
+                    expected={"min": ref_acc - allowed, "reference": ref_acc},
+                    basis="policy: max_accuracy_drop",
                 )
             )
-    return figures, findings
+    return figures, findings, vs

@@ -25,7 +25,7 @@ import math
 
 from ckptwatch.formats.base import IntegrityError, TensorInfo
 from ckptwatch.verify.fingerprint import FingerprintSource
-from ckptwatch.verify.history import PASSING, Entry, History
+from ckptwatch.verify.history import PASSING, Entry, History, with_probe
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.sketch import TensorSketch, estimate_sums
 from ckptwatch.verify.stats import TensorStats
@@ -74,7 +74,7 @@ def next_history(
     drift check (the history itself unchanged), else None (nothing new)."""
     base = history or History.empty()
     if report.verdict in PASSING and isinstance(report.history_entry, Entry):
-        return base.extended(report.history_entry, window)
+        return base.extended(with_probe(report.history_entry, report.model), window)
     rejected = rejected_record(report, fingerprint, baseline)
     return base.with_rejected(rejected) if rejected else None
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,8 @@ SCHEMA = "ckptwatch.history/v1"
 DEFAULT_WINDOW = 32
 PASSING = ("pass", "warn")  # the verdicts that extend a history (and make a baseline)
 _PER_TENSOR = ("change", "growth", "changed")
-_PER_ENTRY = ("step", "gap", "global_change")
+_PER_ENTRY = ("step", "gap", "global_change", "accuracy", "golden_met")
+_OPTIONAL_ENTRY = ("accuracy", "golden_met")  # absent from files written before they were kept
 
 
 class HistoryError(CkptwatchError):
@@ -56,6 +57,18 @@ class Entry:
     global_change: float  # whole-checkpoint relative L2 vs previous
     tensors: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # change, growth, changed fraction
     checkpoint: str = ""  # the candidate's path, for people reading the file
+    # the model-aware checks' figures on the probe batch (None: not run, or no labels / no golden)
+    accuracy: float | None = None  # the candidate's probe accuracy
+    golden_met: bool | None = None  # whether it met the functional comparison with golden
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """What the run's passing checkpoints (its history) showed on the probe batch."""
+
+    reached: str | None = None  # where the run had met the functional comparison with golden for good
+    best_accuracy: float | None = None  # the best probe accuracy of a kept checkpoint
+    best_checkpoint: str | None = None
 
 
 @dataclass
@@ -112,7 +125,11 @@ class History:
                     raise HistoryError(f"history {path}: not a {SCHEMA} file")
                 names = [str(n) for n in z["names"]]
                 arrays = {k: np.asarray(z[k], dtype=np.float32) for k in _PER_TENSOR}
-                entries = {k: np.asarray(z[k], dtype=np.float64) for k in _PER_ENTRY}
+                width = len(z["step"])
+                entries = {
+                    k: np.asarray(z[k], dtype=np.float64) if k in z.files else np.full(width, np.nan)
+                    for k in _PER_ENTRY
+                }
         except HistoryError:
             raise
         except FileNotFoundError:
@@ -173,6 +190,8 @@ class History:
         entries["step"][-1] = _or_nan(entry.step)
         entries["gap"][-1] = _or_nan(entry.gap)
         entries["global_change"][-1] = entry.global_change
+        entries["accuracy"][-1] = _or_nan(entry.accuracy)
+        entries["golden_met"][-1] = _or_nan(entry.golden_met)
         checkpoints = [*self.checkpoints, entry.checkpoint]
         if width > window:
             cut = width - window
@@ -228,10 +247,35 @@ class History:
         present = changed[np.isfinite(changed)]
         return _trailing_zeros(changed), bool(np.any(present > 0))
 
+    def probe_record(self, in_a_row: int = 3) -> ProbeRecord:
+        """`reached`: the last of the first `in_a_row` kept checkpoints in a row that met the golden."""
+        accuracy, met = self.entries["accuracy"], self.entries["golden_met"]
+        run, reached = 0, None
+        for i, m in enumerate(met):
+            run = run + 1 if m == 1 else 0
+            if run >= in_a_row:
+                reached = self.checkpoints[i] or f"entry {i}"
+                break
+        if not np.any(np.isfinite(accuracy)):
+            return ProbeRecord(reached)
+        best = int(np.nanargmax(accuracy))
+        return ProbeRecord(reached, float(accuracy[best]), self.checkpoints[best] or None)
+
     def global_unchanged_run(self) -> tuple[int, bool]:
         g = self.entries["global_change"]
         present = g[np.isfinite(g)]
         return _trailing_zeros(g), bool(np.any(present > 0))
+
+
+def with_probe(entry: Entry, model: dict | None) -> Entry:
+    """`entry` with the probe figures of the model-aware checks' section of its report."""
+    functional = (model or {}).get("functional") or {}
+    accuracy, met = functional.get("accuracy"), functional.get("golden_met")
+    return replace(
+        entry,
+        accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        golden_met=met if isinstance(met, bool) else None,
+    )
 
 
 def _or_nan(x: float | None) -> float:

@@ -8,7 +8,8 @@ Profile `training` (a checkpoint of a run in progress): the candidate must move
 against the previous checkpoint (a duplicate save or frozen layers are flagged)
 but not jump (reset to initializer, explosion); how much a tensor may move is
 judged against the run's own history when one is given (ckptwatch.verify.judge);
-drift from golden is bounded only where configured. Profile `replica` (a copy,
+drift from golden is bounded where configured, and for the whole checkpoint when the run is a
+fine-tune of the golden (`golden_mode = "finetune"`). Profile `replica` (a copy,
 conversion or export): every element must equal golden within atol + rtol * |golden|.
 
 Thresholds can be overridden per tensor glob; the last matching override wins.
@@ -145,9 +146,14 @@ def _golden_findings(t: TensorResult, s: dict) -> list[Finding]:
 
 
 def _global_golden(policy: Policy, gold: Drift | None) -> list[Finding]:
-    limit = policy.max_global_golden_drift
+    limit = policy.global_golden_bound()
     if policy.profile != "training" or gold is None or limit is None or not gold.relative_l2 > limit:
         return []
+    basis = (
+        "policy: max_global_golden_drift"
+        if policy.max_global_golden_drift is not None
+        else "policy: golden_mode = finetune (max_global_golden_drift unset)"
+    )
     return [
         Finding(
             "fail",
@@ -158,6 +164,6 @@ def _global_golden(policy: Policy, gold: Drift | None) -> list[Finding]:
             value=gold.relative_l2,
             limit=limit,
             expected={"max": limit},
-            basis="policy: max_global_golden_drift",
+            basis=basis,
         )
     ]

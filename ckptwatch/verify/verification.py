@@ -9,7 +9,8 @@ In order:
 2. the engine streams the candidate and its references through the checks;
 3. the model-aware checks, when the request asks for them: `model_checks` is the callable
    that runs them (ckptwatch.model.checks.add_model_checks), handed in by the caller so that
-   this layer never imports TensorFlow;
+   this layer never imports TensorFlow; it gets what the run's history showed on the probe
+   batch (whether the run reached the golden, its best accuracy);
 4. the fingerprint gate: only a checkpoint that passed its integrity checks (or, for
    `ckptwatch fingerprint`, its whole verification) is fingerprinted;
 5. the run's history (`request.history`, read before the engine runs): a candidate that still
@@ -38,11 +39,12 @@ from ckptwatch.formats import checkpoint_exists
 from ckptwatch.policy import Policy
 from ckptwatch.verify.continues import continues_findings, next_history
 from ckptwatch.verify.engine import Options, Progress, verify_paths
-from ckptwatch.verify.history import History, HistoryError
+from ckptwatch.verify.history import History, HistoryError, ProbeRecord
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
 
-ModelChecks = Callable[[Report, str, "str | None", ModelSpec, Policy], None]
+# (report, candidate, golden, spec, policy, what the run's history showed on the probe batch)
+ModelChecks = Callable[[Report, str, "str | None", ModelSpec, Policy, "ProbeRecord | None"], None]
 
 
 @dataclass
@@ -93,7 +95,8 @@ def verify_checkpoint(
     baseline = [request.previous, request.previous_fingerprint]
     report.add_findings(continues_findings(history, report, prints, baseline))
     if request.model is not None:
-        _model_checks(report, request, golden, model_checks)
+        record = history.probe_record(request.policy.min_history) if history is not None else None
+        _model_checks(report, request, golden, model_checks, record)
     verification = Verification(report)
     if request.fingerprint_out:
         verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
@@ -152,12 +155,18 @@ def _engine(request: VerifyRequest, golden: str | None, options: Options) -> tup
     return report, prints
 
 
-def _model_checks(report: Report, request: VerifyRequest, golden: str | None, model_checks: ModelChecks | None) -> None:
+def _model_checks(
+    report: Report,
+    request: VerifyRequest,
+    golden: str | None,
+    model_checks: ModelChecks | None,
+    record: ProbeRecord | None,
+) -> None:
     assert request.model is not None
     if model_checks is None:
         raise ModelChecksError("model-aware checks were asked for, but this process cannot run them")
     try:
-        model_checks(report, request.candidate, golden, request.model, request.policy)
+        model_checks(report, request.candidate, golden, request.model, request.policy, record)
     except ModelChecksError:
         raise
     except CheckpointNotFound as e:

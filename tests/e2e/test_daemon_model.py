@@ -49,6 +49,8 @@ SCENARIOS = {
     "v2-extra-layer": ("healthy", {"factory": "zoo:mlp_v2_and_optimizer"}, "fail", {"restore.shape"}),
     "no-optimizer": ("healthy", {"factory": "zoo:mlp_model_only"}, "fail", {"restore.unused"}),
     "perturbed": ("perturbed", {"factory": "zoo:mlp_and_optimizer"}, "fail", {"functional.agreement"}),
+    # the default golden_mode (target): a golden the run's history never showed reached is not judged
+    "perturbed-target": ("perturbed", {"factory": "zoo:mlp_and_optimizer"}, "pass", set()),
     "nan": ("nan", {"factory": "zoo:mlp_and_optimizer", "smoke_step": True}, "fail", {"functional.smoke"}),
     "keras-file": ("keras", {}, "pass", set()),
     "savedmodel": ("savedmodel", {}, "pass", set()),
@@ -80,6 +82,8 @@ def test_daemon_runs_every_model_scenario(daemon_factory, files, tmp_path):
         watch = {"name": name, "path": str(dirs[name]), "model": table}
         if scenario in ("healthy", "perturbed", "nan") and "golden_outputs" not in table:
             watch["golden"] = files["golden"]
+        if name in ("perturbed", "golden-outputs"):  # a fine-tune of the golden: compared from the start
+            watch["policy"] = {"golden_mode": "finetune"}
         watches.append(watch)
     d = daemon_factory(watches, daemon={"settle_seconds": 0.2, "poll_interval": 0.2})
     assert "--tensorflow" in " ".join(d.workers()[0].cmdline()), "model watches: the worker imports TF at start"

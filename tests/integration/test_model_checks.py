@@ -44,7 +44,8 @@ def _commands(f: dict[str, str], outputs: str) -> dict[str, list]:
         "tf2_renamed": [f["net"], "--model", Z + "net_renamed", *probe],
         "v2_extra_layer": [f["healthy"], "--model", Z + "mlp_v2_and_optimizer", *probe],
         "no_optimizer": [f["healthy"], "--model", Z + "mlp_model_only", *probe],
-        "perturbed": [f["perturbed"], "--golden", f["golden"], *mlp],
+        "perturbed": [f["perturbed"], "--golden", f["golden"], "--golden-mode", "finetune", *mlp],
+        "perturbed_target": [f["perturbed"], "--golden", f["golden"], *mlp],
         "nan": [f["nan"], "--golden", f["golden"], *mlp, "--smoke-step"],
         "savedmodel": [f["savedmodel"], *probe],
         "keras": [f["keras"], *probe, "--golden", f["keras"]],
@@ -163,6 +164,16 @@ def test_perturbed_weights_same_structure_diverge_functionally(cli):
     assert all(x["reference"] == "golden" for x in rep["findings"] if x["check"].startswith("functional."))
 
 
+def test_a_golden_the_run_has_not_reached_is_reported_not_failed(cli):
+    """The default golden_mode (target): far from the golden, with no history showing the run
+    ever reached it (an early checkpoint of a run from scratch), the comparison is info."""
+    code, rep = cli["perturbed_target"]
+    assert code == 0 and rep["verdict"] == "pass", rep["findings"]
+    info = [x for x in rep["findings"] if x["check"] in ("functional.divergence", "functional.agreement")]
+    assert info and all(x["severity"] == "info" and "not reached" in x["message"] for x in info)
+    assert rep["model"]["functional"]["golden_met"] is False
+
+
 def test_nan_in_one_kernel_and_the_smoke_step_on_it(cli):
     code, rep = cli["nan"]
     assert code == 1
@@ -201,7 +212,7 @@ def test_stored_golden_outputs_instead_of_a_golden_model(cli, files):
     spec = {"factory": Z + "mlp_and_optimizer", "probe": files["probe"], "golden_outputs": outputs}
     rep = in_process(files["healthy"], **spec)
     assert rep["verdict"] == "pass" and rep["model"]["functional"]["reference"] == "golden_outputs", rep["findings"]
-    rep = in_process(files["perturbed"], **spec)
+    rep = in_process(files["perturbed"], Policy(golden_mode="finetune"), **spec)
     assert rep["verdict"] == "fail" and {"functional.divergence", "functional.agreement"} & checks(rep)
 
 

@@ -8,6 +8,7 @@ import pytest
 from ckptwatch.model.compare import accuracy, compare_outputs, flatten_outputs
 from ckptwatch.model.safety import keras_config_refusal
 from ckptwatch.policy import Policy
+from ckptwatch.verify.history import ProbeRecord
 
 
 def test_flatten_names_every_output():
@@ -29,14 +30,52 @@ def _logits(seed: int, n: int = 200, k: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, k))
 
 
-def test_training_profile_bounds_the_change():
+FINETUNE = Policy(golden_mode="finetune")
+
+
+def test_finetune_bounds_the_change_from_the_first_checkpoint():
     ref = _logits(0)
     close = ref + 0.01 * _logits(1)
-    figures, findings = compare_outputs({"output": close}, {"output": ref}, None, Policy())
+    figures, findings = compare_outputs({"output": close}, {"output": ref}, None, FINETUNE)
     assert findings == [] and figures["agreement"] > 0.95 and figures["relative_diff"] < 0.05
-    figures, findings = compare_outputs({"output": _logits(2)}, {"output": ref}, None, Policy())
+    assert figures["golden_met"] is True
+    figures, findings = compare_outputs({"output": _logits(2)}, {"output": ref}, None, FINETUNE)
     assert {f.check for f in findings} == {"functional.divergence", "functional.agreement"}
+    assert {f.severity for f in findings} == {"fail"} and figures["golden_met"] is False
     assert figures["agreement"] < 0.5 and all(f.reference == "golden" for f in findings)
+    agreement = next(f for f in findings if f.check == "functional.agreement")
+    assert agreement.value == figures["agreement"] and agreement.limit == FINETUNE.min_agreement
+
+
+def test_target_reports_a_golden_not_reached_yet_and_fails_a_run_that_falls_back():
+    """The default: a run from scratch towards the golden misses it early (info); once its
+    history shows it met the golden for good, missing it again fails."""
+    ref, far = _logits(0), _logits(2)
+    _, early = compare_outputs({"output": far}, {"output": ref}, None, Policy())
+    assert {f.check for f in early} == {"functional.divergence", "functional.agreement"}
+    assert {f.severity for f in early} == {"info"} and all("not reached" in f.message for f in early)
+    _, still = compare_outputs({"output": far}, {"output": ref}, None, Policy(), record=ProbeRecord())
+    assert {f.severity for f in still} == {"info"}
+    reached = ProbeRecord(reached="ckpt-40")
+    _, late = compare_outputs({"output": far}, {"output": ref}, None, Policy(), record=reached)
+    assert {f.severity for f in late} == {"fail"} and all("ckpt-40" in f.message for f in late)
+
+
+def test_a_sudden_drop_against_the_runs_best_accuracy_fails():
+    labels = np.argmax(_logits(0), axis=1)
+    perfect = np.eye(5)[labels] * 5.0
+    worse = perfect.copy()
+    worse[:80] = np.roll(worse[:80], 1, axis=1)  # 40% wrong: accuracy 60%
+    best = ProbeRecord(best_accuracy=0.9, best_checkpoint="ckpt-7")
+    _, findings = compare_outputs({"o": worse}, None, labels, Policy(), record=best)
+    [drop] = findings
+    assert drop.check == "functional.regression" and drop.severity == "fail" and "ckpt-7" in drop.message
+    assert drop.value == pytest.approx(0.6) and drop.limit == pytest.approx(0.7)
+    # within max_accuracy_regression of the best (a dip early in training), or no history: nothing
+    assert compare_outputs({"o": worse}, None, labels, Policy(), record=ProbeRecord(best_accuracy=0.75))[1] == []
+    assert compare_outputs({"o": worse}, None, labels, Policy())[1] == []
+    # a replica is compared with its golden only
+    assert compare_outputs({"o": worse}, None, labels, Policy(profile="replica"), record=best)[1] == []
 
 
 def test_replica_profile_is_elementwise():
@@ -55,7 +94,7 @@ def test_accuracy_drop_names_both_figures():
     ref = np.eye(5)[labels] * 5.0
     worse = ref.copy()
     worse[:60] = np.roll(worse[:60], 1, axis=1)  # 30% wrong
-    _, findings = compare_outputs({"o": worse}, {"o": ref}, labels, Policy(min_agreement=0.0))
+    _, findings = compare_outputs({"o": worse}, {"o": ref}, labels, Policy(min_agreement=0.0, golden_mode="finetune"))
     acc = [f for f in findings if f.check == "functional.accuracy"]
     assert len(acc) == 1 and "70.0%" in acc[0].message and "100.0%" in acc[0].message
 

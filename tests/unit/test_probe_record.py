@@ -1,0 +1,68 @@
+"""What a run's history remembers of its probe batch: its best accuracy and whether it reached
+the golden (for `golden_mode = "target"`), and that files written before this was kept still load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ckptwatch.verify.history import SCHEMA, Entry, History, with_probe
+
+
+def _entry(n: int, accuracy: float | None = None, met: bool | None = None) -> Entry:
+    return Entry(
+        step=float(10 * n),
+        gap=10.0,
+        global_change=0.1,
+        tensors={"w": (0.1, 1.0, 1.0)},
+        checkpoint=f"ckpt-{n}",
+        accuracy=accuracy,
+        golden_met=met,
+    )
+
+
+def _history(*entries: Entry) -> History:
+    h = History.empty()
+    for e in entries:
+        h = h.extended(e)
+    return h
+
+
+def test_reached_needs_the_golden_met_several_checkpoints_in_a_row() -> None:
+    flapping = _history(_entry(1, met=False), _entry(2, met=True), _entry(3, met=False), _entry(4, met=True))
+    assert flapping.probe_record(3).reached is None
+    arrived = _history(_entry(1, met=False), *(_entry(n, met=True) for n in (2, 3, 4)), _entry(5, met=True))
+    assert arrived.probe_record(3).reached == "ckpt-4"
+    assert _history(_entry(1), _entry(2)).probe_record(1).reached is None  # never compared
+
+
+def test_best_accuracy_and_where(tmp_path: Path) -> None:
+    h = _history(_entry(1, 0.5), _entry(2, 0.8), _entry(3), _entry(4, 0.7))
+    record = h.probe_record()
+    assert record.best_accuracy == 0.8 and record.best_checkpoint == "ckpt-2"
+    path = str(tmp_path / "h.npz")
+    h.save(path)
+    again = History.load(path).probe_record()
+    assert again.best_accuracy == 0.8 and again.best_checkpoint == "ckpt-2"
+    assert History.empty().probe_record().best_accuracy is None
+
+
+def test_with_probe_takes_the_reports_functional_figures() -> None:
+    e = with_probe(_entry(1), {"functional": {"accuracy": 0.75, "golden_met": True}})
+    assert e.accuracy == 0.75 and e.golden_met is True
+    e = with_probe(_entry(1), {"skipped": "failed its integrity checks"})
+    assert e.accuracy is None and e.golden_met is None
+    assert with_probe(_entry(1), None).accuracy is None
+
+
+def test_a_history_file_from_before_probe_figures_loads(tmp_path: Path) -> None:
+    h = _history(_entry(1), _entry(2))
+    path = tmp_path / "old.npz"
+    arrays = {k: v for k, v in h.arrays.items()}
+    entries = {k: h.entries[k] for k in ("step", "gap", "global_change")}
+    meta = np.array(f'{{"schema": "{SCHEMA}", "checkpoints": ["ckpt-1", "ckpt-2"]}}')
+    np.savez(path, meta=meta, names=np.array(h.names, dtype=str), **arrays, **entries)
+    old = History.load(str(path))
+    assert len(old) == 2 and old.probe_record().best_accuracy is None
+    assert old.extended(_entry(3, 0.9)).probe_record().best_accuracy == 0.9
