@@ -57,7 +57,7 @@ EXPECT: dict[str, tuple[str, ...]] = {
     "explosion_x1000": ("drift.",),
     "swap": ("drift.",),
     "duplicate_save": ("drift.unchanged",),
-    "restart_same_seed": ("drift.",),
+    "restart_same_seed": ("drift.rewind",),  # named as a return to an earlier checkpoint
     "restart_other_seed": ("drift.",),
     "renamed_scope": ("structure.", "restore."),  # restore.*: the model-aware restore says it too
     "shape_change": ("structure.", "restore."),

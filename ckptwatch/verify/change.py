@@ -161,7 +161,9 @@ def training_steps(
     return Steps(candidate_path_step, None)
 
 
-def history_entry(changes: list[Change], steps: Steps, global_drift: Drift | None, checkpoint: str) -> Entry:
+def history_entry(
+    changes: list[Change], steps: Steps, global_drift: Drift | None, checkpoint: str, previous: str = ""
+) -> Entry:
     trained = [c for c in changes if c.group != MOVING] or changes
     whole = global_drift.relative_l2 if global_drift is not None else math.nan
     return Entry(
@@ -172,6 +174,8 @@ def history_entry(changes: list[Change], steps: Steps, global_drift: Drift | Non
         global_change=0.0 if trained and all(c.unchanged for c in trained) else whole,
         tensors={c.name: (c.value, c.growth, c.drift.changed_fraction) for c in changes},
         checkpoint=checkpoint,
+        norms={c.name: (c.result.stats.l2, c.previous_l2) for c in changes if c.result.stats is not None},
+        previous=previous,
     )
 
 
@@ -189,4 +193,10 @@ def record_history(
     report.history = {"entries": len(history), "tensors": len(history.names)} if history is not None else None
     if compared and policy.profile == "training":
         changes = measure(policy, results, previous_stats)
-        report.history_entry = history_entry(changes, steps, report.drift.get("previous"), report.checkpoint["path"])
+        report.history_entry = history_entry(
+            changes,
+            steps,
+            report.drift.get("previous"),
+            report.checkpoint["path"],
+            report.references.get("previous") or "",
+        )

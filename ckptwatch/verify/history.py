@@ -40,6 +40,7 @@ SCHEMA = "ckptwatch.history/v1"
 DEFAULT_WINDOW = 32
 PASSING = ("pass", "warn")  # the verdicts that extend a history (and make a baseline)
 _PER_TENSOR = ("change", "growth", "changed")
+_NORMS = ("norm", "previous_norm")  # per tensor: ||candidate||, ||previous|| (where a run has been: rewinds)
 _PER_ENTRY = ("step", "gap", "global_change", "accuracy", "golden_met")
 _OPTIONAL_ENTRY = ("accuracy", "golden_met")  # absent from files written before they were kept
 
@@ -57,6 +58,8 @@ class Entry:
     global_change: float  # whole-checkpoint relative L2 vs previous
     tensors: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # change, growth, changed fraction
     checkpoint: str = ""  # the candidate's path, for people reading the file
+    norms: dict[str, tuple[float, float]] = field(default_factory=dict)  # ||candidate||, ||previous||
+    previous: str = ""  # the path of the checkpoint it was measured from
     # the model-aware checks' figures on the probe batch (None: not run, or no labels / no golden)
     accuracy: float | None = None  # the candidate's probe accuracy
     golden_met: bool | None = None  # whether it met the functional comparison with golden
@@ -99,9 +102,10 @@ class History:
         self.names = list(names)
         self.index = {n: i for i, n in enumerate(self.names)}
         width = len(next(iter(entries.values()))) if entries else 0
-        self.arrays = arrays or {k: _nan((len(self.names), width)) for k in _PER_TENSOR}
+        self.arrays = arrays or {k: _nan((len(self.names), width)) for k in _PER_TENSOR + _NORMS}
         self.entries = entries or {k: np.full(width, np.nan) for k in _PER_ENTRY}
         self.checkpoints = checkpoints or [""] * width
+        self.origin = ""  # the checkpoint the oldest entry was measured from
         # The last checkpoint that failed a drift check against the baseline this history ends at,
         # if any (ckptwatch.verify.continues): {"checkpoint", "fingerprint", "baseline", "tensors":
         # {name: its change vs the baseline}}. A checkpoint that passes clears it.
@@ -124,8 +128,11 @@ class History:
                 if meta.get("schema") != SCHEMA:
                     raise HistoryError(f"history {path}: not a {SCHEMA} file")
                 names = [str(n) for n in z["names"]]
-                arrays = {k: np.asarray(z[k], dtype=np.float32) for k in _PER_TENSOR}
                 width = len(z["step"])
+                arrays = {
+                    k: np.asarray(z[k], dtype=np.float32) if k in z.files else _nan((len(names), width))
+                    for k in _PER_TENSOR + _NORMS
+                }
                 entries = {
                     k: np.asarray(z[k], dtype=np.float64) if k in z.files else np.full(width, np.nan)
                     for k in _PER_ENTRY
@@ -145,13 +152,14 @@ class History:
         history = cls(names, arrays, entries, checkpoints + [""] * (width - len(checkpoints)))
         rejected = meta.get("rejected")
         history.rejected = rejected if isinstance(rejected, dict) else None
+        history.origin = str(meta.get("origin") or "")
         return history
 
     def save(self, path: str) -> None:
         """Written to a temporary file and renamed: a reader never sees half a file."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints, "rejected": self.rejected}
+        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints, "rejected": self.rejected, "origin": self.origin}
         with open(tmp, "wb") as f:
             arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
             np.savez(f, **{**arrays, **self.arrays, **self.entries})
@@ -162,7 +170,7 @@ class History:
     def with_rejected(self, rejected: dict | None) -> History:
         """The same history, noting the checkpoint that just failed against its baseline."""
         copy = History(self.names, self.arrays, self.entries, self.checkpoints)
-        copy.rejected = rejected
+        copy.rejected, copy.origin = rejected, self.origin
         return copy
 
     def after(self, report: Report, window: int = DEFAULT_WINDOW) -> History:
@@ -179,13 +187,16 @@ class History:
         names = self.names + [n for n in entry.tensors if n not in self.index]
         index = {n: i for i, n in enumerate(names)}
         width = len(self) + 1
-        arrays = {k: _nan((len(names), width)) for k in _PER_TENSOR}
+        arrays = {k: _nan((len(names), width)) for k in _PER_TENSOR + _NORMS}
         for k, a in self.arrays.items():
             arrays[k][: len(self.names), :-1] = a
         rows = np.array([index[n] for n in entry.tensors], dtype=np.int64)
         figures = np.array(list(entry.tensors.values()), dtype=np.float64).reshape(len(rows), len(_PER_TENSOR))
         for j, k in enumerate(_PER_TENSOR):
             arrays[k][rows, -1] = figures[:, j]
+        for name, pair in entry.norms.items():
+            if name in entry.tensors:
+                arrays["norm"][index[name], -1], arrays["previous_norm"][index[name], -1] = pair
         entries = {k: np.append(v, np.nan) for k, v in self.entries.items()}
         entries["step"][-1] = _or_nan(entry.step)
         entries["gap"][-1] = _or_nan(entry.gap)
@@ -193,8 +204,10 @@ class History:
         entries["accuracy"][-1] = _or_nan(entry.accuracy)
         entries["golden_met"][-1] = _or_nan(entry.golden_met)
         checkpoints = [*self.checkpoints, entry.checkpoint]
+        origin = self.origin if len(self) else entry.previous
         if width > window:
             cut = width - window
+            origin = checkpoints[cut - 1]
             arrays = {k: a[:, cut:] for k, a in arrays.items()}
             entries = {k: v[cut:] for k, v in entries.items()}
             checkpoints = checkpoints[cut:]
@@ -202,7 +215,9 @@ class History:
         if not alive.all():
             names = [n for n, keep in zip(names, alive, strict=True) if keep]
             arrays = {k: a[alive] for k, a in arrays.items()}
-        return History(names, arrays, entries, checkpoints)
+        grown = History(names, arrays, entries, checkpoints)
+        grown.origin = origin
+        return grown
 
     # -- reading it ----------------------------------------------------------------------------
 
@@ -260,6 +275,20 @@ class History:
             return ProbeRecord(reached)
         best = int(np.nanargmax(accuracy))
         return ProbeRecord(reached, float(accuracy[best]), self.checkpoints[best] or None)
+
+    def places(self) -> list[tuple[str, dict[str, float]]]:
+        """Where the run has been, oldest first: (checkpoint, {tensor: norm}) for the baseline of the
+        oldest kept entry and each kept entry's checkpoint."""
+        if not len(self):
+            return []
+        first = self.origin or f"the checkpoint before {self.checkpoints[0] or 'the oldest kept one'}"
+        out = [(first, self._norms("previous_norm", 0))]
+        out += [(self.checkpoints[i] or f"entry {i}", self._norms("norm", i)) for i in range(len(self))]
+        return out
+
+    def _norms(self, key: str, column: int) -> dict[str, float]:
+        values = self.arrays[key][:, column]
+        return {n: float(v) for n, v in zip(self.names, values, strict=True) if np.isfinite(v)}
 
     def global_unchanged_run(self) -> tuple[int, bool]:
         g = self.entries["global_change"]

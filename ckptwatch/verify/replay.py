@@ -139,5 +139,7 @@ def _estimated(item: _Item, previous: _Item | None, policy: Policy, history: His
     verdict = verdict_of(evaluate(policy, results, global_drift, previous_stats, history, steps))
     if verdict not in PASSING:
         return history, verdict
-    entry = history_entry(measure(policy, results, previous_stats), steps, global_drift["previous"], item.path)
+    entry = history_entry(
+        measure(policy, results, previous_stats), steps, global_drift["previous"], item.path, previous.path
+    )
     return history.extended(entry, policy.history_window), verdict

@@ -15,7 +15,8 @@ In order:
    `ckptwatch fingerprint`, its whole verification) is fingerprinted;
 5. the run's history (`request.history`, read before the engine runs): a candidate that still
    carries the jump of a checkpoint that failed, from that one's state, fails too
-   (ckptwatch.verify.continues); the history extended by this checkpoint is written to
+   (ckptwatch.verify.continues), and one whose weights went back to an earlier checkpoint of the
+   run is named as such (ckptwatch.verify.rewind); the history extended by this checkpoint is written to
    `request.history_out` if it passed (pass or warn), the same history noting it if it failed a
    drift check.
 
@@ -42,6 +43,7 @@ from ckptwatch.verify.engine import Options, Progress, verify_paths
 from ckptwatch.verify.history import History, HistoryError, ProbeRecord
 from ckptwatch.verify.report import Finding, Report
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
+from ckptwatch.verify.rewind import rewind_findings
 
 # (report, candidate, golden, spec, policy, what the run's history showed on the probe batch)
 ModelChecks = Callable[[Report, str, "str | None", ModelSpec, Policy, "ProbeRecord | None"], None]
@@ -94,6 +96,7 @@ def verify_checkpoint(
         )
     baseline = [request.previous, request.previous_fingerprint]
     report.add_findings(continues_findings(history, report, prints, baseline))
+    report.add_findings(rewind_findings(history, report))
     if request.model is not None:
         record = history.probe_record(request.policy.min_history) if history is not None else None
         _model_checks(report, request, golden, model_checks, record)

@@ -66,3 +66,55 @@ def test_a_history_file_from_before_probe_figures_loads(tmp_path: Path) -> None:
     old = History.load(str(path))
     assert len(old) == 2 and old.probe_record().best_accuracy is None
     assert old.extended(_entry(3, 0.9)).probe_record().best_accuracy == 0.9
+
+
+def _moved(n: int, norms: dict[str, tuple[float, float]], previous: str) -> Entry:
+    e = _entry(n)
+    e.tensors = {t: (0.1, 1.0, 1.0) for t in norms}
+    e.norms, e.previous = norms, previous
+    return e
+
+
+def _report_failing_a_jump(candidate_norms: dict[str, float], previous_norms: dict[str, float]):
+    from ckptwatch.verify.report import Finding, Report
+
+    entry = _moved(9, {t: (candidate_norms[t], previous_norms[t]) for t in candidate_norms}, "ckpt-3")
+    report = Report(
+        checkpoint={"path": "ckpt-9", "step": 90},
+        findings=[Finding("fail", "drift.jump", "whole checkpoint moved", None, "previous")],
+        tensors=[],
+        drift={},
+        references={"previous": "ckpt-3", "golden": None},
+        timings={},
+    )
+    report.history_entry = entry
+    return report
+
+
+def test_a_checkpoint_back_at_an_earlier_state_is_named() -> None:
+    from ckptwatch.verify.rewind import rewind_findings
+
+    h = _history(
+        _moved(1, {"a": (2.0, 1.0), "b": (3.0, 2.0)}, "ckpt-0"),
+        _moved(2, {"a": (3.0, 2.0), "b": (4.0, 3.0)}, "ckpt-1"),
+        _moved(3, {"a": (4.0, 3.0), "b": (5.0, 4.0)}, "ckpt-2"),
+    )
+    assert h.origin == "ckpt-0" and [w for w, _ in h.places()] == ["ckpt-0", "ckpt-1", "ckpt-2", "ckpt-3"]
+    previous = {"a": 4.0, "b": 5.0}
+    [rewind] = rewind_findings(h, _report_failing_a_jump({"a": 1.0, "b": 2.0}, previous))  # ckpt-0's norms
+    assert rewind.check == "drift.rewind" and "ckpt-0" in rewind.message and "step moved forward to 90" in rewind.message
+    assert rewind_findings(h, _report_failing_a_jump({"a": 2.0, "b": 3.0}, previous))[0].message.count("ckpt-1") == 1
+    # near but not on an earlier state (a fresh start with another seed): the jump says enough
+    assert rewind_findings(h, _report_failing_a_jump({"a": 1.02, "b": 1.97}, previous)) == []
+    # a candidate that did not fail a jump gets no rewind finding, whatever its norms
+    quiet = _report_failing_a_jump({"a": 1.0, "b": 2.0}, previous)
+    quiet.findings.clear()
+    assert rewind_findings(h, quiet) == []
+
+
+def test_the_origin_follows_the_window() -> None:
+    h = History.empty()
+    for n in range(1, 6):
+        h = h.extended(_moved(n, {"a": (float(n + 1), float(n))}, f"ckpt-{n - 1}"), window=3)
+    assert h.checkpoints == ["ckpt-3", "ckpt-4", "ckpt-5"] and h.origin == "ckpt-2"
+    assert h.places()[0] == ("ckpt-2", {"a": 3.0})
