@@ -102,7 +102,9 @@ def test_a_checkpoint_back_at_an_earlier_state_is_named() -> None:
     assert h.origin == "ckpt-0" and [w for w, _ in h.places()] == ["ckpt-0", "ckpt-1", "ckpt-2", "ckpt-3"]
     previous = {"a": 4.0, "b": 5.0}
     [rewind] = rewind_findings(h, _report_failing_a_jump({"a": 1.0, "b": 2.0}, previous))  # ckpt-0's norms
-    assert rewind.check == "drift.rewind" and "ckpt-0" in rewind.message and "step moved forward to 90" in rewind.message
+    assert (
+        rewind.check == "drift.rewind" and "ckpt-0" in rewind.message and "step moved forward to 90" in rewind.message
+    )
     assert rewind_findings(h, _report_failing_a_jump({"a": 2.0, "b": 3.0}, previous))[0].message.count("ckpt-1") == 1
     # near but not on an earlier state (a fresh start with another seed): the jump says enough
     assert rewind_findings(h, _report_failing_a_jump({"a": 1.02, "b": 1.97}, previous)) == []
