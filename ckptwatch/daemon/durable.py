@@ -210,16 +210,17 @@ class DurableState:
                 self.published_[watch] = published
 
     def _failed(self, e: BaseException, what: str) -> None:
-        """Something could not be done: degraded (said once per kind of problem)."""
+        """Something could not be done: degraded. Said once, when the state stops being writable
+        (while it is not, /readyz shows the latest reason; every failure is counted)."""
         kind = classify(e)
         self.on_error(kind)
-        if self.problem is not None and kind == self.kind:
+        degraded = self.problem is not None
+        self.kind, self.problem = kind, f"cannot {what}: {e}"
+        if degraded:
             return
         now = self.clock()
-        if self.problem is None:
-            self.since, self.delay, self.next_retry = now, RETRY_FIRST, now + RETRY_FIRST
-            self.lost = self.written = 0
-        self.kind, self.problem = kind, f"cannot {what}: {e}"
+        self.since, self.delay, self.next_retry = now, RETRY_FIRST, now + RETRY_FIRST
+        self.lost = self.written = 0
         self.log.error(
             "state not writable",
             state_dir=self.dir,
