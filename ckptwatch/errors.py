@@ -6,7 +6,10 @@
     │   └── CheckpointVanished     it was there, and was deleted while being verified
     │                              (CheckpointManager's max_to_keep): the daemon skips it
     ├── TryAgainLater              the daemon cannot start *now*      -> exit 75 (EX_TEMPFAIL)
-    │                              (its listen address is in use): a service manager restarts it
+    │   │                          (its listen address is in use): a service manager restarts it
+    │   └── StateUnavailable       its state_dir cannot be created or is not a directory
+    ├── DaemonFailed               the daemon stopped on a bug         -> exit 70 (EX_SOFTWARE):
+    │                              restarted, unlike a config error
     ├── ModelChecksError           model-aware checks could not run (a factory that
     │   │                          does not import, an unreadable probe file)
     │   └── ModelTimeout           they ran past their time limit; the process that ran
@@ -32,6 +35,18 @@ class TryAgainLater(CkptwatchError):
     RestartPreventExitStatus=2 stops restarts for config errors, not for this."""
 
     exit_code = 75
+
+
+class StateUnavailable(TryAgainLater):
+    """The state directory cannot be created (a mount not there yet, a path taken by a file):
+    named with the config key, the path and the reason; a restart may find it fixed."""
+
+
+class DaemonFailed(CkptwatchError):
+    """The running daemon stopped on an unexpected error (a bug): exit 70, which systemd's
+    Restart=on-failure and Kubernetes restart (exit 2 is kept for config errors)."""
+
+    exit_code = 70
 
 
 class UsageError(CkptwatchError):

@@ -186,6 +186,15 @@ class DaemonConfig(_Section):
     job_timeout: float = Field(900.0, gt=0, description="seconds one verification may take before its worker is killed")
     max_attempts: int = Field(3, ge=1, description="tries per checkpoint when its worker dies")
     reports_kept: int = Field(10000, ge=1, description="reports kept in the SQLite state (oldest pruned)")
+    state_backlog: int = Field(
+        100,
+        ge=1,
+        description="per watch: records (reports, skips) kept in memory while the state cannot be written; "
+        "the oldest beyond are dropped (and counted as lost)",
+    )
+    state_retry_max: float = Field(
+        10.0, gt=0, description="seconds: longest wait between retries while the state cannot be written"
+    )
     liveness_timeout: float = Field(
         30.0, gt=0, description="seconds without a turn of the main loop before /livez answers 503"
     )

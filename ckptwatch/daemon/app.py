@@ -20,7 +20,6 @@ import os
 import queue
 import selectors
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from ckptwatch import __version__
 from ckptwatch.config import Config, load_config
 from ckptwatch.daemon import discovery, jobs
+from ckptwatch.daemon.durable import DurableState
 from ckptwatch.daemon.events import Watcher
 from ckptwatch.daemon.http import StatusServer
 from ckptwatch.daemon.logs import configure_logging, get_logger
@@ -38,9 +38,8 @@ from ckptwatch.daemon.model import Job, Snapshot, Touched
 from ckptwatch.daemon.notify import Notifier
 from ckptwatch.daemon.pipeline import Pipeline
 from ckptwatch.daemon.recorder import Recorder
-from ckptwatch.daemon.state import State
 from ckptwatch.daemon.supervisor import Supervisor
-from ckptwatch.errors import CkptwatchError, TryAgainLater
+from ckptwatch.errors import CkptwatchError, DaemonFailed, TryAgainLater
 
 RECHECK_INCOMPLETE = 0.1  # seconds between completion checks of a checkpoint being written
 STOP_BUDGET = 8.0  # SIGTERM -> exit well within systemd's/Kubernetes' 10 s
@@ -64,7 +63,6 @@ class Daemon:
         self.dirty: set[str] = set()
         self.scan_problems: dict[str, str] = {}  # watch -> why its last rescan failed
         self.next_poll = self.next_recheck = self.next_watchdog = self.next_acceptances = 0.0
-        self.acceptance_problem: str | None = None  # why reading the acceptances last failed
         self.notifier = Notifier()
         self.last_turn = time.monotonic()  # the main loop's heartbeat: /livez fails when it stops
 
@@ -90,7 +88,7 @@ class Daemon:
                 s.queue_depth = self.pipeline.depth(name)
                 s.armed = self.watcher.armed(name)
                 watches.append(s)
-            return Snapshot(__version__, self.started, watches, self.supervisor.statuses())
+            return Snapshot(__version__, self.started, watches, self.supervisor.statuses(), self.state.health())
 
     def reports(self, limit: int, watch: str | None = None) -> list[dict]:
         return self.state.recent_reports(limit, watch)
@@ -107,7 +105,6 @@ class Daemon:
 
     def run(self) -> int:
         cfg = self.config
-        self.state = State(cfg.daemon.state_dir, reports_kept=cfg.daemon.reports_kept)
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(
             self.registry,
@@ -115,6 +112,16 @@ class Daemon:
             cfg.daemon.top_k_tensors,
             list(cfg.worker.devices),
             watches=[w.name for w in cfg.watches],
+        )
+        # never fails for a full, read-only or corrupt state (it degrades); StateUnavailable
+        # (exit 75) when state_dir cannot be created
+        self.state = DurableState(
+            cfg.daemon.state_dir,
+            reports_kept=cfg.daemon.reports_kept,
+            backlog=cfg.daemon.state_backlog,
+            retry_max=cfg.daemon.state_retry_max,
+            log=self.log,
+            on_error=self.metrics.state_error,
         )
         self.recorder = Recorder(self.state, self.metrics, self.log, cfg)
         swept = self.state.sweep_fingerprints()  # before any worker writes one
@@ -206,6 +213,7 @@ class Daemon:
                 self._dispatch()  # idle workers get the next queued checkpoints
                 self.supervisor.tick()  # reap, heartbeats, timeouts, SIGTERM -> SIGKILL, restarts
                 self._watchdog()  # sd_notify WATCHDOG=1
+                self.state.tick()  # the state: check its file, or retry writing what is kept
             self.last_turn = time.monotonic()  # a turn done: /livez stays 200
 
     def _acceptances(self) -> None:
@@ -215,14 +223,7 @@ class Daemon:
         if now < self.next_acceptances:
             return
         self.next_acceptances = now + self.config.daemon.poll_interval
-        try:
-            self.recorder.apply_acceptances()
-        except sqlite3.Error as e:  # e.g. locked past the busy timeout: tried again next poll
-            if self.acceptance_problem != str(e):
-                self.log.error("cannot apply acceptances", error=str(e))
-            self.acceptance_problem = str(e)
-        else:
-            self.acceptance_problem = None
+        self.recorder.apply_acceptances()  # a state that cannot be read: none now (DurableState), retried
 
     def _timeout(self) -> float:
         """Until the next poll, the next re-check of a checkpoint being written or the next
@@ -281,6 +282,7 @@ class Daemon:
         self.config = new
         self.pipeline.configure(new.daemon.queue_limit, new.daemon.max_attempts)
         self.state.reports_kept = new.daemon.reports_kept
+        self.state.backlog, self.state.retry_max = new.daemon.state_backlog, new.daemon.state_retry_max
         for w in new.watches:
             self.metrics.add_watch(w.name)
         self.watcher.update({w.name: w.path for w in new.watches})
@@ -369,4 +371,10 @@ def run_daemon(config_path: str, overrides: Callable[[Config], Config] | None = 
     if overrides:
         config = overrides(config)
     configure_logging(config.daemon.log_format, level=config.daemon.log_level)
-    return Daemon(config, overrides).run()
+    try:
+        return Daemon(config, overrides).run()
+    except CkptwatchError:
+        raise
+    except Exception as e:  # a bug: exit 70, which systemd and Kubernetes restart (2 is for config errors)
+        get_logger("ckptwatch").exception("daemon failed")
+        raise DaemonFailed(f"the daemon stopped on an unexpected error: {type(e).__name__}: {e}") from e

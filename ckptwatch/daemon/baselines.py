@@ -230,9 +230,24 @@ class Baselines:
         """Make the accepted checkpoint the watch's baseline; the acceptance is applied."""
         self.set_last_good(acceptance.watch, acceptance.checkpoint)
         applied = time.time()
-        with self._lock:
-            self._db.execute("UPDATE acceptances SET applied=? WHERE id=?", (applied, acceptance.id))
+        self.mark_applied(acceptance.id, applied)
         return replace(acceptance, applied=applied)
+
+    def mark_applied(self, acceptance_id: int, at: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE acceptances SET applied=? WHERE id=?", (at, acceptance_id))
+
+    def all_last_good(self) -> dict[str, GoodCheckpoint]:
+        """Every watch's baseline."""
+        with self._lock:
+            rows = self._db.execute("SELECT watch, path, step, key, fingerprint FROM last_good").fetchall()
+        return {w: GoodCheckpoint(p, s, k, f) for w, p, s, k, f in rows}
+
+    def all_published(self) -> dict[str, GoodCheckpoint]:
+        """What every watch's publish_dir names."""
+        with self._lock:
+            rows = self._db.execute("SELECT watch, path, step, key FROM published").fetchall()
+        return {w: GoodCheckpoint(p, s, k, None) for w, p, s, k in rows}
 
     def last_acceptances(self) -> dict[str, Acceptance]:
         """The newest applied acceptance of each watch."""

@@ -6,7 +6,8 @@
     /livez                200 "ok" while the daemon's main loop turns; 503 and how long it has not
                           (`stalled()`: no turn for liveness_timeout s), so Kubernetes restarts a
                           wedged daemon
-    /readyz               200 "ok" when a watch is armed and a worker is up, else 503 and why
+    /readyz               200 "ok" when a watch is armed, a worker is up and the state can be written,
+                          else 503 and why
     /                     a small HTML status page
     /api/v1/checkpoints   {"checkpoints": reports(limit, watch)}; ?limit=1..1000 (default 50), ?watch=NAME
 
@@ -190,6 +191,8 @@ class StatusServer:
             reasons.append("no watch armed" if snap.watches else "no watch configured")
         if not any(w.up for w in snap.workers):
             reasons.append("no worker up")
+        if snap.state is not None and snap.state.problem is not None:
+            reasons.append(f"state not writable ({snap.state.problem}; {snap.state.pending} records kept in memory)")
         return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + ("; ".join(reasons) or "starting") + "\n")
 
     def _checkpoints(self, _req: _Handler, query: dict[str, list[str]]) -> Response:

@@ -11,8 +11,9 @@ import os
 from ckptwatch.config import Config
 from ckptwatch.daemon import discovery
 from ckptwatch.daemon import history as run_history
+from ckptwatch.daemon.durable import DurableState
 from ckptwatch.daemon.model import Candidate
-from ckptwatch.daemon.state import GoodCheckpoint, State
+from ckptwatch.daemon.state import GoodCheckpoint
 from ckptwatch.daemon.supervisor import WorkerSettings
 from ckptwatch.formats.layout import checkpoint_exists
 from ckptwatch.verify.request import ModelSpec, VerifyRequest
@@ -37,7 +38,16 @@ def still_holds(good: GoodCheckpoint) -> bool:
     return discovery.current_key(good.path) == good.key
 
 
-def verify_request(config: Config, state: State, c: Candidate) -> VerifyRequest:
+def _history_out(state_dir: str, watch: str, key: str) -> str | None:
+    """Where the worker writes the run's history extended by this candidate; None when its folder
+    cannot be made (a full or read-only state dir: judged without extending the history)."""
+    try:
+        return run_history.next_path(state_dir, watch, key)
+    except OSError:
+        return None
+
+
+def verify_request(config: Config, state: DurableState, c: Candidate) -> VerifyRequest:
     w = config.watch(c.watch)
     good = state.last_good(c.watch)
     previous = fallback = None
@@ -55,7 +65,7 @@ def verify_request(config: Config, state: State, c: Candidate) -> VerifyRequest:
         # the run's history ends at `good`: judge against it, and extend it if this one passes
         history=run_history.for_request(state.dir, c.watch, good.key if good and previous else None),
         history_required=False,  # unreadable: judged without it, with a warning (a new one starts)
-        history_out=run_history.next_path(state.dir, c.watch, c.key),
+        history_out=_history_out(state.dir, c.watch, c.key),
         fingerprint_out=state.fingerprint_path(c.watch, c.path),
         threads=config.worker.threads,
         discovered=True,

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import ckptwatch
-from ckptwatch.daemon.model import SKIP_REASONS, VERDICTS, Snapshot, TensorDrift, WatchStatus
+from ckptwatch.daemon.model import SKIP_REASONS, STATE_ERROR_KINDS, VERDICTS, Snapshot, TensorDrift, WatchStatus
 
 # From a tiny weights file read from page cache (~50 ms) to a multi-GB checkpoint streamed from
 # network storage with model-aware checks on top (~30 min).
@@ -80,6 +80,15 @@ class DaemonMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.state_errors = Counter(
+            "ckptwatch_state_errors_total",
+            "Failed reads and writes of the state in state_dir, by kind (full, read_only, corrupt, locked, io); "
+            "the daemon goes on verifying and keeps what it could not write in memory.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in STATE_ERROR_KINDS:
+            self.state_errors.labels(kind=kind)
         self.build_info = Gauge(
             "ckptwatch_build_info",
             "Always 1; the version label names the running ckptwatch.",
@@ -129,6 +138,9 @@ class DaemonMetrics:
 
     def worker_restarted(self, device: str) -> None:
         self.worker_restarts.labels(device=device).inc()
+
+    def state_error(self, kind: str) -> None:
+        self.state_errors.labels(kind=kind).inc()
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str]) -> GaugeMetricFamily:
@@ -224,6 +236,17 @@ class SnapshotCollector(Collector):
         ),
         ("ckptwatch_worker_up", "1 when the worker process of the device is running, else 0.", ("device",)),
         (
+            "ckptwatch_state_writable",
+            "1 when the state in state_dir can be written, else 0 (disk full, read-only, I/O errors; verifying goes "
+            "on, what is not written is kept in memory and written when it can be).",
+            (),
+        ),
+        (
+            "ckptwatch_state_pending_records",
+            "Records (reports, skips) kept in memory because the state could not be written.",
+            (),
+        ),
+        (
             "ckptwatch_functional_agreement_ratio",
             "Fraction of probe-batch outputs of the restored model that agree with the reference model.",
             ("watch", "reference"),
@@ -268,6 +291,10 @@ class SnapshotCollector(Collector):
         for device in self._devices:
             if device not in seen:
                 add("ckptwatch_worker_up", [device], 0)
+
+        if snap.state is not None:
+            add("ckptwatch_state_writable", [], 1 if snap.state.problem is None else 0)
+            add("ckptwatch_state_pending_records", [], snap.state.pending)
 
         yield from fam.values()
 

@@ -115,6 +115,18 @@ class WorkerStatus:
     gave_up: str | None = None  # why restarting stopped (reserved exit code), if it did
 
 
+STATE_ERROR_KINDS = ("full", "read_only", "corrupt", "locked", "io")  # what went wrong with the state
+
+
+@dataclass(frozen=True)
+class StateHealth:
+    """Whether the state can be written: `problem` says why not (None: it can); `pending`: records
+    kept in memory until it can."""
+
+    problem: str | None = None
+    pending: int = 0
+
+
 @dataclass
 class Snapshot:
     """Everything the HTTP thread may read, copied under the daemon's lock."""
@@ -123,7 +135,9 @@ class Snapshot:
     started: float
     watches: list[WatchStatus]
     workers: list[WorkerStatus]
+    state: StateHealth | None = None  # None: not known (no state behind this snapshot)
 
     @property
     def ready(self) -> bool:
-        return any(w.armed for w in self.watches) and any(w.up for w in self.workers)
+        state_ok = self.state is None or self.state.problem is None
+        return any(w.armed for w in self.watches) and any(w.up for w in self.workers) and state_ok

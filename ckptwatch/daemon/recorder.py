@@ -14,10 +14,12 @@ neither updates a status nor brings the watch's series back into /metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ckptwatch.config import Config
 from ckptwatch.daemon import discovery, history, watch_status
+from ckptwatch.daemon.durable import DurableState
 from ckptwatch.daemon.metrics import DaemonMetrics
 from ckptwatch.daemon.model import AcceptedBaseline, Candidate, WatchStatus
 from ckptwatch.daemon.pipeline import Done, Event, GaveUp, Pending, Queued, Retrying, Skipped
@@ -28,9 +30,10 @@ from ckptwatch.daemon.state import Acceptance, GoodCheckpoint, State
 class Recorder:
     """`recorder(event)` records one pipeline event; `statuses` are the configured watches'."""
 
-    def __init__(self, state: State, metrics: DaemonMetrics, log: Any, config: Config):
+    def __init__(self, state: DurableState | State, metrics: DaemonMetrics, log: Any, config: Config):
         self.state, self.metrics, self.log = state, metrics, log
         self.statuses: dict[str, WatchStatus] = {}
+        self.history_problem: str | None = None  # why the last change to a run's history failed
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -103,8 +106,22 @@ class Recorder:
         else:  # the history, noting a checkpoint that failed a drift check, still ends at the baseline
             baseline = self.state.last_good(c.watch)
             if baseline is not None:
-                history.adopt(self.state.dir, c.watch, c.key, ends_at_key=baseline.key)
-        history.discard(self.state.dir, c.watch)  # what a worker wrote for a checkpoint that did not pass
+                self._history(history.adopt, self.state.dir, c.watch, c.key, ends_at_key=baseline.key)
+        self._history(history.discard, self.state.dir, c.watch)  # what a worker wrote for one that did not pass
+
+    def _history(self, change: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """A change to a run's history file in state_dir; one that fails (a full or read-only state
+        dir) is logged once per new problem and costs nothing else: the next checkpoints are
+        judged without the history, and a new one starts."""
+        try:
+            change(*args, **kwargs)
+        except OSError as e:
+            problem = f"{type(e).__name__}: {e}"
+            if problem != self.history_problem:
+                self.log.error("cannot update the run's history", watch=args[1], error=problem)
+            self.history_problem = problem
+        else:
+            self.history_problem = None
 
     def _passed(self, done: Done) -> None:
         """A passing checkpoint becomes the baseline if it was judged against the baseline (an
@@ -124,7 +141,8 @@ class Recorder:
                 reason="neither its files nor its fingerprint are left: the chain restarts here",
             )  # fmt: skip
         good = GoodCheckpoint(c.path, c.step, c.key, done.fingerprint)
-        history.adopt(self.state.dir, c.watch, c.key)  # the run's history, extended by this one, ends here
+        # the run's history, extended by this one, ends here
+        self._history(history.adopt, self.state.dir, c.watch, c.key)
         self.state.set_last_good(c.watch, good)
         status = self.statuses.get(c.watch)
         if status is not None:

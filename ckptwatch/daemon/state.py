@@ -25,6 +25,8 @@ import time
 from ckptwatch.daemon.baselines import BASELINE_SCHEMA, Acceptance, Baselines, GoodCheckpoint
 from ckptwatch.errors import CkptwatchError
 
+DATABASE = "state.sqlite3"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY,
@@ -48,6 +50,10 @@ CREATE TABLE IF NOT EXISTS skipped (
     at REAL NOT NULL,
     UNIQUE (watch, key)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
 CREATE TABLE IF NOT EXISTS last_good (
     watch TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -67,17 +73,46 @@ class State(Baselines):
         self.reports_kept = reports_kept
         os.makedirs(os.path.join(self.dir, "fingerprints"), exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            os.path.join(self.dir, "state.sqlite3"), check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._db.executescript(BASELINE_SCHEMA)
+        self.database = os.path.join(self.dir, DATABASE)
+        db = sqlite3.connect(self.database, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            db.executescript(BASELINE_SCHEMA)
+        except BaseException:
+            db.close()  # a corrupt file, a full disk: nothing stays open on it
+            raise
+        self._db = db
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def probe(self) -> None:
+        """Write one row (sqlite3.Error if the database cannot be written now)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (str(time.time()),))
+
+    def copy_to(self, path: str) -> None:
+        """A consistent copy of the database as this connection sees it (VACUUM INTO), checked."""
+        with self._lock:
+            self._db.execute("VACUUM INTO ?", (path,))
+        copy = sqlite3.connect(path)
+        try:
+            (result,) = copy.execute("PRAGMA quick_check").fetchone()
+        finally:
+            copy.close()
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"the copy fails its check: {result}")
+
+    def contents(self) -> dict[str, int]:
+        """How many rows each table holds (what a lost database took with it)."""
+        with self._lock:
+            return {
+                t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("reports", "skipped", "fingerprints", "acceptances")
+            }
 
     # -- what was done -------------------------------------------------------------------
 
@@ -90,22 +125,26 @@ class State(Baselines):
             ).fetchone()
         return row is not None
 
-    def record_report(self, watch: str, path: str, key: str, step: int | None, report: dict) -> None:
+    def record_report(
+        self, watch: str, path: str, key: str, step: int | None, report: dict, finished: float | None = None
+    ) -> None:
+        """`finished`: when it was verified (unix time; default now)."""
         duration = (report.get("timings") or {}).get("total_seconds")
+        finished = time.time() if finished is None else finished
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO reports (watch, path, key, step, verdict, finished, duration, report)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (watch, path, key, step, report["verdict"], time.time(), duration, json.dumps(report)),
+                (watch, path, key, step, report["verdict"], finished, duration, json.dumps(report)),
             )
             if self._prune("reports", self.reports_kept):
                 self._prune_fingerprints()
 
-    def record_skip(self, watch: str, path: str, key: str, reason: str) -> None:
+    def record_skip(self, watch: str, path: str, key: str, reason: str, at: float | None = None) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO skipped (watch, path, key, reason, at) VALUES (?, ?, ?, ?, ?)",
-                (watch, path, key, reason, time.time()),
+                (watch, path, key, reason, time.time() if at is None else at),
             )
             self._prune("skipped", self.reports_kept)
 
@@ -166,16 +205,22 @@ class State(Baselines):
 
     def fingerprint_path(self, watch: str, checkpoint_path: str) -> str:
         """Where the worker writes the fingerprint of a checkpoint of this watch."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(checkpoint_path.rstrip("/")))
-        folder = os.path.join(self.dir, "fingerprints", re.sub(r"[^A-Za-z0-9_.-]", "_", watch))
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, f"{safe}.{time.time_ns()}.fp.json.gz")
+        path = fingerprint_file(self.dir, watch, checkpoint_path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+
+def fingerprint_file(state_dir: str, watch: str, checkpoint_path: str) -> str:
+    """A new name for the fingerprint of a checkpoint of `watch` under `state_dir`/fingerprints."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(checkpoint_path.rstrip("/")))
+    folder = os.path.join(state_dir, "fingerprints", re.sub(r"[^A-Za-z0-9_.-]", "_", watch))
+    return os.path.join(folder, f"{safe}.{time.time_ns()}.fp.json.gz")
 
 
 def open_existing(state_dir: str) -> State:
     """The daemon's state in `state_dir`, for a command run beside it (`ckptwatch accept`);
     CkptwatchError if there is none."""
-    if not os.path.isfile(os.path.join(state_dir, "state.sqlite3")):
+    if not os.path.isfile(os.path.join(state_dir, DATABASE)):
         raise CkptwatchError(f"no ckptwatch state in {state_dir} (state.sqlite3 not found)")
     try:
         return State(state_dir)

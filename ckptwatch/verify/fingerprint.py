@@ -11,6 +11,7 @@ JSON (gzip when the name ends in .gz); samples are base64 little-endian floats.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -72,9 +73,14 @@ def write_fingerprint(
     if path.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: no half-written file left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     return len(data)
 
 

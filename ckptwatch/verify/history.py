@@ -25,6 +25,7 @@ main process never reads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -160,10 +161,15 @@ class History:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         meta = {"schema": SCHEMA, "checkpoints": self.checkpoints, "rejected": self.rejected, "origin": self.origin}
-        with open(tmp, "wb") as f:
-            arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
-            np.savez(f, **{**arrays, **self.arrays, **self.entries})
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
+                np.savez(f, **{**arrays, **self.arrays, **self.entries})
+            os.replace(tmp, path)
+        except OSError:  # a full disk: no half-written file left behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     # -- growing it ------------------------------------------------------------------------------
 

@@ -106,13 +106,26 @@ def verify_checkpoint(
         if verification.not_fingerprinted is None and prints:
             from ckptwatch.verify.fingerprint import write_fingerprint
 
-            write_fingerprint(request.fingerprint_out, report.checkpoint, prints)
-            verification.fingerprint = request.fingerprint_out
+            try:
+                write_fingerprint(request.fingerprint_out, report.checkpoint, prints)
+                verification.fingerprint = request.fingerprint_out
+            except OSError as e:
+                if not request.discovered:
+                    raise
+                # the daemon's state dir is full or read-only: the verdict stands, without a fingerprint
+                verification.not_fingerprinted = f"not fingerprinted: cannot write {request.fingerprint_out}: {e}"
+                report.add_findings([Finding("info", "integrity.fingerprint", verification.not_fingerprinted)])
     if request.history_out:  # extended if it passed; noting it if it failed a drift check
         written = next_history(history, report, verification.fingerprint, request.policy.history_window, baseline)
         if written is not None:
-            written.save(request.history_out)
-            verification.history = request.history_out
+            try:
+                written.save(request.history_out)
+                verification.history = request.history_out
+            except OSError as e:
+                if not request.discovered:
+                    raise
+                message = f"the run's history not extended: cannot write {request.history_out}: {e}"
+                report.add_findings([Finding("info", "integrity.history", message)])
     return verification
 
 

@@ -120,3 +120,23 @@ def test_verify_writes_and_reads_a_history_file(run_cli, written: WrittenRun, tm
     assert r.returncode == 1 and fails(r.json()) == {("drift.jump", HIDDEN)}
     missing = run_cli("verify", p[-1], "--previous", p[-2], "--history", tmp_path / "nope.npz")
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_state_dir_that_cannot_take_the_workers_files_costs_no_verdict(worker, written: WrittenRun, tmp_path):
+    """The daemon's state dir full or read-only: the worker cannot write the fingerprint or the
+    extended history there. The verdict stands (an `info` finding says what was not written)."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a regular file: nothing can be written below it")  # ENOTDIR, as root too
+    request = VerifyRequest(
+        written.prefixes[1],
+        written.prefixes[0],
+        fingerprint_out=str(blocker / "fingerprints" / "ckpt-10.fp.json.gz"),
+        history_out=str(blocker / "history" / "run.next.npz"),
+        discovered=True,
+    )
+    result = worker.verify(request)
+    assert result.status == "ok" and result.report is not None, result  # today's main: "error" (NotADirectoryError)
+    assert result.report["verdict"] == "pass" and result.fingerprint is None
+    infos = {f["check"]: f["message"] for f in result.report["findings"] if f["severity"] == "info"}
+    assert "cannot write" in infos["integrity.fingerprint"], infos
+    assert list(tmp_path.iterdir()) == [blocker]
