@@ -56,7 +56,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
             source = open_checkpoint(path)
             try:
                 assert isinstance(source, BundleSource)  # what a bundle or a SavedModel opens as
-                out = restore.restore_bundle(built, source, location, policy)
+                out = restore.restore_bundle(built, source, location, policy, saved_model=kind == "savedmodel")
             finally:
                 source.close()
         elif kind in ("hdf5", "keras"):
