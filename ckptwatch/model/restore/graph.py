@@ -33,11 +33,11 @@ def restore_root(built: Built, nodes: list | None, saved_model: bool = False) ->
     if nodes is not None and len(objects) == 1:
         names = {n for _, n in nodes[0].children} - IGNORED_CHECKPOINT_CHILDREN
         ((key, obj),) = objects.items()
-        if key not in names and names:
-            if not built.named or saved_model:  # a SavedModel's root is the saved object, named by nobody
-                if len(names) != 1:
-                    return obj
-                objects = {names.pop(): obj}
+        # a SavedModel's root is the saved object, named by nobody
+        if key not in names and names and (not built.named or saved_model):
+            if len(names) != 1:
+                return obj
+            objects = {names.pop(): obj}
     root = AutoTrackable()
     for key, obj in objects.items():
         setattr(root, key, obj)
