@@ -379,7 +379,10 @@ def add_model_checks(report: Any, candidate: str, golden: str | None, spec: Mode
     thread.start()
     thread.join(spec.timeout)
     if thread.is_alive():
-        raise ModelTimeout(f"model-aware checks of {candidate} took longer than {spec.timeout:g} s")
+        raise ModelTimeout(
+            f"model-aware checks of {candidate} took longer than {spec.timeout:g} s "
+            "(raise --model-timeout or [watch.model] timeout if the model needs longer)"
+        )
     if "error" in result:
         raise result["error"]
     section, findings = result["value"]

@@ -222,7 +222,8 @@ def test_model_checks_past_their_timeout_are_an_error(run_cli, files):
     r = run_cli("verify", files["healthy"], "--model", Z + "hangs", *probe, "--model-timeout", "2", timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr[-500:])
     assert r.stderr.strip().splitlines()[-1] == (
-        f"ckptwatch: error: model-aware checks of {files['healthy']} took longer than 2 s"
+        f"ckptwatch: error: model-aware checks of {files['healthy']} took longer than 2 s "
+        "(raise --model-timeout or [watch.model] timeout if the model needs longer)"
     )
     assert "Traceback" not in r.stderr and r.stdout == ""
 
