@@ -66,11 +66,18 @@ def _options(threads: int | None):
     return options
 
 
-def _isolated(path: str, as_json: bool, threads: int | None, timeout: float | None = None) -> None:
-    """Re-run this command in a child interpreter unless we are that child."""
-    from ckptwatch import isolate
+def _isolated(
+    path: str, as_json: bool, threads: int | None, timeout: float | None = None, verbose: bool = False
+) -> None:
+    """Re-run this command in a child interpreter unless we are that child. The child keeps
+    TensorFlow's and Keras' own log lines off stderr unless `verbose` (CKPTWATCH_VERBOSE)."""
+    from ckptwatch import isolate, quiet
 
-    if not isolate.in_child():
+    if verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"
+    if isolate.in_child():
+        quiet.quiet_native_logs()
+    else:
         root = click.get_current_context().find_root().command
         assert isinstance(root, _Group)
         args = root.invoked_args
@@ -157,6 +164,12 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
 )
 @click.option("--write-history", metavar="FILE", help="Write the history extended by PATH if it passes (pass or warn).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Let TensorFlow's and Keras' own log lines through to stderr [CKPTWATCH_VERBOSE].",
+)
 @_threads
 @_timeout
 def verify(
@@ -179,6 +192,7 @@ def verify(
     history: str | None,
     write_history: str | None,
     as_json: bool,
+    verbose: bool,
     threads: int | None,
     timeout: float | None,
 ) -> None:
@@ -188,7 +202,7 @@ def verify(
     damage fails (non-finite values, a reset, growth by orders of magnitude, structure), a
     large relative jump warns. With the run's history, each tensor's change is judged against
     its own past changes."""
-    _isolated(path, as_json, threads, timeout)
+    _isolated(path, as_json, threads, timeout, verbose)
     from ckptwatch.config import load_policy
     from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import DEFAULT_THREADS

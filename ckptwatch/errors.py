@@ -12,8 +12,11 @@
     │                              restarted, unlike a config error
     ├── ModelChecksError           model-aware checks could not run (a factory that
     │   │                          does not import, an unreadable probe file)
-    │   └── ModelTimeout           they ran past their time limit; the process that ran
-    │                              them must exit (a thread cannot be stopped)
+    │   ├── ModelTimeout           they ran past their time limit; the process that ran
+    │   │                          them must exit (a thread cannot be stopped)
+    │   └── ModelUnsupported       the model needs what the verifier's environment lacks (an op
+    │                              from a custom op library, the tf-keras package): the file may
+    │                              be intact, so verdict `error` naming what to install, never `fail`
     └── CheckpointUnreadable       a checkpoint we cannot open at all
         └── (formats.base.IntegrityError lives next to the readers: it is a
             *verdict* about the candidate, not an error of the tool)
@@ -69,6 +72,12 @@ class ModelChecksError(CkptwatchError):
     """The model-aware checks could not run; `check` is the finding a daemon report gets."""
 
     check = "restore.error"
+
+
+class ModelUnsupported(ModelChecksError):
+    """The model needs something this environment does not have (a custom op, a package)."""
+
+    check = "restore.unsupported"
 
 
 class ModelTimeout(ModelChecksError):

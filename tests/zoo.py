@@ -114,6 +114,11 @@ def net_renamed():
     return _module_class()("backbone")
 
 
+def net_in_a_dict():
+    """The job's own objects by name, as in its tf.train.Checkpoint(model=n)."""
+    return {"model": net()}
+
+
 def save_net(prefix: str) -> str:
     import tensorflow as tf
 

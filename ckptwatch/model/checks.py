@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptwatch.errors import CkptwatchError, ModelTimeout
+from ckptwatch.errors import CkptwatchError, ModelTimeout, ModelUnsupported
 from ckptwatch.formats import open_checkpoint, resolve
 from ckptwatch.formats.bundle import BundleSource
 from ckptwatch.formats.keras_archive import read_config
@@ -40,10 +40,39 @@ class Loaded:
         self.call, self.built, self.source = call, built, source
 
 
-def _keras_load(path: str) -> Any:
+def _keras_load(path: str, keras2: bool) -> tuple[Any, str]:
+    """(model, how it was loaded). A legacy `.h5` written by Keras 2 is built by tf-keras (Keras 2
+    for TF 2.16+) when it is installed: Keras 3 refuses many Keras 2 configs (`time_major` of an
+    LSTM, a mixed-precision policy). Its config was checked first (only Keras' own classes)."""
+    if keras2 and tf_keras_installed():
+        import tf_keras
+
+        return tf_keras.models.load_model(path, compile=False), "tf_keras-load_model(config checked)"
     import keras
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    return keras.saving.load_model(path, compile=False, safe_mode=True), "keras-load_model(safe_mode=True)"
+
+
+def tf_keras_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def tf_keras_requirement() -> str:
+    """The tf-keras release that goes with this TensorFlow, as a pip requirement."""
+    tf = tensorflow()
+    major_minor = ".".join(tf.__version__.split(".")[:2])
+    return f"tf-keras=={major_minor}.*"
+
+
+def _keras_version(path: str) -> str:
+    """The `keras_version` a legacy `.h5` was written by ("2.15.0"; "" when absent)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get("keras_version", b"")
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet: bool = False):
@@ -58,7 +87,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
             source = open_checkpoint(path)
             try:
                 assert isinstance(source, BundleSource)  # what a bundle or a SavedModel opens as
-                out = restore.restore_bundle(built, source, location, policy)
+                out = restore.restore_bundle(built, source, location, policy, saved_model=kind == "savedmodel")
             finally:
                 source.close()
         elif kind in ("hdf5", "keras"):
@@ -68,7 +97,7 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         return (Loaded(built.model, built, f"factory {spec.factory}") if out.restored else None), out
     config = read_config(location) if kind == "keras" else _legacy_config(location) if kind == "hdf5" else None
     if kind == "keras" or config is not None:
-        why = safety.keras_config_refusal(config)
+        why = safety.keras_config_refusal(config) if kind == "keras" else safety.legacy_config_refusal(config)
         if why:
             out.findings.append(
                 Finding(
@@ -80,15 +109,23 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
                 )
             )
             return None, out
+        version = _keras_version(location) if kind == "hdf5" else ""
+        keras2 = version.startswith("2.")
         try:
-            model = _keras_load(location)
-        except Exception as e:  # e.g. a class Keras does not know (no code is imported for it)
+            model, method = _keras_load(location, keras2)
+        except Exception as e:
+            if keras2 and not tf_keras_installed():
+                raise ModelUnsupported(
+                    f"{os.path.basename(location)} was written by Keras {version}, and Keras 3 cannot build it "
+                    f"({restore.first_line(e)}): the verifier lacks the tf-keras package (Keras 2 for TF 2.16+). "
+                    f"Install it in the verifier's environment: pip install '{tf_keras_requirement()}'"
+                ) from None
             out.findings.append(
                 Finding("fail", "restore.error", f"Keras could not load the model: {restore.first_line(e)}")
             )
             return None, out
         out.restored = True
-        out.section = {"method": "keras-load_model(safe_mode=True)", "matched": len(model.weights)}
+        out.section = {"method": method, "matched": len(model.weights)}
         return Loaded(model, restore.Built({"model": model}, model), f"{kind} file"), out
     if kind == "savedmodel":
         directory = os.path.dirname(os.path.dirname(location))
@@ -105,7 +142,8 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         try:
             loaded = tensorflow().saved_model.load(directory)
             fn = loaded.signatures[signature]
-        except Exception as e:  # e.g. a Keras 2 SavedModel under Keras 3 (FIELD-NOTES)
+        except Exception as e:
+            _unsupported_savedmodel(directory, e)
             message = f"TensorFlow could not load the SavedModel: {restore.first_line(e)}"
             out.findings.append(Finding("fail", "restore.error", message))
             return None, out
@@ -120,6 +158,23 @@ def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet:
         )
     )
     return None, out
+
+
+def _unsupported_savedmodel(directory: str, e: Exception) -> None:
+    """Raise ModelUnsupported when a SavedModel failed to load for want of something the
+    verifier's environment lacks, not because of the file."""
+    text = str(e)
+    if "Op type not registered" in text:
+        raise ModelUnsupported(f"TensorFlow cannot load the SavedModel: {restore.first_line(e)}") from None
+    keras2 = os.path.exists(os.path.join(directory, "keras_metadata.pb"))
+    wants_keras = "add_slot" in text or "without the Keras module" in text or "tf_keras" in text
+    if wants_keras and not tf_keras_installed():
+        writer = "Keras 2 (tf.keras; keras_metadata.pb)" if keras2 else "Keras 2 (tf.keras)"
+        raise ModelUnsupported(
+            f"the SavedModel was written by {writer} with optimizer state, which TensorFlow 2.16+ loads only with "
+            f"the tf-keras package ({restore.first_line(e)}): install it in the verifier's environment: "
+            f"pip install '{tf_keras_requirement()}'"
+        ) from None
 
 
 def _legacy_config(path: str) -> dict | None:
@@ -335,7 +390,10 @@ def add_model_checks(
     thread.start()
     thread.join(spec.timeout)
     if thread.is_alive():
-        raise ModelTimeout(f"model-aware checks of {candidate} took longer than {spec.timeout:g} s")
+        raise ModelTimeout(
+            f"model-aware checks of {candidate} took longer than {spec.timeout:g} s "
+            "(raise --model-timeout or [watch.model] timeout if the model needs longer)"
+        )
     if "error" in result:
         raise result["error"]
     section, findings = result["value"]

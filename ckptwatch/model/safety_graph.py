@@ -66,7 +66,7 @@ def _node_name(tensor: str) -> str:
     return tensor.split(":")[0].lstrip("^")
 
 
-def _func_names(attrs: Any) -> Iterator[str]:
+def func_names(attrs: Any) -> Iterator[str]:
     """Function names in a node's attrs, nested NameAttrLists included (iteratively)."""
     todo = list(attrs.values())
     while todo:
@@ -127,7 +127,7 @@ class _Graph:
     def callees(self, node: Any) -> Iterator[str]:
         if node.op in self.library:
             yield node.op
-        for name in _func_names(node.attr):
+        for name in func_names(node.attr):
             if name in self.library:
                 yield name
 
@@ -283,7 +283,7 @@ class _Graph:
 
     def violation(self, node: Any, function: str | None, region: str) -> Violation | None:
         op = node.op
-        for name in _func_names(node.attr):
+        for name in func_names(node.attr):
             if name not in self.library and name not in PURE_OPS:  # TF runs a bare op named here as a function
                 return Violation(name, node.name, function, f"is called as a function by {op}: not pure computation")
         if op in self.library or op in PURE_OPS:

@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(args.device)
     except (SystemExit, ValueError):
         return EXIT_USAGE
+    from ckptwatch.quiet import quiet_native_logs
+
+    quiet_native_logs()  # TensorFlow's own log lines stay off the daemon's log (CKPTWATCH_VERBOSE=1 keeps them)
     if not device_present(args.device):
         print(f"ckptwatch worker: device {args.device} is missing", file=sys.stderr)
         return EXIT_DEVICE_MISSING

@@ -233,7 +233,8 @@ def test_model_checks_past_their_timeout_are_an_error(run_cli, files):
     r = run_cli("verify", files["healthy"], "--model", Z + "hangs", *probe, "--model-timeout", "2", timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr[-500:])
     assert r.stderr.strip().splitlines()[-1] == (
-        f"ckptwatch: error: model-aware checks of {files['healthy']} took longer than 2 s"
+        f"ckptwatch: error: model-aware checks of {files['healthy']} took longer than 2 s "
+        "(raise --model-timeout or [watch.model] timeout if the model needs longer)"
     )
     assert "Traceback" not in r.stderr and r.stdout == ""
 
@@ -300,9 +301,9 @@ def test_legacy_full_model_h5_is_loaded_in_safe_mode_with_no_factory(files):
     assert rep["verdict"] == "warn" and checks(rep, "warn") == {"restore.skipped"}, rep["findings"]
 
 
-def test_legacy_h5_naming_a_class_keras_does_not_know_is_a_restore_error(files, tmp_path):
-    """A Keras 2 config names custom classes with no `module` (nothing to refuse it by): Keras
-    cannot find the class without custom_objects, imports nothing, and that is a finding."""
+def test_legacy_h5_naming_a_class_keras_does_not_know_is_refused_as_unsafe(files, tmp_path):
+    """A Keras 2 config names custom classes with no `module`: every class named must be one of
+    Keras' own, decided from the JSON before Keras is asked (issue 13, item 5)."""
     import h5py
 
     path = tmp_path / "custom.h5"
@@ -316,9 +317,9 @@ def test_legacy_h5_naming_a_class_keras_does_not_know_is_a_restore_error(files, 
             obj.pop("registered_name", None)
         f.attrs["model_config"] = json.dumps(config)
     rep = in_process(str(path), probe=files["probe"])
-    assert rep["verdict"] == "fail" and checks(rep) == {"restore.error"}, rep["findings"]
-    (error,) = [f["message"] for f in rep["findings"] if f["check"] == "restore.error"]
-    assert error.startswith("Keras could not load the model: ") and "MyCustomDense" in error, error
+    assert rep["verdict"] == "fail" and checks(rep) == {"restore.unsafe"}, rep["findings"]
+    (unsafe,) = [f["message"] for f in rep["findings"] if f["check"] == "restore.unsafe"]
+    assert "is 'MyCustomDense', a custom class (not one of Keras' own)" in unsafe, unsafe
 
 
 def test_legacy_keras2_h5_is_loaded_without_a_round_trip(files):

@@ -22,6 +22,7 @@ class Built:
     model: Any  # what is called on the probe batch
     optimizer: Any = None
     loss: Any = None
+    named: bool = False  # the factory named its objects (a dict): a restore must use these names
 
 
 def arrange(made: Any) -> Built:
@@ -30,7 +31,7 @@ def arrange(made: Any) -> Built:
     if isinstance(made, dict):
         objects = {k: v for k, v in made.items() if k != "loss"}
         model = objects.get("model") or next((v for v in objects.values() if callable(v)), None)
-        return Built(objects, model, objects.get("optimizer"), made.get("loss"))
+        return Built(objects, model, objects.get("optimizer"), made.get("loss"), named=True)
     return Built({"model": made}, made, getattr(made, "optimizer", None), None)
 
 

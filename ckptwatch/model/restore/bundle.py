@@ -27,13 +27,15 @@ class Variable:
     key: str | None = None  # checkpoint key it restores from
 
 
-def restore_bundle(built: Built, source: BundleSource, prefix: str, policy: Policy) -> RestoreOutcome:
-    """Restore a TF bundle (TF2 object-based or TF1 name-based) into `built`."""
+def restore_bundle(
+    built: Built, source: BundleSource, prefix: str, policy: Policy, saved_model: bool = False
+) -> RestoreOutcome:
+    """Restore a TF bundle (TF2 object-based or TF1 name-based, or a SavedModel's variables) into `built`."""
     tf = tensorflow()
     out = RestoreOutcome()
     nodes = source.object_graph()
     infos = {t.name: t for t in source.tensors()}
-    root = restore_root(built, nodes)
+    root = restore_root(built, nodes, saved_model)
     objects, py_names, view = python_graph(root)
     variables = [o for o in objects if is_variable(o)]
     before = {id(v): as_array(v).tobytes() for v in variables}

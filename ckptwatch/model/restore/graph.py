@@ -16,18 +16,25 @@ from ckptwatch.model.restore.built import Built
 IGNORED_CHECKPOINT_CHILDREN = {"save_counter"}  # tf.train.Checkpoint's own bookkeeping
 
 
-def restore_root(built: Built, nodes: list | None) -> Any:
+def restore_root(built: Built, nodes: list | None, saved_model: bool = False) -> Any:
     """The restore root: the factory's objects under their names, like the job's
     tf.train.Checkpoint(**objects) (without its save_counter, which Checkpoint.write
     does not store), or the single object itself when the checkpoint has it as root
-    (SavedModel variables, Checkpoint(root=...))."""
+    (SavedModel variables, Checkpoint(root=...)).
+
+    Names the factory gave (a dict, `{"model": m}`) are the job's own: a checkpoint written
+    as Checkpoint(net=m) does not restore into them (the job's restore would match nothing),
+    so they are kept, and the walk reports what did not line up. Only a bare model, whose
+    name the factory never said, or a SavedModel's saved object, is mapped onto the
+    checkpoint's single child."""
     from tensorflow.python.trackable.autotrackable import AutoTrackable
 
     objects = dict(built.objects)
     if nodes is not None and len(objects) == 1:
         names = {n for _, n in nodes[0].children} - IGNORED_CHECKPOINT_CHILDREN
         ((key, obj),) = objects.items()
-        if key not in names and names:
+        # a SavedModel's root is the saved object, named by nobody
+        if key not in names and names and (not built.named or saved_model):
             if len(names) != 1:
                 return obj
             objects = {names.pop(): obj}
