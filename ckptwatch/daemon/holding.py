@@ -30,7 +30,7 @@ import stat
 
 from ckptwatch.daemon.model import Candidate
 from ckptwatch.formats.held import candidate_files
-from ckptwatch.formats.layout import BUNDLE, INDEX_SUFFIX, SAVEDMODEL, SAVED_MODEL_FILES
+from ckptwatch.formats.layout import BUNDLE, INDEX_SUFFIX, SAVED_MODEL_FILES, SAVEDMODEL
 
 _FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
