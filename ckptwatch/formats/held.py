@@ -3,6 +3,8 @@ reader opens instead of it once CheckpointManager (max_to_keep) may have deleted
 
     candidate_files(kind, path) -> [name]        the candidate's files, relative to its directory
     stand_in(root, path, held) -> path under root  a mirror of the candidate made of symbolic links
+    original(path) -> path                         what a path under a stand-in stands for
+    forget(root)                                   the stand-in is gone
 
 The daemon's main process opens every file of a candidate when it sees its commit
 (ckptwatch.daemon.holding) and keeps the descriptors until the verdict. A worker reads through
@@ -13,11 +15,15 @@ own temporary directory, never a watched one), the candidate's layout as links t
 -- or to the original file where a stand-in is missing or unreachable -- and returns the
 path that stands for the candidate: every reader (ours, h5py, TensorFlow) opens it unchanged.
 
+Checks that judge a file by where it really lies (a SavedModel asset must resolve inside its
+own `assets/`) ask `original(path)`: a stand-in's links point at descriptors, not there.
+
 Light on purpose (stdlib only): the daemon's main process lists the files to hold with it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 
@@ -25,12 +31,16 @@ from ckptwatch.formats.layout import BUNDLE, INDEX_SUFFIX, SAVEDMODEL, data_shar
 
 MAX_FILES = 4096  # files held per candidate at most (a SavedModel's assets); the rest are read by path
 MAX_DEPTH = 8  # levels of a SavedModel directory looked into (variables/, assets/...)
+MAX_ENTRIES = 4 * MAX_FILES  # directory entries looked at per candidate, whatever they are
+
+_STANDING: dict[str, str] = {}  # stand-in root -> the candidate's own directory (this process's stand-ins)
 
 
 def candidate_files(kind: str, path: str) -> list[str]:
     """The files a candidate is made of, relative to its directory (`os.path.dirname(path)`):
     a bundle's index and data shards, a Keras file, every file of a SavedModel directory (at
-    most MAX_FILES, MAX_DEPTH levels deep, not following symbolic links to directories).
+    most MAX_FILES, MAX_DEPTH levels deep, MAX_ENTRIES directory entries looked at, not
+    following symbolic links to directories).
     Bounded work: one glob, or one capped walk without recursion."""
     base = os.path.basename(path)
     if kind == BUNDLE:
@@ -41,13 +51,15 @@ def candidate_files(kind: str, path: str) -> list[str]:
     found: list[str] = []
     todo = [(base, 0)]
     parent = os.path.dirname(path)
-    while todo and len(found) < MAX_FILES:
+    budget = MAX_ENTRIES
+    while todo and len(found) < MAX_FILES and budget > 0:
         rel, depth = todo.pop()
         try:
             with os.scandir(os.path.join(parent, rel)) as it:
-                entries = list(it)
+                entries = list(itertools.islice(it, budget))
         except OSError:
             continue
+        budget -= len(entries)
         for entry in entries:
             name = os.path.join(rel, entry.name)
             try:
@@ -89,7 +101,22 @@ def stand_in(root: str, path: str, held: dict[str, str | None]) -> str:
         os.symlink(target if target and _reachable(target) else os.path.join(parent, rel), dest)
     standing = os.path.join(root, os.path.basename(path))
     os.makedirs(root, exist_ok=True)
+    _STANDING[os.path.abspath(root)] = parent
     return standing
 
 
-__all__ = ["MAX_DEPTH", "MAX_FILES", "candidate_files", "stand_in"]
+def original(path: str) -> str:
+    """The path `path` stands for when it lies under a stand-in this process made (else `path`)."""
+    path = os.path.abspath(path)
+    for root, parent in _STANDING.items():
+        if path == root or path.startswith(root + os.sep):
+            return parent + path[len(root) :]
+    return path
+
+
+def forget(root: str) -> None:
+    """The stand-in under `root` is removed: `original` no longer maps it."""
+    _STANDING.pop(os.path.abspath(root), None)
+
+
+__all__ = ["MAX_DEPTH", "MAX_ENTRIES", "MAX_FILES", "candidate_files", "forget", "original", "stand_in"]

@@ -99,19 +99,22 @@ def verify_checkpoint(
 ) -> Verification:
     if not request.held:
         return _verify(request, progress, model_checks, None)
-    from ckptwatch.formats.held import stand_in
+    from ckptwatch.formats.held import forget, stand_in
 
     with tempfile.TemporaryDirectory(prefix="ckptwatch-held-") as root:
         try:
-            standing = stand_in(root, request.candidate, request.held)
-        except (OSError, ValueError):  # no stand-in: read by path, as if nothing were held
-            return _verify(replace(request, held=None), progress, model_checks, None)
-        how = _Standing(root, request.candidate, all(request.held.values()))
-        try:
-            return _verify(replace(request, candidate=standing, held=None), progress, model_checks, how)
-        except CkptwatchError as e:  # its message names the candidate, not the stand-in
-            e.args = tuple(how.shown(list(e.args)))
-            raise
+            try:
+                standing = stand_in(root, request.candidate, request.held)
+            except (OSError, ValueError):  # no stand-in: read by path, as if nothing were held
+                return _verify(replace(request, held=None), progress, model_checks, None)
+            how = _Standing(root, request.candidate, all(request.held.values()))
+            try:
+                return _verify(replace(request, candidate=standing, held=None), progress, model_checks, how)
+            except CkptwatchError as e:  # its message names the candidate, not the stand-in
+                e.args = tuple(how.shown(list(e.args)))
+                raise
+        finally:
+            forget(root)
 
 
 def _verify(
