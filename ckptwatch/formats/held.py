@@ -5,6 +5,7 @@ reader opens instead of it once CheckpointManager (max_to_keep) may have deleted
     stand_in(root, path, held) -> path under root  a mirror of the candidate made of symbolic links
     original(path) -> path                         what a path under a stand-in stands for
     forget(root)                                   the stand-in is gone
+    real_file(path)                                a path libhdf5 opens (context manager)
 
 The daemon's main process opens every file of a candidate when it sees its commit
 (ckptwatch.daemon.holding) and keeps the descriptors until the verdict. A worker reads through
@@ -23,10 +24,15 @@ Light on purpose (stdlib only): the daemon's main process lists the files to hol
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 
+from ckptwatch.formats.files import open_regular
 from ckptwatch.formats.layout import BUNDLE, INDEX_SUFFIX, SAVEDMODEL, data_shards, is_temporary
 
 MAX_FILES = 4096  # files held per candidate at most (a SavedModel's assets); the rest are read by path
@@ -114,9 +120,26 @@ def original(path: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def real_file(path: str) -> Iterator[str]:
+    """`path` itself, unless it is a stand-in whose original was unlinked: libhdf5 resolves a
+    link's real path (then "can't retrieve real path for file"), so loaders that take only a
+    path (Keras' load_weights / load_model) get a private copy in the temporary directory,
+    under the same name, removed afterwards. Our own HDF5 reader reads such a file through a
+    file object instead."""
+    if not os.path.islink(path) or os.path.exists(os.path.realpath(path)):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ckptwatch-held-") as directory:
+        copy = os.path.join(directory, os.path.basename(path))
+        with open_regular(path) as src, open(copy, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield copy
+
+
 def forget(root: str) -> None:
     """The stand-in under `root` is removed: `original` no longer maps it."""
     _STANDING.pop(os.path.abspath(root), None)
 
 
-__all__ = ["MAX_DEPTH", "MAX_ENTRIES", "MAX_FILES", "candidate_files", "forget", "original", "stand_in"]
+__all__ = ["MAX_DEPTH", "MAX_ENTRIES", "MAX_FILES", "candidate_files", "forget", "original", "real_file", "stand_in"]

@@ -43,7 +43,10 @@ class Loaded:
 def _keras_load(path: str) -> Any:
     import keras
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    from ckptwatch.formats.held import real_file
+
+    with real_file(path) as readable:  # read through the daemon's held files: see formats.held
+        return keras.saving.load_model(readable, compile=False, safe_mode=True)
 
 
 def load(path: str, spec: ModelSpec, probe: Probe | None, policy: Policy, quiet: bool = False):
