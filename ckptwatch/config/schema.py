@@ -183,6 +183,11 @@ class DaemonConfig(_Section):
     )
     top_k_tensors: int = Field(10, ge=0, le=100, description="per-tensor drift metrics for the K worst tensors")
     queue_limit: int = Field(8, ge=1, description="per watch; older pending checkpoints are skipped as coalesced")
+    hold_files: bool = Field(
+        True,
+        description="hold a checkpoint's files open from its commit to its verdict, so that one deleted "
+        "meanwhile (CheckpointManager max_to_keep) is still verified",
+    )
     job_timeout: float = Field(900.0, gt=0, description="seconds one verification may take before its worker is killed")
     max_attempts: int = Field(3, ge=1, description="tries per checkpoint when its worker dies")
     reports_kept: int = Field(10000, ge=1, description="reports kept in the SQLite state (oldest pruned)")

@@ -7,6 +7,7 @@ TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
     stability.py   settle clocks: how long files have been unchanged
     scheduler.py   per-watch queues in step order, watches taking turns, coalescing
     pipeline.py    each candidate's life: pending, queued, in flight, done / skipped / lost
+    holding.py     a committed checkpoint's files held open until its verdict (deletion races)
     recorder.py    what the pipeline's events become: state, metrics, watch status, log, publish_dir;
                    the baseline rule (only a passing checkpoint becomes "previous") and acceptances
     watch_status.py  a watch's status (metrics, status page) from its latest report

@@ -31,6 +31,7 @@ from ckptwatch.config import Config, load_config
 from ckptwatch.daemon import discovery, jobs
 from ckptwatch.daemon.durable import DurableState
 from ckptwatch.daemon.events import Watcher
+from ckptwatch.daemon.holding import Holder
 from ckptwatch.daemon.http import StatusServer
 from ckptwatch.daemon.logs import configure_logging, get_logger
 from ckptwatch.daemon.metrics import DaemonMetrics
@@ -128,12 +129,14 @@ class Daemon:
         if swept:
             self.log.info("fingerprints removed", count=swept, reason="nothing in the state refers to them")
         stability = discovery.StabilityTracker(cfg.daemon.settle_seconds)
+        self.holder = Holder()
         self.pipeline = Pipeline(
             lambda c, now: discovery.check_completion(c, now, stability),
             self.state.seen,
             self.recorder,
             queue_limit=cfg.daemon.queue_limit,
             max_attempts=cfg.daemon.max_attempts,
+            hold=self.holder.hold if cfg.daemon.hold_files else None,
         )
         self.supervisor = Supervisor(
             list(cfg.worker.devices),
@@ -194,6 +197,7 @@ class Daemon:
             self.log.info("verification aborted by shutdown", watch=job.watch, checkpoint=job.candidate.path)
         self.watcher.stop()
         self.supervisor.stop(timeout=min(3.0, STOP_BUDGET))
+        self.pipeline.release_all()  # the files held for queued checkpoints
         self.http.stop()
         self.state.close()
         self.log.info("daemon stopped", seconds=round(time.monotonic() - t0, 3))
@@ -281,6 +285,7 @@ class Daemon:
             self.scan_problems.pop(name, None)
         self.config = new
         self.pipeline.configure(new.daemon.queue_limit, new.daemon.max_attempts)
+        self.pipeline.hold = self.holder.hold if new.daemon.hold_files else None  # for checkpoints found from now on
         self.state.reports_kept = new.daemon.reports_kept
         self.state.backlog, self.state.retry_max = new.daemon.state_backlog, new.daemon.state_retry_max
         for w in new.watches:

@@ -3,11 +3,14 @@
     found      a scan lists it; seen before (in this run or an earlier one): nothing more
     pending    not completely written yet (the completion check says why); re-checked at each
                rescan; gone before it completes: forgotten
-    queued     complete; beyond queue_limit the oldest are skipped (coalesced); gone: skipped
-               (vanished)
+    queued     complete: its commit is seen, and its files are held open (`hold`) until its
+               verdict, so CheckpointManager deleting it meanwhile does not cost it that;
+               beyond queue_limit the oldest are skipped (coalesced, released); gone while
+               not held (holding off, or it could not be held): skipped (vanished)
     in flight  a worker has it; one per watch at a time, in step order
     done       a report: the worker's, or an `error` one when it could not verify it
-    skipped    vanished (deleted before or while it was read) or coalesced
+    skipped    vanished (deleted before its commit was seen, or, not held, before or while
+               it was read) or coalesced
     lost       its worker died or timed out: queued again at the front, until max_attempts,
                then done with an `error` report
 
@@ -26,7 +29,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ckptwatch.daemon.model import Candidate, Completion, Job
 from ckptwatch.daemon.scheduler import Scheduler
@@ -108,6 +112,14 @@ def error_report(candidate: Candidate, message: str, check: str = "integrity.wor
     return unverified_report(candidate.path, finding, candidate.step, verdict="error").to_dict()
 
 
+class HeldFiles(Protocol):
+    """A candidate's files held open (ckptwatch.daemon.holding.Held)."""
+
+    def stand_ins(self) -> dict[str, str | None]: ...
+
+    def close(self) -> None: ...
+
+
 def _new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -127,6 +139,8 @@ class Pipeline:
     check(candidate, now) -> Completion    whether it is completely written (now: monotonic)
     seen(watch, key) -> bool               verified or skipped before (the state, across restarts)
     emit(event)                            what to record: Pending, Queued, Skipped, Retrying, GaveUp, Done
+    hold(candidate) -> HeldFiles | None    open its files when its commit is seen (None: not held);
+                                           closed at its verdict or skip (without: nothing is held)
     """
 
     def __init__(
@@ -139,8 +153,11 @@ class Pipeline:
         max_attempts: int = 3,
         clock: Clock | None = None,
         job_id: Callable[[], str] | None = None,
+        hold: Callable[[Candidate], HeldFiles | None] | None = None,
     ):
         self.check, self._seen_before, self.emit = check, seen, emit
+        self.hold = hold
+        self.held: dict[str, HeldFiles] = {}  # candidate key -> its files, held from commit to verdict
         self.max_attempts = max_attempts
         self.clock = clock or Clock()
         self.job_id = job_id or _new_job_id
@@ -196,7 +213,7 @@ class Pipeline:
         else:
             self.exporting.discard(watch)
         present = {c.key for c in candidates}
-        for c in self.scheduler.discard(watch, keep=present):
+        for c in self.scheduler.discard(watch, keep=present | set(self.held)):  # held: verified all the same
             self._skip(c, "vanished", "deleted before it was verified")
         pending = self.pending.setdefault(watch, {})
         for key in [k for k in pending if k not in present]:
@@ -207,6 +224,7 @@ class Pipeline:
             completion = self._check(c, now)
             if completion.complete:
                 pending.pop(c.key, None)
+                self._hold(c)
                 self.emit(Queued(c, self.clock.time()))
                 for dropped in self.scheduler.offer(c):
                     self._skip(dropped, "coalesced", f"a burst: {self.scheduler.limit} newer checkpoints queued")
@@ -224,11 +242,35 @@ class Pipeline:
         except Exception as e:
             return Completion(True, f"could not be checked ({type(e).__name__}: {str(e)[:200]}): verified as is")
 
+    def _hold(self, c: Candidate) -> None:
+        """Its commit is seen: hold its files open until its verdict (if holding is on). Anything
+        going wrong is this candidate's alone: it is then not held."""
+        if self.hold is None or c.key in self.held:
+            return
+        try:
+            held = self.hold(c)
+        except Exception:
+            held = None
+        if held is not None:
+            self.held[c.key] = held
+
+    def release(self, key: str) -> None:
+        """Close the files held for candidate `key` (if any)."""
+        held = self.held.pop(key, None)
+        if held is not None:
+            held.close()
+
+    def release_all(self) -> None:
+        """Shutdown: close every held file."""
+        for key in list(self.held):
+            self.release(key)
+
     def remove_watch(self, watch: str) -> None:
         """The watch left the config: forget what waits (a job in flight still finishes, but
         is not retried if its worker dies)."""
         self.removed.add(watch)
-        self.scheduler.discard(watch)
+        for c in self.scheduler.discard(watch):
+            self.release(c.key)
         self.pending.pop(watch, None)
         self.exporting.discard(watch)
 
@@ -241,6 +283,7 @@ class Pipeline:
         return False
 
     def _skip(self, c: Candidate, reason: str, detail: str = "") -> None:
+        self.release(c.key)
         self.seen_keys.add((c.watch, c.key))
         self.emit(Skipped(c, reason, detail))
 
@@ -253,7 +296,11 @@ class Pipeline:
         if c is None:
             return None
         attempt = self.attempts.get(c.key, 0) + 1
-        job = Job(self.job_id(), c.watch, c, request(c), attempts=attempt, queued_at=self.clock.monotonic())
+        req = request(c)
+        held = self.held.get(c.key)
+        if held is not None:  # the worker reads the held files, whether or not the originals are still there
+            req = replace(req, held=held.stand_ins())
+        job = Job(self.job_id(), c.watch, c, req, attempts=attempt, queued_at=self.clock.monotonic())
         self.in_flight[c.watch] = job
         return job
 
@@ -275,6 +322,7 @@ class Pipeline:
         c = job.candidate
         self._land(job)
         if c.watch in self.removed:
+            self.release(c.key)
             return
         self.attempts[c.key] = job.attempts
         if job.attempts < self.max_attempts:
@@ -290,6 +338,7 @@ class Pipeline:
 
     def _done(self, job: Job, report: dict, fingerprint: str | None) -> None:
         c = job.candidate
+        self.release(c.key)
         self.attempts.pop(c.key, None)
         self.seen_keys.add((c.watch, c.key))
         seconds = self.clock.monotonic() - job.queued_at
@@ -301,6 +350,7 @@ __all__ = [
     "Done",
     "Event",
     "GaveUp",
+    "HeldFiles",
     "Pending",
     "Pipeline",
     "Queued",

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
@@ -31,7 +31,7 @@ from ckptwatch.formats.base import (
     checked_size,
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
-from ckptwatch.formats.files import check_regular
+from ckptwatch.formats.files import check_regular, open_regular
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
 
 CHECK = "integrity.h5"
@@ -62,10 +62,13 @@ class Hdf5Source:
         self._refused: dict[str, str] = {}
         # FileNotFoundError: vanished is not corrupt; a FIFO or device: NotRegularFile, never opened
         self._size = check_regular(path).st_size
+        self._fileobj: BinaryIO | None = None
+        self._file: h5py.File | None = None
         try:
-            self._file: h5py.File | None = h5py.File(path, "r")
+            self._file = self._open(path)
         # h5py raises OSError, but garbage can also surface as ValueError, KeyError, ...
         except Exception as e:
+            self.close()
             raise IntegrityError(CHECK, f"{self._label}: not a readable HDF5 file ({_reason(e)})") from None
         try:
             self._scan()
@@ -94,12 +97,26 @@ class Hdf5Source:
     def total_bytes(self) -> int:
         return self._size
 
+    def _open(self, path: str) -> h5py.File:
+        if os.path.exists(os.path.realpath(path)):
+            return h5py.File(path, "r")
+        # A stand-in for a file the daemon holds open after CheckpointManager unlinked it
+        # (ckptwatch.formats.held): libhdf5 resolves a link's real path, which no longer exists,
+        # so the file is read through a file object instead.
+        self._fileobj = open_regular(path)
+        return h5py.File(self._fileobj, "r")
+
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
+        try:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                finally:
+                    self._file = None
+        finally:
+            if self._fileobj is not None:
+                self._fileobj.close()
+                self._fileobj = None
 
     def __enter__(self) -> Hdf5Source:
         return self

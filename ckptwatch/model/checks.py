@@ -44,13 +44,17 @@ def _keras_load(path: str, keras2: bool) -> tuple[Any, str]:
     """(model, how it was loaded). A legacy `.h5` written by Keras 2 is built by tf-keras (Keras 2
     for TF 2.16+) when it is installed: Keras 3 refuses many Keras 2 configs (`time_major` of an
     LSTM, a mixed-precision policy). Its config was checked first (only Keras' own classes)."""
+    from ckptwatch.formats.held import real_file
+
     if keras2 and tf_keras_installed():
         import tf_keras
 
-        return tf_keras.models.load_model(path, compile=False), "tf_keras-load_model(config checked)"
+        with real_file(path) as readable:
+            return tf_keras.models.load_model(readable, compile=False), "tf_keras-load_model(config checked)"
     import keras
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True), "keras-load_model(safe_mode=True)"
+    with real_file(path) as readable:  # read through the daemon's held files: see formats.held
+        return keras.saving.load_model(readable, compile=False, safe_mode=True), "keras-load_model(safe_mode=True)"
 
 
 def tf_keras_installed() -> bool:
@@ -70,7 +74,7 @@ def _keras_version(path: str) -> str:
     """The `keras_version` a legacy `.h5` was written by ("2.15.0"; "" when absent)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
+    with open(path, "rb") as raw, h5py.File(raw, "r") as f:  # a file object: held files are symlinks to /proc
         value = f.attrs.get("keras_version", b"")
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ckptwatch.formats.held import original
 from ckptwatch.model.pure_ops import (
     ACTING_OPS,
     CHECKPOINT_NAMING,
@@ -103,6 +104,9 @@ def asset_problem(directory: str, filename: str) -> str | None:
     norm = os.path.normpath(filename)
     if norm == ".." or norm.startswith(".." + os.sep):
         return "leaves the assets/ directory"
+    # where the SavedModel really lies: read through the daemon's held files, `directory` is a
+    # stand-in whose links point at descriptors (ckptwatch.formats.held)
+    directory = original(directory)
     base = os.path.realpath(os.path.join(directory, "assets"))
     real = os.path.realpath(os.path.join(base, filename))
     if not real.startswith(base + os.sep):

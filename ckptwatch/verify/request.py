@@ -74,6 +74,11 @@ class VerifyRequest:
     # was there when the verification started and is gone at its end counts as deleted.
     discovered: bool = False
     threads: int = DEFAULT_THREADS
+    # (the daemon) The candidate's files, held open by the daemon since its commit was seen: each
+    # name (relative to the candidate's directory) -> a path that reopens the held file
+    # ("/proc/<daemon pid>/fd/<n>"), or None where it is not held. The candidate is read through
+    # them (ckptwatch.formats.held.stand_in), so CheckpointManager deleting it does not matter.
+    held: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,4 +99,10 @@ class VerifyRequest:
         values = dict(data)
         values["policy"] = Policy.model_validate(data.get("policy") or {})
         values["model"] = ModelSpec.from_dict(data.get("model"))
+        held = data.get("held")
+        if held is not None and not (
+            isinstance(held, dict)
+            and all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in held.items())
+        ):
+            raise ValueError("held: a mapping of file names to paths (or null)")
         return cls(**values)

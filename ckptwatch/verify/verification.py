@@ -20,15 +20,21 @@ In order:
    `request.history_out` if it passed (pass or warn), the same history noting it if it failed a
    drift check.
 
-A candidate deleted meanwhile raises CheckpointVanished (the daemon skips it). Model checks
+A candidate whose files the daemon holds open (`request.held`, see ckptwatch.formats.held)
+is read through them, so CheckpointManager deleting it meanwhile does not matter: its report
+names its own path. A candidate deleted meanwhile that is not held raises CheckpointVanished
+(the daemon skips it). Model checks
 that cannot run raise ModelChecksError (ModelTimeout past their time limit: the calling
 process must exit, the thread running TensorFlow cannot be stopped).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ckptwatch.errors import (
     CheckpointNotFound,
@@ -57,9 +63,70 @@ class Verification:
     not_fingerprinted: str | None = None  # why none was written although the request asked for one
 
 
+@dataclass(frozen=True)
+class _Standing:
+    """The candidate read through the daemon's held files: `root` (the stand-in's directory)
+    stands for the candidate's own directory in every name shown."""
+
+    root: str
+    original: str  # the candidate's own path
+    fully: bool  # every file held (else: a file read by its path may be gone)
+
+    def show(self, text: str) -> str:
+        return text.replace(self.root, os.path.dirname(self.original))
+
+    def shown(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.show(value)
+        if isinstance(value, dict):
+            return {k: self.shown(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.shown(v) for v in value]
+        return value
+
+    def fix(self, report: Report) -> None:
+        """Names in the report mean the candidate, not its stand-in."""
+        report.checkpoint = self.shown(report.checkpoint)
+        report.findings = [replace(f, message=self.show(f.message)) for f in report.findings]
+        report.model = self.shown(report.model)
+        entry = report.history_entry
+        if entry is not None and isinstance(getattr(entry, "checkpoint", None), str):
+            report.history_entry = replace(entry, checkpoint=self.show(entry.checkpoint))
+
+
 def verify_checkpoint(
     request: VerifyRequest, progress: Progress | None = None, model_checks: ModelChecks | None = None
 ) -> Verification:
+    if not request.held:
+        return _verify(request, progress, model_checks, None)
+    from ckptwatch.formats.held import forget, stand_in
+
+    with tempfile.TemporaryDirectory(prefix="ckptwatch-held-") as root:
+        try:
+            try:
+                standing = stand_in(root, request.candidate, request.held)
+            except (OSError, ValueError):  # no stand-in: read by path, as if nothing were held
+                return _verify(replace(request, held=None), progress, model_checks, None)
+            how = _Standing(root, request.candidate, all(request.held.values()))
+            try:
+                return _verify(replace(request, candidate=standing, held=None), progress, model_checks, how)
+            except CkptwatchError as e:  # its message names the candidate, not the stand-in
+                e.args = tuple(how.shown(list(e.args)))
+                raise
+        finally:
+            forget(root)
+
+
+def _verify(
+    request: VerifyRequest, progress: Progress | None, model_checks: ModelChecks | None, standing: _Standing | None
+) -> Verification:
+    name = standing.original if standing else request.candidate
+
+    def gone() -> bool:
+        if not checkpoint_exists(request.candidate):
+            return True
+        return standing is not None and not standing.fully and not checkpoint_exists(standing.original)
+
     present = request.discovered or checkpoint_exists(request.candidate)
     options = Options(threads=request.threads, sketch=bool(request.fingerprint_out), progress=progress)
     golden, golden_missing = request.golden, None
@@ -73,11 +140,13 @@ def verify_checkpoint(
     try:
         report, prints = _engine(request, golden, replace(options, history=history))
     except CheckpointNotFound as e:
-        if request.discovered and not checkpoint_exists(request.candidate):
-            raise CheckpointVanished(f"{request.candidate}: deleted before it was verified") from e
+        if request.discovered and gone():
+            raise CheckpointVanished(f"{name}: deleted before it was verified") from e
         raise
-    if report.verdict == "fail" and present and not checkpoint_exists(request.candidate):
-        raise CheckpointVanished(f"{request.candidate}: deleted while being read")
+    if report.verdict == "fail" and present and gone():
+        raise CheckpointVanished(f"{name}: deleted while being read")
+    if standing:
+        standing.fix(report)
     if golden_missing:
         report.add_findings(
             [
@@ -99,7 +168,9 @@ def verify_checkpoint(
     report.add_findings(rewind_findings(history, report))
     if request.model is not None:
         record = history.probe_record(request.policy.min_history) if history is not None else None
-        _model_checks(report, request, golden, model_checks, record)
+        _model_checks(report, request, golden, model_checks, record, gone, name)
+        if standing:
+            standing.fix(report)
     verification = Verification(report)
     if request.fingerprint_out:
         verification.not_fingerprinted = _fingerprint_refusal(report, request.fingerprint_gate)
@@ -177,6 +248,8 @@ def _model_checks(
     golden: str | None,
     model_checks: ModelChecks | None,
     record: ProbeRecord | None,
+    gone: Callable[[], bool],
+    name: str,
 ) -> None:
     assert request.model is not None
     if model_checks is None:
@@ -186,8 +259,8 @@ def _model_checks(
     except ModelChecksError:
         raise
     except CheckpointNotFound as e:
-        if not checkpoint_exists(request.candidate):
-            raise CheckpointVanished(f"{request.candidate}: deleted while being read") from e
+        if gone():
+            raise CheckpointVanished(f"{name}: deleted while being read") from e
         raise ModelChecksError(str(e)) from e
     except CkptwatchError as e:
         raise ModelChecksError(str(e)) from e

@@ -268,9 +268,11 @@ def test_previous_deleted_while_the_next_is_verified(tf, daemon_factory, tmp_pat
 
 
 def test_checkpoint_deleted_while_queued_is_skipped_vanished(tf, daemon_factory, tmp_path, big_checkpoint):
+    """Without holding files (hold_files = false) a checkpoint deleted while queued is skipped
+    as vanished, never a failure (with it, it is verified: tests/e2e/test_daemon_held.py)."""
     run = tmp_path / "run"
     run.mkdir()
-    d = daemon_factory([{"name": "run", "path": str(run)}])
+    d = daemon_factory([{"name": "run", "path": str(run)}], daemon={"hold_files": False})
     big = install(big_checkpoint, run, "ckpt-100")
     d.wait_for("verification started", checkpoint=big)
     with paused(d.workers()[0]):
@@ -286,18 +288,25 @@ def test_checkpoint_deleted_while_queued_is_skipped_vanished(tf, daemon_factory,
     assert not d.events("verification started", checkpoint=small)
 
 
-def test_checkpoint_deleted_while_being_read_is_skipped_vanished(daemon_factory, tmp_path, big_checkpoint):
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "not-held"])
+def test_checkpoint_deleted_while_being_read(daemon_factory, tmp_path, big_checkpoint, hold):
+    """Deleted while the worker reads it: held since its commit (the default), it is verified
+    all the same; not held (hold_files = false), it is skipped as vanished, never a failure."""
     run = tmp_path / "run"
     run.mkdir()
-    d = daemon_factory([{"name": "run", "path": str(run)}])
+    d = daemon_factory([{"name": "run", "path": str(run)}], daemon={"hold_files": hold})
     big = install(big_checkpoint, run, "ckpt-7")
     d.wait_for("verification started", checkpoint=big)
     for f in sorted(bundle_files(big), key=lambda f: not f.name.endswith(".index")):
         f.unlink()
     ev = outcome(d, big, timeout=60)
-    assert ev["event"] == "checkpoint skipped" and ev["reason"] == "vanished", ev
-    assert d.metric("ckptwatch_checkpoints_skipped_total", watch="run", reason="vanished") == 1
-    assert d.metric("ckptwatch_verifications_total", watch="run") == 0
+    if hold:
+        assert ev["event"] == "checkpoint verified" and ev["verdict"] == "pass", ev
+        assert not d.metric("ckptwatch_checkpoints_skipped_total", watch="run", reason="vanished")
+    else:
+        assert ev["event"] == "checkpoint skipped" and ev["reason"] == "vanished", ev
+        assert d.metric("ckptwatch_checkpoints_skipped_total", watch="run", reason="vanished") == 1
+        assert d.metric("ckptwatch_verifications_total", watch="run") == 0
     assert d.get("/readyz")[0] == 200
 
 

@@ -11,6 +11,7 @@ golden outputs instead of a golden model, and the smoke step.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -328,3 +329,35 @@ def test_legacy_keras2_h5_is_loaded_without_a_round_trip(files):
     r = rep["model"]["restore"]
     assert r["method"] == "keras-load_weights" and r["fidelity"] is None
     assert rep["model"]["functional"]["nonfinite_outputs"] == 0
+
+
+@pytest.mark.parametrize(("name", "factory"), [("weights", "mlp_and_optimizer"), ("legacy_h5", None)])
+def test_a_held_keras_file_deleted_before_its_check_is_still_checked(files, tmp_path, name, factory):
+    """Read through the daemon's held descriptor after CheckpointManager-style deletion: libhdf5
+    cannot open a link whose real path is gone, so Keras' loaders get a private copy."""
+    import shutil
+
+    from ckptwatch.daemon.discovery import find_candidates
+    from ckptwatch.daemon.holding import Holder
+    from ckptwatch.model.checks import add_model_checks as model_checks
+    from ckptwatch.verify.request import VerifyRequest
+    from ckptwatch.verify.verification import verify_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(files[name], run / os.path.basename(files[name]))
+    (c,) = find_candidates("run", str(run))
+    held = Holder().hold(c)
+    assert held is not None
+    os.unlink(c.path)
+    spec = ModelSpec(factory=Z + factory if factory else None, probe=files["probe"])
+    try:
+        rep = verify_checkpoint(
+            VerifyRequest(c.path, model=spec, held=held.stand_ins(), discovered=True), None, model_checks
+        )
+    finally:
+        held.close()
+    report = rep.report.to_dict()
+    assert report["verdict"] == "pass", report["findings"]
+    assert report["model"]["restore"]["method"].startswith(("keras-load_weights", "keras-load_model"))
+    assert os.listdir(tmp_path) == ["run"] and not os.listdir(run)

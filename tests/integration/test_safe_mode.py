@@ -398,3 +398,47 @@ def test_an_op_named_as_a_branch_function_is_checked_as_an_op(tf, tmp_path):
     why, _ = saved_model_refusal(str(pb))
     assert why is not None and why.startswith(f"op ReadFile (node {node.name!r} in function '__inference_serve_"), why
     assert f"is called as a function by {node.op}" in why
+
+
+# -- read through the daemon's held files (ckptwatch.formats.held) ------------------------------------------
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["present", "deleted"])
+def test_a_held_savedmodel_with_assets_is_checked_where_it_really_lies(ordinary, tmp_path, deleted):
+    """Read through stand-ins (links to held descriptors), its own assets are still its own --
+    also once CheckpointManager-style deletion removed the directory -- and an asset that links
+    out of assets/ is still refused."""
+    from ckptwatch.daemon.discovery import find_candidates
+    from ckptwatch.daemon.holding import Holder
+    from ckptwatch.model.checks import add_model_checks as model_checks
+    from ckptwatch.verify.request import VerifyRequest
+    from ckptwatch.verify.verification import verify_checkpoint
+
+    source, probe = ordinary["vocabulary"]
+    for linked in (False, True):
+        run = tmp_path / f"run-{linked}"
+        run.mkdir()
+        shutil.copytree(source, run / "5")
+        if linked:
+            (asset,) = (run / "5" / "assets").iterdir()
+            asset.unlink()
+            asset.symlink_to("/etc/hostname")
+        (c,) = find_candidates("run", str(run))
+        held = Holder().hold(c)
+        assert held is not None
+        if deleted:
+            shutil.rmtree(run / "5")
+        request = VerifyRequest(c.path, model=ModelSpec(probe=probe), held=held.stand_ins(), discovered=True)
+        try:
+            report = verify_checkpoint(request, None, model_checks).report.to_dict()
+        finally:
+            held.close()
+        if not linked:
+            assert report["verdict"] in ("pass", "warn"), report["findings"]
+            assert not unsafe(report) and report["model"]["source"] == "saved_model", report["findings"]
+            assert report["checkpoint"]["path"].startswith(c.path)
+        elif not deleted:
+            (message,) = unsafe(report)
+            assert "resolves outside the assets/ directory" in message, message
+        else:  # the link itself is gone with the directory (links are never held): not read, not run
+            assert report["verdict"] in ("fail", "error") or unsafe(report), report["findings"]

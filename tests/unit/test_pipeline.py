@@ -279,3 +279,92 @@ def test_configure_changes_the_limits(h):
     job = h.take()
     h.p.lost(job, "died")
     assert [type(e) for e in h.drain()] == [GaveUp, Done]
+
+
+# -- files held from commit to verdict ---------------------------------------------------------------
+
+
+class FakeHeld:
+    """Stands for a candidate's held files (daemon.holding.Held): records its closing."""
+
+    def __init__(self, c: Candidate, closed: list[str]):
+        self.c, self.closed = c, closed
+
+    def stand_ins(self) -> dict[str, str | None]:
+        return {self.c.path.rsplit("/", 1)[1] + ".index": "/proc/1/fd/7"}
+
+    def close(self) -> None:
+        self.closed.append(self.c.key)
+
+
+class Holding(Harness):
+    def __init__(self, queue_limit: int = 8, max_attempts: int = 3, refuse: tuple[str, ...] = ()):
+        super().__init__(queue_limit, max_attempts)
+        self.closed: list[str] = []
+        self.refuse = refuse  # keys that cannot be held (deleted before the hold, too many fds)
+        self.p.hold = lambda c: None if c.key in self.refuse else FakeHeld(c, self.closed)
+
+
+def test_held_candidate_deleted_while_queued_is_still_verified_through_its_held_files():
+    h = Holding()
+    c1, c2 = cand(1), cand(2)
+    h.p.rescan("run", [c1, c2])
+    h.drain()
+    assert set(h.p.held) == {c1.key, c2.key}
+    h.p.rescan("run", [c2])  # CheckpointManager's max_to_keep deleted ckpt-1: held, so still queued
+    assert h.drain() == []
+    job = h.take()
+    assert job.candidate == c1 and job.request.held == {"ckpt-1.index": "/proc/1/fd/7"}
+    h.p.result(job, Result(job.id, "ok", report=report(c1)))
+    assert [type(e) for e in h.drain()] == [Done]
+    assert h.closed == [c1.key] and set(h.p.held) == {c2.key}
+
+
+def test_not_held_candidate_deleted_while_queued_is_vanished():
+    """Deleted before its commit was seen (so it could not be held): vanished, as before."""
+    c1, c2 = cand(1), cand(2)
+    h = Holding(refuse=(c1.key,))
+    h.p.rescan("run", [c1, c2])
+    h.drain()
+    h.p.rescan("run", [c2])
+    assert h.drain() == [Skipped(c1, "vanished", "deleted before it was verified")]
+    assert h.take().request.held is not None  # c2 is held
+
+
+def test_held_files_released_when_coalesced_skipped_given_up_removed_or_at_shutdown():
+    h = Holding(queue_limit=2, max_attempts=1)
+    burst = [cand(s) for s in range(1, 6)]
+    h.p.rescan("run", burst)
+    assert h.closed == [burst[0].key, burst[1].key, burst[2].key]  # coalesced: released at once
+    job = h.take()
+    h.p.lost(job, "worker died")  # max_attempts=1: given up, an error report
+    assert burst[3].key in h.closed
+    job = h.take()
+    h.p.result(job, Result(job.id, "vanished", message="gone"))
+    assert burst[4].key in h.closed and not h.p.held
+    other = [cand(s, watch="other") for s in (1, 2)]
+    h.p.rescan("other", other)
+    h.take()  # other/ckpt-1 in flight, other/ckpt-2 queued
+    h.p.remove_watch("other")
+    assert other[1].key in h.closed and other[0].key not in h.closed
+    h.p.release_all()  # shutdown
+    assert other[0].key in h.closed and not h.p.held
+    assert len(h.closed) == len(set(h.closed)), "each closed once"
+
+
+def test_a_retried_job_keeps_its_held_files():
+    h = Holding()
+    c = cand(1)
+    h.p.rescan("run", [c])
+    job = h.take()
+    h.p.lost(job, "worker died")
+    assert h.closed == [] and c.key in h.p.held
+    assert h.take().request.held == {"ckpt-1.index": "/proc/1/fd/7"}
+
+
+def test_a_hold_that_raises_is_that_candidates_alone():
+    h = Harness()
+    h.p.hold = lambda c: 1 / 0
+    c = cand(1)
+    h.p.rescan("run", [c])
+    assert h.drain() == [Queued(c, T0_WALL)] and not h.p.held

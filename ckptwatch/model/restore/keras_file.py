@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ckptwatch.formats.base import META
+from ckptwatch.formats.held import real_file
 from ckptwatch.model.restore.built import Built, as_array, joined, variable_label
 from ckptwatch.model.restore.status import RestoreOutcome, first_line, named, status_findings
 from ckptwatch.policy import Policy
@@ -44,7 +45,8 @@ def restore_keras_file(built: Built, path: str, policy: Policy) -> RestoreOutcom
         "initializer": [],
     }
     try:
-        model.load_weights(path)
+        with real_file(path) as readable:  # read through the daemon's held files: see formats.held
+            model.load_weights(readable)
     except Exception as e:
         out.findings.append(Finding("fail", "restore.error", f"Keras could not load the weights: {first_line(e)}"))
         return out
