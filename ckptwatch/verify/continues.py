@@ -68,13 +68,18 @@ def rejected_record(report: Report, fingerprint: str | None, baseline: list[str 
 
 
 def next_history(
-    history: History | None, report: Report, fingerprint: str | None, window: int, baseline: list[str | None]
+    history: History | None,
+    report: Report,
+    fingerprint: str | None,
+    window: int,
+    baseline: list[str | None],
+    in_a_row: int = 3,
 ) -> History | None:
     """The history to write after this checkpoint: extended if it passed, noting it if it failed a
     drift check (the history itself unchanged), else None (nothing new)."""
     base = history or History.empty()
     if report.verdict in PASSING and isinstance(report.history_entry, Entry):
-        return base.extended(with_probe(report.history_entry, report.model), window)
+        return base.extended(with_probe(report.history_entry, report.model), window, in_a_row)
     rejected = rejected_record(report, fingerprint, baseline)
     return base.with_rejected(rejected) if rejected else None
 

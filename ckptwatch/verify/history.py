@@ -107,6 +107,7 @@ class History:
         self.entries = entries or {k: np.full(width, np.nan) for k in _PER_ENTRY}
         self.checkpoints = checkpoints or [""] * width
         self.origin = ""  # the checkpoint the oldest entry was measured from
+        self.reached = ""  # where the run arrived at the golden (ProbeRecord.reached), once it has
         # The last checkpoint that failed a drift check against the baseline this history ends at,
         # if any (ckptwatch.verify.continues): {"checkpoint", "fingerprint", "baseline", "tensors":
         # {name: its change vs the baseline}}. A checkpoint that passes clears it.
@@ -154,13 +155,20 @@ class History:
         rejected = meta.get("rejected")
         history.rejected = rejected if isinstance(rejected, dict) else None
         history.origin = str(meta.get("origin") or "")
+        history.reached = str(meta.get("reached") or "")
         return history
 
     def save(self, path: str) -> None:
         """Written to a temporary file and renamed: a reader never sees half a file."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        meta = {"schema": SCHEMA, "checkpoints": self.checkpoints, "rejected": self.rejected, "origin": self.origin}
+        meta = {
+            "schema": SCHEMA,
+            "checkpoints": self.checkpoints,
+            "rejected": self.rejected,
+            "origin": self.origin,
+            "reached": self.reached,
+        }
         try:
             with open(tmp, "wb") as f:
                 arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "names": np.array(self.names, dtype=str)}
@@ -176,7 +184,7 @@ class History:
     def with_rejected(self, rejected: dict | None) -> History:
         """The same history, noting the checkpoint that just failed against its baseline."""
         copy = History(self.names, self.arrays, self.entries, self.checkpoints)
-        copy.rejected, copy.origin = rejected, self.origin
+        copy.rejected, copy.origin, copy.reached = rejected, self.origin, self.reached
         return copy
 
     def after(self, report: Report, window: int = DEFAULT_WINDOW) -> History:
@@ -187,7 +195,7 @@ class History:
             return self.extended(entry, window)
         return self
 
-    def extended(self, entry: Entry, window: int = DEFAULT_WINDOW) -> History:
+    def extended(self, entry: Entry, window: int = DEFAULT_WINDOW, in_a_row: int = 3) -> History:
         """This history plus `entry`, keeping the newest `window` entries; tensors absent from
         every kept entry are dropped."""
         names = self.names + [n for n in entry.tensors if n not in self.index]
@@ -211,6 +219,8 @@ class History:
         entries["golden_met"][-1] = _or_nan(entry.golden_met)
         checkpoints = [*self.checkpoints, entry.checkpoint]
         origin = self.origin if len(self) else entry.previous
+        # where the run arrived at the golden, judged before the window drops what showed it
+        reached = self.reached or _arrival(entries["golden_met"], checkpoints, in_a_row) or ""
         if width > window:
             cut = width - window
             origin = checkpoints[cut - 1]
@@ -222,7 +232,7 @@ class History:
             names = [n for n, keep in zip(names, alive, strict=True) if keep]
             arrays = {k: a[alive] for k, a in arrays.items()}
         grown = History(names, arrays, entries, checkpoints)
-        grown.origin = origin
+        grown.origin, grown.reached = origin, reached
         return grown
 
     # -- reading it ----------------------------------------------------------------------------
@@ -269,14 +279,12 @@ class History:
         return _trailing_zeros(changed), bool(np.any(present > 0))
 
     def probe_record(self, in_a_row: int = 3) -> ProbeRecord:
-        """`reached`: the last of the first `in_a_row` kept checkpoints in a row that met the golden."""
-        accuracy, met = self.entries["accuracy"], self.entries["golden_met"]
-        run, reached = 0, None
-        for i, m in enumerate(met):
-            run = run + 1 if m == 1 else 0
-            if run >= in_a_row:
-                reached = self.checkpoints[i] or f"entry {i}"
-                break
+        """`reached`: where the run arrived at the golden: after a kept checkpoint that missed it,
+        `in_a_row` kept checkpoints in a row that met it. A run that met it from its first kept
+        checkpoints started there (a fine-tune, or a golden that is the run's own start): it never
+        arrives. Once arrived, the history remembers it (`self.reached`), beyond its window."""
+        accuracy = self.entries["accuracy"]
+        reached = self.reached or _arrival(self.entries["golden_met"], self.checkpoints, in_a_row)
         if not np.any(np.isfinite(accuracy)):
             return ProbeRecord(reached)
         best = int(np.nanargmax(accuracy))
@@ -311,6 +319,17 @@ def with_probe(entry: Entry, model: dict | None) -> Entry:
         accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
         golden_met=met if isinstance(met, bool) else None,
     )
+
+
+def _arrival(met: np.ndarray, checkpoints: list[str], in_a_row: int) -> str | None:
+    """The checkpoint where `in_a_row` met (1) in a row first follow a miss (0)."""
+    missed, run = False, 0
+    for i, m in enumerate(met):
+        missed = missed or m == 0
+        run = run + 1 if m == 1 and missed else 0
+        if run >= in_a_row:
+            return checkpoints[i] or f"entry {i}"
+    return None
 
 
 def _or_nan(x: float | None) -> float:

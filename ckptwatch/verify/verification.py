@@ -187,7 +187,10 @@ def _verify(
                 verification.not_fingerprinted = f"not fingerprinted: cannot write {request.fingerprint_out}: {e}"
                 report.add_findings([Finding("info", "integrity.fingerprint", verification.not_fingerprinted)])
     if request.history_out:  # extended if it passed; noting it if it failed a drift check
-        written = next_history(history, report, verification.fingerprint, request.policy.history_window, baseline)
+        policy = request.policy
+        written = next_history(
+            history, report, verification.fingerprint, policy.history_window, baseline, policy.min_history
+        )
         if written is not None:
             try:
                 written.save(request.history_out)

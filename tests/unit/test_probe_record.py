@@ -33,8 +33,25 @@ def test_reached_needs_the_golden_met_several_checkpoints_in_a_row() -> None:
     flapping = _history(_entry(1, met=False), _entry(2, met=True), _entry(3, met=False), _entry(4, met=True))
     assert flapping.probe_record(3).reached is None
     arrived = _history(_entry(1, met=False), *(_entry(n, met=True) for n in (2, 3, 4)), _entry(5, met=True))
-    assert arrived.probe_record(3).reached == "ckpt-4"
+    assert arrived.probe_record(3).reached == "ckpt-4" and arrived.reached == "ckpt-4"
     assert _history(_entry(1), _entry(2)).probe_record(1).reached is None  # never compared
+
+
+def test_a_run_that_starts_on_the_golden_never_arrives_at_it() -> None:
+    """A golden that is the run's own start (or a fine-tune in target mode): met from the first
+    kept checkpoints, then training moves away; that is not a run falling back from its target."""
+    started = _history(*(_entry(n, met=True) for n in range(1, 6)), _entry(6, met=False), _entry(7, met=False))
+    assert started.probe_record(3).reached is None
+
+
+def test_arrival_is_remembered_beyond_the_window(tmp_path: Path) -> None:
+    h = History.empty()
+    for n, met in enumerate([False, True, True, True] + [True] * 6, start=1):
+        h = h.extended(_entry(n, met=met), window=4)
+    assert len(h) == 4 and h.reached == "ckpt-4" and h.probe_record(3).reached == "ckpt-4"
+    path = str(tmp_path / "h.npz")
+    h.save(path)
+    assert History.load(path).probe_record(3).reached == "ckpt-4"
 
 
 def test_best_accuracy_and_where(tmp_path: Path) -> None:
