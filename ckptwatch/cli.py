@@ -66,9 +66,7 @@ def _options(threads: int | None):
     return options
 
 
-def _isolated(
-    path: str, as_json: bool, threads: int | None, timeout: float | None = None, report: bool = True
-) -> None:
+def _isolated(path: str, as_json: bool, threads: int | None, timeout: float | None = None, report: bool = True) -> None:
     """Re-run this command in a child interpreter unless we are that child, under the time
     limit (--timeout, CKPTWATCH_TIMEOUT, 3600 s). `report`: the parent answers a time limit or
     a crash with a verify report (verify, inspect, fingerprint), else with one line (diff)."""
