@@ -67,10 +67,17 @@ def _options(threads: int | None):
 
 
 def _isolated(
-    path: str, as_json: bool, threads: int | None, timeout: float | None = None, verbose: bool = False
+    path: str,
+    as_json: bool,
+    threads: int | None,
+    timeout: float | None = None,
+    report: bool = True,
+    verbose: bool = False,
 ) -> None:
-    """Re-run this command in a child interpreter unless we are that child. The child keeps
-    TensorFlow's and Keras' own log lines off stderr unless `verbose` (CKPTWATCH_VERBOSE)."""
+    """Re-run this command in a child interpreter unless we are that child, under the time
+    limit (--timeout, CKPTWATCH_TIMEOUT, 3600 s). `report`: the parent answers a time limit or
+    a crash with a verify report (verify, inspect, fingerprint), else with one line (diff). The
+    child keeps TensorFlow's and Keras' own log lines off stderr unless `verbose` (CKPTWATCH_VERBOSE)."""
     from ckptwatch import isolate, quiet
 
     if verbose:
@@ -82,7 +89,7 @@ def _isolated(
         assert isinstance(root, _Group)
         args = root.invoked_args
         limit = isolate.time_limit(timeout)
-        sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2, limit))
+        sys.exit(isolate.run_in_child(list(args), path, as_json, threads or 2, limit, report))
 
 
 _threads = click.option("--threads", type=click.IntRange(1, 64), default=None, help="Tensors read in parallel.")
@@ -202,7 +209,7 @@ def verify(
     damage fails (non-finite values, a reset, growth by orders of magnitude, structure), a
     large relative jump warns. With the run's history, each tensor's change is judged against
     its own past changes."""
-    _isolated(path, as_json, threads, timeout, verbose)
+    _isolated(path, as_json, threads, timeout, verbose=verbose)
     from ckptwatch.config import load_policy
     from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import DEFAULT_THREADS
@@ -279,8 +286,10 @@ def _verify(request):
 @click.option("--top", type=click.IntRange(1), default=None, help="Only the N tensors that drifted most.")
 @click.option("--json", "as_json", is_flag=True, help="ckptwatch.diff/v1 JSON.")
 @_threads
-def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None) -> None:
+@_timeout
+def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None, timeout: float | None) -> None:
     """Per-tensor drift of checkpoint A against B, worst first."""
+    _isolated(a, as_json, threads, timeout, report=False)
     from ckptwatch.verify.diff import diff_paths
     from ckptwatch.verify.render import render_diff
 

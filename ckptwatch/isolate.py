@@ -8,6 +8,9 @@ stdout/stderr go straight to the user. If the child is killed by a signal, the
 parent answers in its place, naming the tensors that were being read. If it runs past
 its time limit (--timeout, CKPTWATCH_TIMEOUT, DEFAULT_TIMEOUT: our limit, not the file's
 fault), the parent kills it and answers `error` (exit 2) naming the phase it was in.
+
+Commands that print no verdict (`diff`) get `report=False`: the parent then answers with the
+one line on stderr alone (exit 2 past the limit, or when the child dies by a signal).
 """
 
 from __future__ import annotations
@@ -81,13 +84,18 @@ def time_limit(option: float | None) -> float | None:
     return option if option > 0 else None
 
 
-def run_in_child(argv: list[str], path: str, as_json: bool, threads: int, timeout: float | None = None) -> int:
+def run_in_child(
+    argv: list[str], path: str, as_json: bool, threads: int, timeout: float | None = None, report: bool = True
+) -> int:
     """Run the command in a child; return the exit code to use. Past `timeout` seconds the
-    child is killed and the answer is an `error` verdict naming what it was doing (exit 2)."""
-    return _supervise([sys.executable, "-m", "ckptwatch", *argv], path, as_json, threads, timeout)
+    child is killed and the answer is an `error` verdict naming what it was doing (exit 2);
+    without `report`, only the one line on stderr."""
+    return _supervise([sys.executable, "-m", "ckptwatch", *argv], path, as_json, threads, timeout, report)
 
 
-def _supervise(command: list[str], path: str, as_json: bool, threads: int, timeout: float | None) -> int:
+def _supervise(
+    command: list[str], path: str, as_json: bool, threads: int, timeout: float | None, report: bool = True
+) -> int:
     read_fd, write_fd = os.pipe()
     env = {**os.environ, CHILD_ENV: "1", PROGRESS_FD_ENV: str(write_fd)}
     child = subprocess.Popen(command, env=env, pass_fds=(write_fd,))
@@ -121,24 +129,30 @@ def _supervise(command: list[str], path: str, as_json: bool, threads: int, timeo
         child.wait()
         if not phase:
             phase = f"reading {' or '.join(recent)}" if recent else "opening the checkpoint"
-        return _report_timeout(path, timeout or 0, phase, recent[-1] if recent else None, as_json)
+        return _report_timeout(path, timeout or 0, phase, recent[-1] if recent else None, as_json, report)
     except KeyboardInterrupt:
         child.terminate()
         child.wait()
         return 130
     if code >= 0:
         return code
+    if not report:
+        print(f"ckptwatch: error: {path}: {_crash_message(-code, list(recent))}", file=sys.stderr)
+        return 2
     return _report_crash(path, -code, list(recent), as_json)
 
 
-def _report_timeout(path: str, seconds: float, phase: str, tensor: str | None, as_json: bool) -> int:
+def _report_timeout(
+    path: str, seconds: float, phase: str, tensor: str | None, as_json: bool, report: bool = True
+) -> int:
     """Our limit, not the file's fault: verdict `error`, exit 2, and the one line on stderr."""
-    from ckptwatch.verify.report import Finding, unverified_report
-
     message = f"timed out after {seconds:g} s while {phase}"
-    finding = Finding("fail", "integrity.timeout", message, tensor if phase.startswith("reading") else None)
-    _print_report(unverified_report(os.path.abspath(path), finding, verdict="error"), as_json)
-    sys.stdout.flush()
+    if report:
+        from ckptwatch.verify.report import Finding, unverified_report
+
+        finding = Finding("fail", "integrity.timeout", message, tensor if phase.startswith("reading") else None)
+        _print_report(unverified_report(os.path.abspath(path), finding, verdict="error"), as_json)
+        sys.stdout.flush()
     print(f"ckptwatch: error: {path}: {message} (--timeout or {TIMEOUT_ENV} raises the limit)", file=sys.stderr)
     return 2
 
@@ -152,19 +166,18 @@ def _print_report(report, as_json: bool) -> None:
         print(render_verify(report))
 
 
-def _report_crash(path: str, signum: int, tensors: list[str], as_json: bool) -> int:
-    from ckptwatch.verify.report import Finding, unverified_report  # only now: the parent stays light
-
+def _crash_message(signum: int, tensors: list[str]) -> str:
     try:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
     where = f" while reading {' or '.join(tensors)}" if tensors else " while opening the checkpoint"
-    finding = Finding(
-        "fail",
-        "integrity.crash",
-        f"the reader process was killed by {name}{where}: the file is malformed enough to crash native code",
-        tensors[-1] if tensors else None,
-    )
+    return f"the reader process was killed by {name}{where}: the file is malformed enough to crash native code"
+
+
+def _report_crash(path: str, signum: int, tensors: list[str], as_json: bool) -> int:
+    from ckptwatch.verify.report import Finding, unverified_report  # only now: the parent stays light
+
+    finding = Finding("fail", "integrity.crash", _crash_message(signum, tensors), tensors[-1] if tensors else None)
     _print_report(unverified_report(os.path.abspath(path), finding), as_json)
     return 1

@@ -18,7 +18,7 @@ TensorFlow: checkpoints are read by worker processes (ckptwatch.worker).
                    the acceptances `ckptwatch accept` records and the daemon applies
     metrics.py     Prometheus collector over a Snapshot, counters, histogram
     http.py        /metrics /healthz /livez /readyz / /api/v1/checkpoints
-    serving.py     the HTTP server under them: listen backlog, reused handler threads, shared /metrics renderings
+    serving.py     the HTTP server under them: one event-loop thread, a pool of 4, shared /metrics renderings
     logs.py        structlog set-up
     notify.py      sd_notify
     publish.py     the "latest verified" state file in publish_dir

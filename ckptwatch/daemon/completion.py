@@ -66,7 +66,7 @@ from ckptwatch.daemon.stability import (
 )
 from ckptwatch.formats import layout
 from ckptwatch.formats.base import IntegrityError
-from ckptwatch.formats.layout import BUNDLE, HDF5, KERAS, SAVEDMODEL, saved_model_marker, temp_leftovers
+from ckptwatch.formats.layout import BUNDLE, HDF5, KERAS, SAVEDMODEL, saved_model_marker
 
 __all__ = ["candidate_key", "check_completion", "current_key"]
 
@@ -144,10 +144,10 @@ def _file_completion(candidate: Candidate, now: float, stability: StabilityTrack
 def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
     prefix = candidate.path
     index = prefix + layout.INDEX_SUFFIX
-    leftovers = temp_leftovers(prefix)
-    if leftovers:
+    listing = layout.bundle_listing(prefix)  # the one listing of the directory this check makes
+    if listing.leftovers:
         stability.forget(prefix)
-        return Completion(False, f"save in progress: {leftovers[0]} remains")
+        return Completion(False, f"save in progress: {listing.leftovers[0]} remains")
     st = regular_stat(index)
     if st is None:
         stability.forget(prefix)
@@ -155,8 +155,9 @@ def _bundle_completion(candidate: Candidate, now: float, stability: StabilityTra
     if candidate_key(prefix, st) != candidate.key:
         stability.forget(prefix)
         return Completion(False, "changed since it was found")
-    problem = _bundle_problem(prefix, st)
-    return _judge(candidate, index, st, problem, functools.partial(_bundle_files, prefix), now, stability)
+    problem = _bundle_problem(prefix, st, listing.shards)
+    files = functools.partial(_bundle_files, prefix, listing.shards)
+    return _judge(candidate, index, st, problem, files, now, stability)
 
 
 def _saved_model_completion(candidate: Candidate, now: float, stability: StabilityTracker) -> Completion:
@@ -170,7 +171,8 @@ def _saved_model_completion(candidate: Candidate, now: float, stability: Stabili
         stability.forget(directory)
         return Completion(False, "changed since it was found")
     prefix = os.path.join(directory, layout.SAVED_MODEL_VARIABLES)
-    leftovers = layout.saved_model_leftovers(directory)
+    variables = layout.bundle_listing(prefix)
+    leftovers = layout.saved_model_leftovers(directory, variables)
     if leftovers:
         stability.forget(directory)
         return Completion(False, f"save in progress: {leftovers[0]} remains")
@@ -184,7 +186,7 @@ def _saved_model_completion(candidate: Candidate, now: float, stability: Stabili
     elif st.st_size == 0:
         problem = f"{os.path.basename(marker)} is empty"
     else:
-        problem = _bundle_problem(prefix, index_st)
+        problem = _bundle_problem(prefix, index_st, variables.shards)
     files = functools.partial(tree_signature, directory)
     if problem is None and (fingerprint is None or fingerprint.st_mtime_ns < st.st_mtime_ns):
         # Only TF2's tf.saved_model.save renames saved_model.pb into place, then writes
@@ -222,10 +224,11 @@ def _judge(
     return Completion(True)
 
 
-def _bundle_problem(prefix: str, index_st: os.stat_result) -> str | None:
-    """Why the bundle at `prefix` (its index as `index_st`) is not whole, None if it is: the
-    index does not parse, a data shard is missing, or one is newer than the index (a rewrite
-    of the same prefix is under way, or a copier is still at work)."""
+def _bundle_problem(prefix: str, index_st: os.stat_result, shards: list[str]) -> str | None:
+    """Why the bundle at `prefix` (its index as `index_st`, its data files present `shards`) is
+    not whole, None if it is: the index does not parse, a data shard is missing, or one is
+    newer than the index (a rewrite of the same prefix is under way, or a copier is still at
+    work)."""
     try:
         num_shards = layout.bundle_shard_count(prefix)  # reads the header alone: bounded
     except (IntegrityError, ValueError) as e:  # ValueError: TableError escaping a parse path
@@ -234,7 +237,7 @@ def _bundle_problem(prefix: str, index_st: os.stat_result) -> str | None:
         return f"index unreadable: {e.strerror or e}"
     # the shards present, from one listing, and a stat for each of those only: an index
     # claiming 65,536 shards costs no more than the files that are there
-    present = set(layout.data_shards(prefix))
+    present = set(shards)
     newer = []
     for k in range(num_shards):
         shard = layout.shard_path(prefix, k, num_shards)
@@ -253,9 +256,9 @@ def _short(e: Exception, prefix: str) -> str:
     return str(e).replace(os.path.dirname(prefix) + os.sep, "")
 
 
-def _bundle_files(prefix: str) -> Signature:
-    """Every file of the bundle (index and any data shards) with size, mtime and inode."""
-    paths = sorted([prefix + layout.INDEX_SUFFIX, *layout.data_shards(prefix)])
+def _bundle_files(prefix: str, shards: list[str]) -> Signature:
+    """Every file of the bundle (index and its data shards `shards`) with size, mtime and inode."""
+    paths = sorted([prefix + layout.INDEX_SUFFIX, *shards])
     return files_signature(paths, os.path.dirname(prefix))
 
 

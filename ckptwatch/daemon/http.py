@@ -1,4 +1,4 @@
-"""The daemon's HTTP endpoints, served by serving.Server (a ThreadingHTTPServer) in daemon threads.
+"""The daemon's HTTP endpoints, served by serving.Server (one event-loop thread and a small pool).
 
     /metrics              Prometheus exposition of the registry (text 0.0.4, or OpenMetrics when
                           asked for in Accept; gzip when Accept-Encoding allows it)
@@ -12,15 +12,16 @@
     /api/v1/checkpoints   {"checkpoints": reports(limit, watch)}; ?limit=1..1000 (default 50), ?watch=NAME
 
 Handlers only call `snapshot()` / `reports()` / `stalled()` and render; they never wait on the
-daemon's work, so the endpoints answer while a verification is running. A burst of requests is
-held by a listen backlog of 1024 (not socketserver's 5, which drops connections: clients retry
-seconds later) and by sharing one rendering of /metrics among the requests that wait for it
+daemon's work, so the endpoints answer while a verification is running. /healthz, /livez and
+404s are answered on the server's loop thread; /readyz, / and the API (they take the daemon's
+snapshot lock) on its pool; /metrics renderings on the pool too, one at a time per content
+type, shared by every request that arrived before it began (serving.Shared). A burst of requests
+is held by a listen backlog of 1024 and a loop that costs little per connection
 (bench/http_burst.py). Requests are logged through structlog at debug level, never to stderr.
 """
 
 from __future__ import annotations
 
-import gzip
 import html
 import json
 import threading
@@ -28,9 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -38,7 +37,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
 from ckptwatch.daemon.model import Snapshot, WatchStatus
-from ckptwatch.daemon.serving import Coalesced, Server, Server6
+from ckptwatch.daemon.serving import Offload, Rendering, Request, Response, Server, Shared
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
 log = structlog.get_logger("ckptwatch.daemon.http")
@@ -46,48 +45,6 @@ log = structlog.get_logger("ckptwatch.daemon.http")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 GZIP_MIN_BYTES = 1024
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Server
-    server_version = "ckptwatch"
-    timeout = 30  # a client that stops sending does not hold a thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", client=self.client_address[0], message=format % args)
-
-    def do_HEAD(self) -> None:
-        self._dispatch(head=True)
-
-    def do_GET(self) -> None:
-        self._dispatch(head=False)
-
-    def _dispatch(self, head: bool) -> None:
-        url = urlsplit(self.path)
-        route = self.server.status._routes.get(url.path.rstrip("/") or "/")
-        try:
-            if route is None:
-                status, ctype, body, headers = _text(HTTPStatus.NOT_FOUND, f"not found: {url.path}\n")
-            else:
-                status, ctype, body, headers = route(self, parse_qs(url.query, keep_blank_values=True))
-        except Exception:
-            log.error("http handler failed", path=url.path, exc_info=True)
-            status, ctype, body, headers = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for k, v in headers:
-                self.send_header(k, v)
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
-Response = tuple[int, str, bytes, list[tuple[str, str]]]
 
 
 def _text(status: int, text: str) -> Response:
@@ -119,14 +76,14 @@ class StatusServer:
         self.stalled = stalled
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
-        self._exposition = Coalesced()
-        self._routes: dict[str, Callable[[_Handler, dict[str, list[str]]], Response]] = {
-            "/metrics": self._metrics,
-            "/healthz": self._alive,
-            "/livez": self._live,
-            "/readyz": self._ready,
-            "/": self._index,
-            "/api/v1/checkpoints": self._checkpoints,
+        # path -> (route, where it runs: on the loop thread (answers at once) or on the pool)
+        self._routes: dict[str, tuple[Callable[[Request], Any], bool]] = {
+            "/metrics": (self._metrics, True),  # a Shared rendering: on the pool
+            "/healthz": (self._alive, True),
+            "/livez": (self._live, True),  # stalled() takes no lock
+            "/readyz": (self._ready, False),
+            "/": (self._index, False),
+            "/api/v1/checkpoints": (self._checkpoints, False),
         }
 
     @property
@@ -146,11 +103,9 @@ class StatusServer:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
         if self._server is not None:
             return
-        cls = Server6 if ":" in self._host else Server
-        server = cls((self._host, self._port), _Handler)
-        server.status = self
+        server = Server(self._host, self._port, self._dispatch)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.2,), name="ckptwatch-http", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, name="ckptwatch-http", daemon=True)
         self._thread.start()
         log.info("http listening", url=self.url)
 
@@ -166,23 +121,35 @@ class StatusServer:
 
     # -- routes -------------------------------------------------------------------------------------
 
-    def _metrics(self, req: _Handler, _query: dict[str, list[str]]) -> Response:
-        encoder, ctype = choose_encoder(req.headers.get("Accept", ""))
-        body = self._exposition.get(ctype, lambda: encoder(self.registry))  # the content type names the encoder
-        headers = []
-        if len(body) >= GZIP_MIN_BYTES and gzip_accepted(req.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body)
-            headers.append(("Content-Encoding", "gzip"))
-        return HTTPStatus.OK, ctype, body, headers
+    def _dispatch(self, req: Request) -> Response | Offload | Shared:
+        """On the server's loop thread: answer at once, or say where the work runs."""
+        path = req.path
+        route, at_once = self._routes.get(path.rstrip("/") or "/", (None, True))
+        if route is None:
+            return _text(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+        if at_once:
+            return route(req)
+        return Offload(lambda: route(req))
 
-    def _alive(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+    def _metrics(self, req: Request) -> Shared:
+        encoder, ctype = choose_encoder(req.headers.get("Accept", ""))
+        gzipped = gzip_accepted(req.headers.get("Accept-Encoding", ""))
+
+        def finish(rendering: Rendering) -> Response:
+            if len(rendering.body) >= GZIP_MIN_BYTES and gzipped:
+                return HTTPStatus.OK, ctype, rendering.gzipped(), [("Content-Encoding", "gzip")]
+            return HTTPStatus.OK, ctype, rendering.body, []
+
+        return Shared(ctype, lambda: encoder(self.registry), finish)  # the content type names the encoder
+
+    def _alive(self, _req: Request) -> Response:
         return _text(HTTPStatus.OK, "ok\n")
 
-    def _live(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+    def _live(self, _req: Request) -> Response:
         why = self.stalled()
         return _text(HTTPStatus.SERVICE_UNAVAILABLE, why + "\n") if why else _text(HTTPStatus.OK, "ok\n")
 
-    def _ready(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+    def _ready(self, _req: Request) -> Response:
         snap = self.snapshot()
         if snap.ready:
             return _text(HTTPStatus.OK, "ok\n")
@@ -195,7 +162,8 @@ class StatusServer:
             reasons.append(f"state not writable ({snap.state.problem}; {snap.state.pending} records kept in memory)")
         return _text(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: " + ("; ".join(reasons) or "starting") + "\n")
 
-    def _checkpoints(self, _req: _Handler, query: dict[str, list[str]]) -> Response:
+    def _checkpoints(self, req: Request) -> Response:
+        query = req.query
         raw = query.get("limit", [str(DEFAULT_LIMIT)])[-1]
         try:
             limit = int(raw)
@@ -207,7 +175,7 @@ class StatusServer:
         watch = query.get("watch", [""])[-1] or None
         return _json(HTTPStatus.OK, {"checkpoints": self.reports(limit, watch)})
 
-    def _index(self, _req: _Handler, _query: dict[str, list[str]]) -> Response:
+    def _index(self, _req: Request) -> Response:
         body = render_status_page(self.snapshot()).encode()
         return HTTPStatus.OK, "text/html; charset=utf-8", body, []
 

@@ -32,6 +32,7 @@ from ckptwatch.formats.base import (
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.files import check_regular, open_regular
+from ckptwatch.formats.hdf5_attrs import AttributeClaims
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
 
 CHECK = "integrity.h5"
@@ -70,6 +71,8 @@ class Hdf5Source:
         except Exception as e:
             self.close()
             raise IntegrityError(CHECK, f"{self._label}: not a readable HDF5 file ({_reason(e)})") from None
+        # what each attribute claims, checked before libhdf5 allocates it (hdf5_attrs.py)
+        self._claims = AttributeClaims(path, self._size)
         try:
             self._scan()
         except IntegrityError:
@@ -78,6 +81,8 @@ class Hdf5Source:
         except Exception as e:  # a hostile file must not crash the caller
             self.close()
             raise IntegrityError(CHECK, f"{self._label}: not a readable HDF5 file ({_reason(e)})") from None
+        finally:
+            self._claims.close()  # attributes are read while listing only
 
     # -- protocol -------------------------------------------------------------------------
 
@@ -181,6 +186,13 @@ class Hdf5Source:
             self._add_dataset(name, obj)
         return None  # named datatypes hold no values
 
+    def _attr(self, obj: h5py.HLObject, name: str) -> Any:
+        """obj.attrs[name], once its header says it can be what it claims (else _Implausible)."""
+        why = self._claims.problem(_address(obj)[1], name)
+        if why is not None:
+            raise _Implausible(why)
+        return obj.attrs[name]
+
     def _refuse(self, name: str, why: str) -> None:
         self._refused[name] = f"{self._label}: {why}"
         self._problem(why, tensor=name)
@@ -197,7 +209,14 @@ class Hdf5Source:
         shape = ds.shape
         if shape is None:  # HDF5 null dataspace: a typed placeholder with no values
             shape = (0,)
-        dtype_name, view = _dtype_name(ds)
+        tag = None
+        if dtype.kind == "V" and "dtype" in ds.attrs:
+            try:
+                tag = self._attr(ds, "dtype")
+            except _Implausible as e:
+                self._refuse(name, f"{name}: {e}")
+                return
+        dtype_name, view = _dtype_name(ds, tag)
         try:
             nbytes = checked_size(shape, dtype.itemsize, _SHAPE_LIMIT)
         except ValueError as e:
@@ -240,7 +259,7 @@ class Hdf5Source:
             if not parts:
                 continue
             try:
-                names = [_text(n) for part in parts for n in np.asarray(group.attrs[part]).reshape(-1)]
+                names = [_text(n) for part in parts for n in np.asarray(self._attr(group, part)).reshape(-1)]
             except Exception as e:
                 self._problem(f"{prefix or '/'}: unreadable attribute {attr} ({_reason(e)})")
                 continue
@@ -253,7 +272,10 @@ class Hdf5Source:
         if "model_config" not in root.attrs:
             return
         try:
-            cfg = json.loads(_text(root.attrs["model_config"]))
+            cfg = json.loads(_text(self._attr(root, "model_config")))
+        except _Implausible as e:
+            self._problem(f"/: unreadable attribute model_config ({e})")
+            return
         except Exception:
             return  # informational only; the weights are what we verify
         self.config = cfg if isinstance(cfg, dict) else None
@@ -317,8 +339,13 @@ def _slabs(shape: tuple[int, ...], chunk: int) -> Iterator[tuple[Any, ...]]:
             yield (*outer, slice(start, min(start + step, n)))
 
 
-def _dtype_name(ds: h5py.Dataset) -> tuple[str, np.dtype | None]:
-    """Name for TensorInfo.dtype, and the dtype to view raw bytes as (if any)."""
+class _Implausible(Exception):
+    """An attribute whose header claims what the file cannot hold: never handed to libhdf5."""
+
+
+def _dtype_name(ds: h5py.Dataset, tag: Any = None) -> tuple[str, np.dtype | None]:
+    """Name for TensorInfo.dtype, and the dtype to view raw bytes as (if any); `tag`: the
+    dataset's `dtype` attribute (Keras 3's tag of an opaque type), already read."""
     dt = ds.dtype
     if h5py.check_string_dtype(dt) is not None:
         return "string", None
@@ -332,7 +359,6 @@ def _dtype_name(ds: h5py.Dataset) -> tuple[str, np.dtype | None]:
         return "array", None
     if dt.kind == "V":
         # Keras 3 stores bfloat16 as an opaque 2-byte type tagged with attrs["dtype"].
-        tag = ds.attrs.get("dtype")
         tag = _text(tag) if isinstance(tag, (str, bytes)) else None
         if tag in NUMERIC_DTYPES and NUMERIC_DTYPES[tag].itemsize == dt.itemsize:
             return tag, NUMERIC_DTYPES[tag]

@@ -5,6 +5,7 @@
     saved_model_marker(dir)   saved_model.pb / .pbtxt: what makes a directory a SavedModel
     shard_path, data_shards   a bundle's data files; bundle_shard_count(prefix) from its index header
     temp_leftovers(prefix), saved_model_leftovers(dir)   what an unfinished save leaves behind
+    bundle_listing(prefix)    a bundle's data files and temp artefacts, from one directory listing
     checkpoint_exists(path), read_state_file(dir), looks_like_fingerprint(path)
 
 Light on purpose (stdlib, and crc32c through the index reader; no numpy): the daemon's main
@@ -19,6 +20,7 @@ import gzip
 import os
 import re
 import zlib
+from dataclasses import dataclass
 
 from ckptwatch.formats.files import NotRegularFile, open_regular
 from ckptwatch.formats.wire import read_index
@@ -94,19 +96,49 @@ def bundle_shard_count(prefix: str) -> int:
     return read_index(prefix + INDEX_SUFFIX, header_only=True).num_shards
 
 
+@dataclass(frozen=True)
+class BundleListing:
+    """What one listing of a bundle's directory holds for `prefix`."""
+
+    shards: list[str]  # paths of `<prefix>.data-*` (as data_shards), sorted
+    leftovers: list[str]  # base names of temp artefacts (as temp_leftovers), sorted
+
+
+def bundle_listing(prefix: str) -> BundleListing:
+    """The data files and temp artefacts of the bundle at `prefix`, from ONE listing of its
+    directory (the daemon checks every pending candidate at each rescan: one listing each, not
+    one per pattern). The same names as `data_shards` and `temp_leftovers`; an unreadable or
+    missing directory lists nothing."""
+    directory, base = os.path.split(prefix)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        names = []
+    shards, leftovers = [], []
+    temp, temp_any, data, index_temp = base + "_temp", base + "_temp_", base + ".data-", base + ".index.tempstate"
+    for name in names:
+        if name.startswith(data):
+            shards.append(os.path.join(directory, name))
+            if ".tempstate" in name[len(data) :]:
+                leftovers.append(name)
+        elif name == temp or name.startswith((temp_any, index_temp)):
+            leftovers.append(name)
+    return BundleListing(sorted(shards), sorted(leftovers))
+
+
 def temp_leftovers(prefix: str) -> list[str]:
-    """Base names of the temp artefacts of an unfinished save of `prefix`, if any remain."""
-    esc = glob.escape(prefix)
-    found = glob.glob(esc + "_temp") + glob.glob(esc + "_temp_*")
-    found += glob.glob(esc + ".data-*.tempstate*") + glob.glob(esc + ".index.tempstate*")
-    return sorted(os.path.basename(p) for p in found)
+    """Base names of the temp artefacts of an unfinished save of `prefix`, if any remain:
+    `<prefix>_temp`, `<prefix>_temp_*`, `<prefix>.data-*.tempstate*`, `<prefix>.index.tempstate*`."""
+    return bundle_listing(prefix).leftovers
 
 
-def saved_model_leftovers(directory: str) -> list[str]:
+def saved_model_leftovers(directory: str, variables: BundleListing | None = None) -> list[str]:
     """Temp artefacts of an unfinished export: `saved_model.pb.tempstate*` and the like next
-    to saved_model.pb, and those of the variables bundle, as paths relative to `directory`."""
-    prefix = os.path.join(directory, SAVED_MODEL_VARIABLES)
-    found = [os.path.join(os.path.dirname(SAVED_MODEL_VARIABLES), n) for n in temp_leftovers(prefix)]
+    to saved_model.pb, and those of the variables bundle, as paths relative to `directory`.
+    `variables`: the variables bundle's listing, when the caller already has it."""
+    if variables is None:
+        variables = bundle_listing(os.path.join(directory, SAVED_MODEL_VARIABLES))
+    found = [os.path.join(os.path.dirname(SAVED_MODEL_VARIABLES), n) for n in variables.leftovers]
     with contextlib.suppress(OSError):
         found += [n for n in os.listdir(directory) if TEMPORARY.search(n)]
     return sorted(found)

@@ -623,6 +623,56 @@ def test_hdf5_rewritten_in_place_is_incomplete_until_settled(keras, tmp_path):
         assert int(np.asarray(f[datasets[11 % len(datasets)]]).ravel()[0]) == 11
 
 
+_LISTINGS: list[str] | None = None  # directories listed while a test collects them (audit hook below)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _LISTINGS is not None and event in ("os.listdir", "os.scandir"):
+        _LISTINGS.append(os.fspath(args[0]) if args and args[0] is not None else ".")
+
+
+sys.addaudithook(_audit)  # real calls, only observed: CPython raises these events in os.listdir/os.scandir
+
+
+def _listings(call: Callable[[], object]) -> list[str]:
+    global _LISTINGS
+    _LISTINGS = []
+    try:
+        call()
+        return _LISTINGS
+    finally:
+        _LISTINGS = None
+
+
+def test_a_completion_check_lists_a_directory_once(tf2_files, saved_model_src, tmp_path):
+    """The daemon checks every pending candidate at each rescan: a bundle's data shards and temp
+    artefacts come from one listing of its directory (today's main: four globs and one more for
+    the shards), a SavedModel's from one of variables/ and one of the export directory."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in os.listdir(tf2_files):
+        shutil.copy2(tf2_files / name, run / name)  # with their mtimes: no shard newer than the index
+    for k in range(20):  # other files in the directory: listed once all the same
+        (run / f"events.{k}").write_bytes(b"x")
+    (bundle,) = find_candidates("w", str(run))
+    stability = StabilityTracker(NEVER)
+    listed = _listings(lambda: check_completion(bundle, 0.0, stability))
+    assert check_completion(bundle, 0.0, stability) == Completion(True)
+    assert listed == [str(run)], listed
+
+    (run / "ckpt-5_temp").mkdir()  # a save in progress: found by the same one listing
+    listed = _listings(lambda: check_completion(bundle, 0.0, stability))
+    assert check_completion(bundle, 0.0, stability) == Completion(False, "save in progress: ckpt-5_temp remains")
+    assert listed == [str(run)], listed
+
+    export = tmp_path / "export"
+    shutil.copytree(saved_model_src, export)
+    (model,) = find_candidates("w", str(export))
+    listed = _listings(lambda: check_completion(model, 0.0, StabilityTracker(NEVER)))
+    assert check_completion(model, 0.0, StabilityTracker(NEVER)) == Completion(True)
+    assert sorted(listed) == sorted([str(export / "variables"), str(export)]), listed
+
+
 def test_stability_tracker(tmp_path):
     p = tmp_path / "f"
     s = StabilityTracker(2.0)

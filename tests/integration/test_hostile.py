@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -435,15 +437,20 @@ def _big_bundle(directory: Path) -> str:
     return hostile.bundle(directory, "ckpt-1", entries, data=bytes(data))
 
 
-@pytest.mark.parametrize("command", ["verify", "fingerprint"])
+@pytest.mark.parametrize("command", ["verify", "fingerprint", "diff"])
 def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path, command: str) -> None:
     """The reading child stops (SIGSTOP: a reader stuck in native code) while it reads a
-    tensor: past --timeout the CLI kills it and answers `error`, exit 2, naming the tensor."""
+    tensor: past --timeout the CLI kills it and answers `error`, exit 2, naming the tensor.
+    `diff` reads two checkpoints under the same limit (today's main: no child, no limit)."""
     import psutil
 
     prefix = _big_bundle(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("CKPTWATCH_CHILD", "CKPTWATCH_NO_ISOLATION")}
-    extra = ["--json"] if command == "verify" else ["-o", str(tmp_path / "fp.json")]
+    extra = {
+        "verify": ["--json"],
+        "fingerprint": ["-o", str(tmp_path / "fp.json")],
+        "diff": [_big_bundle(tmp_path / "b"), "--json"],
+    }[command]
     args = [sys.executable, "-m", "ckptwatch", command, prefix, "--threads", "1", "--timeout", "10", *extra]
     t0 = time.monotonic()
     parent = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -454,6 +461,10 @@ def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path, command: st
     assert parent.returncode == 2, err
     assert time.monotonic() - t0 < 40
     assert err.strip().startswith(f"ckptwatch: error: {prefix}: timed out after 10 s while reading w")
+    if command == "diff":  # no verdict to give: the one line alone
+        assert out == "" and err.count("\n") == 1, (out, err)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        return
     if command == "fingerprint":
         assert "ERROR" in out and "integrity.timeout" in out and not (tmp_path / "fp.json").exists()
         return
@@ -516,3 +527,64 @@ def test_the_time_limit_option_and_environment(monkeypatch) -> None:
     monkeypatch.setenv("CKPTWATCH_TIMEOUT", "soon")
     with pytest.raises(UsageError, match="CKPTWATCH_TIMEOUT='soon': not a number of seconds"):
         isolate.time_limit(None)
+
+
+# -- legacy .h5 attributes that lie about their size (fuzz campaign, bench/README.md) ---------------
+
+
+def _legacy_h5(path: Path) -> str:
+    """A legacy Keras 2 `.h5` layout as h5py writes it: `layer_names` / `weight_names` as
+    variable-length strings (in a global heap collection), a kernel under each layer group."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = ["dense"]
+        layer = weights.create_group("dense")
+        layer.attrs["weight_names"] = ["dense/kernel:0"]
+        layer.create_group("dense").create_dataset("kernel:0", data=np.ones((4, 3), dtype=np.float32))
+    return str(path)
+
+
+def _vlen_ref(data: bytes, text: bytes) -> int:
+    """Offset of the (length, heap collection, index) triple of the vlen string `text`."""
+    gcol = data.index(b"GCOL")
+    at = data.index(struct.pack("<IQ", len(text), gcol))
+    assert data.find(struct.pack("<IQ", len(text), gcol), at + 1) < 0
+    return at
+
+
+def _lie(path: str, how: str) -> None:
+    data = bytearray(Path(path).read_bytes())
+    if how == "vlen length":  # libhdf5 allocated and zero-filled 4 GB before finding the object smaller
+        data[_vlen_ref(data, b"dense") : _vlen_ref(data, b"dense") + 4] = b"\xff\xff\xff\xff"
+    elif how == "heap free space of size 0":  # libhdf5's walk of the collection loops forever
+        gcol = data.index(b"GCOL")
+        size = struct.unpack_from("<Q", data, gcol + 8)[0]
+        p = 16
+        while struct.unpack_from("<H", data, gcol + p)[0] != 0:
+            p += 16 + ((struct.unpack_from("<Q", data, gcol + p + 8)[0] + 7) & ~7)
+        assert p + 16 <= size
+        struct.pack_into("<Q", data, gcol + p + 8, 0)
+    elif how == "unknown vlen kind":  # SIGSEGV inside libhdf5
+        at = re.search(rb"\x19\x01[\x00\x01]\x00\x10\x00\x00\x00", data)  # vlen v1, string, 16 bytes
+        assert at is not None
+        data[at.start() + 1] = 0x7F
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["vlen length", "heap free space of size 0", "unknown vlen kind"])
+def test_legacy_h5_attributes_that_lie_are_refused_before_libhdf5_reads_them(run_python, tmp_path, how):
+    """Found by the fuzz campaign: a 23 KB legacy .h5 with one field changed made the reader peak
+    at 0.7-4.2 GB, hang, or die by SIGSEGV (today's main). Now `fail` with integrity.h5."""
+    healthy = _legacy_h5(tmp_path / "ok.h5")
+    assert _peak(run_python, healthy)["outcome"][0] == "pass"
+    path = _legacy_h5(tmp_path / "m.h5")
+    _lie(path, how)
+    r = run_python(PEAK_RSS, path, "", timeout=60)  # today's main: hangs here
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["rss_mb"] < 400, result
+    verdict, findings = result["outcome"]
+    assert verdict == "fail", result
+    assert any(c == "integrity.h5" and "attribute" in m for c, m in findings), findings

@@ -3,8 +3,9 @@
 The listening socket's backlog is read back from the kernel (`ss`); a burst of connections
 opened at once is answered in full, none refused, none timed out (latency figures live in
 bench/http_burst.py and bench/README.md, not in a timed test); /metrics renderings are shared
-by the requests of a burst without ever serving a state older than the request; /livez says
-what `stalled()` says while /healthz keeps answering.
+by the requests of a burst without ever serving a state older than the request; the server's
+threads are bounded and silent clients hold none; /livez says what `stalled()` says while
+/healthz keeps answering.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from ckptwatch.daemon.http import StatusServer
 from ckptwatch.daemon.model import Snapshot
-from ckptwatch.daemon.serving import Coalesced
 from tests.tools import require_tool, wait_until
 
 BURST = 400
@@ -102,61 +103,99 @@ def test_livez_follows_the_main_loop_and_healthz_the_process():
         srv.stop()
 
 
+class _SlowCollector:
+    """Yields one gauge with `value`; the first collect() waits for `release` (a slow scrape)."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.calls: list[float] = []
+        self.release = threading.Event()
+        self.broken = False
+
+    def describe(self) -> list:
+        return []  # no collect() at registration
+
+    def collect(self):
+        value = self.value  # the state when the rendering began
+        self.calls.append(value)
+        if len(self.calls) == 1:
+            self.release.wait(10)
+        if self.broken:
+            raise RuntimeError("collector failed")
+        yield GaugeMetricFamily("value", "test", value=value)
+
+
+def _get(host: str, port: int, path: str) -> tuple[str, bytes]:
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b" ", 2)[1].decode(), body
+
+
+def _value(body: bytes) -> str:
+    (line,) = [ln for ln in body.decode().splitlines() if ln.startswith("value ")]
+    return line.split()[1]
+
+
 def test_metrics_renderings_are_shared_but_never_stale():
     """Requests arriving while a rendering runs wait for the next one (it began after they
-    arrived) and share it; a request after an update always sees the update."""
+    arrived) and share it; a request after an update always sees the update; the loop keeps
+    answering /livez while a rendering is slow; a failed rendering is a 500, not kept."""
     registry = CollectorRegistry()
-    counter = Counter("bumps", "test", registry=registry)
-    coalesced = Coalesced()
-    renders: list[float] = []
-    release = threading.Event()
-
-    def render() -> bytes:
-        value = registry.get_sample_value("bumps_total")
-        renders.append(value)
-        if len(renders) == 1:
-            release.wait(5)  # the first rendering is slow: the others pile up behind it
-        return str(value).encode()
-
-    with ThreadPoolExecutor(20) as pool:
-        first = pool.submit(coalesced.get, "k", render)
-        while not renders:
-            time.sleep(0.001)
-        counter.inc()  # after the first rendering began: the waiters must not get its result
-        waiters = [pool.submit(coalesced.get, "k", render) for _ in range(19)]
-        time.sleep(0.2)
-        release.set()
-        assert first.result(5) == b"0.0"
-        assert {w.result(5) for w in waiters} == {b"1.0"}
-    assert len(renders) == 2, renders  # 20 requests, 2 renderings
-    counter.inc()
-    assert coalesced.get("k", render) == b"2.0"  # after an update: a fresh rendering
-
-    def broken() -> bytes:
-        raise RuntimeError("collector failed")
-
-    with pytest.raises(RuntimeError, match="collector failed"):
-        coalesced.get("k", broken)
-    assert coalesced.get("k", render) == b"2.0"  # a failure is not kept
+    slow = _SlowCollector()
+    registry.register(slow)
+    srv = StatusServer("127.0.0.1:0", registry, _snapshot, lambda limit, watch: [])
+    srv.start()
+    try:
+        host, port = srv.address
+        assert srv._server is not None
+        batches = srv._server._batches
+        with ThreadPoolExecutor(20) as pool:
+            first = pool.submit(_get, host, port, "/metrics")
+            wait_until(lambda: len(slow.calls) == 1, 10, what="the first rendering began")
+            slow.value = 1.0  # after the first rendering began: the waiters must not get its result
+            waiters = [pool.submit(_get, host, port, "/metrics") for _ in range(19)]
+            wait_until(lambda: sum(len(b.waiting) for b in batches.values()) == 19, 10, what="19 requests waiting")
+            assert _request(host, port, "/livez", timeout=5) == "200"  # not held up by the rendering
+            slow.release.set()
+            assert first.result(10)[0] == "200" and _value(first.result()[1]) == "0.0"
+            assert {_value(w.result(10)[1]) for w in waiters} == {"1.0"}
+        assert slow.calls == [0.0, 1.0]  # 20 requests, 2 renderings
+        slow.value = 2.0
+        status, body = _get(host, port, "/metrics")
+        assert status == "200" and _value(body) == "2.0"  # after an update: a fresh rendering
+        slow.broken = True
+        assert _get(host, port, "/metrics")[0] == "500"
+        slow.broken = False
+        status, body = _get(host, port, "/metrics")
+        assert status == "200" and _value(body) == "2.0"  # a failure is not kept
+    finally:
+        srv.stop()
 
 
-def _handler_threads() -> int:
-    return sum(t.name == "ckptwatch-http-handler" for t in threading.enumerate())
+def _http_threads() -> int:
+    return sum(t.name.startswith("ckptwatch-http") for t in threading.enumerate())
 
 
-def test_handler_threads_are_reused_and_idle_ones_exit(server: StatusServer):
-    """A connection goes to an idle handler thread or a new one; a slow client holds its own
-    thread and never delays the others; threads idle for IDLE_SECONDS exit."""
+def test_threads_are_bounded_and_silent_clients_hold_none(server: StatusServer):
+    """A burst takes no thread per connection: the loop thread and a pool of at most 4. Clients
+    that send nothing hold no thread and delay nobody; past READ_TIMEOUT they are closed."""
     assert server._server is not None
-    server._server.IDLE_SECONDS = 0.3
+    server._server.READ_TIMEOUT = 1.0
     host, port = server.address
-    before = _handler_threads()
-    with ThreadPoolExecutor(16) as pool:
-        assert set(pool.map(lambda _: _request(host, port, "/metrics"), range(200))) == {"200"}
-    used = _handler_threads() - before
-    assert 1 <= used <= 24, used  # reused: about one per request in flight (16), not one per request (200)
-    with socket.create_connection((host, port)):  # a client that sends nothing holds one thread
-        for _ in range(20):
-            assert _request(host, port, "/healthz", timeout=5) == "200"
-    wait_until(lambda: _handler_threads() == before, 10, what="idle handler threads exit")
-    assert _request(host, port, "/livez") == "200"  # and new ones start again
+    silent = [socket.create_connection((host, port)) for _ in range(100)]
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            paths = ["/metrics", "/readyz", "/api/v1/checkpoints", "/livez"] * 50
+            assert set(pool.map(lambda p: _request(host, port, p), paths)) == {"200", "503"}
+        assert 1 <= _http_threads() <= 5, [t.name for t in threading.enumerate()]
+        for s in silent:  # closed by the server: the client reads the end of the stream
+            s.settimeout(10)
+            assert s.recv(1) == b""
+    finally:
+        for s in silent:
+            s.close()
+    assert _request(host, port, "/livez") == "200"
