@@ -93,7 +93,7 @@ def test_hostile_entries_in_a_live_training_run(tf, daemon_factory, tmp_path: Pa
             assert (ev["event"], ev.get("verdict")) == ("checkpoint verified", "fail"), (kind, ev)
         scraper.halt.set()
         scraper.join(5)
-        assert scraper.seconds and max(scraper.seconds) < 0.5, sorted(scraper.seconds)[-5:]
+        assert scraper.seconds and max(scraper.seconds) < 0.1, sorted(scraper.seconds)[-5:]  # the issue: < 100 ms
         t0 = time.monotonic()
         assert d.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - t0 < 10
