@@ -1,0 +1,89 @@
+"""Files as they turn up in the wild (issue 13), rebuilt from files real TensorFlow writes:
+Snappy-compressed indexes, state files naming another machine's paths, replicas checked
+against a fingerprint, SavedModels' steps, TF's V1 checkpoint format. Each test fails on a
+reader that calls such an intact file corrupt, or a damaged one good."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ckptwatch.formats.layout import bundle_shard_count
+from ckptwatch.formats.table import iter_table
+from tests.integration.test_bundle_formats import assert_same_as_tf
+from tests.wire import raw_table
+
+
+def snappy_index(prefix: str, how: str = "snappy-all") -> None:
+    """Rewrite `<prefix>.index` in place with Snappy-compressed blocks (type 1), entries unchanged,
+    as TF Serving's and T5's files have them. Written by tests/wire.py's own LevelDB writer."""
+    index = Path(prefix + ".index")
+    entries = [(k, bytes(v)) for k, v in iter_table(index.read_bytes())]
+    index.write_bytes(raw_table(entries, restart_interval=16, block_entries=4, compression=how))
+
+
+def _copy_tree(src: str | Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+# -- 1. Snappy-compressed index blocks -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def snappy_copies(tmp_path_factory, copy_ckpt, dtype_zoo, tf1_scopes, saved_model, manager_dir) -> dict[str, tuple]:
+    """(path given to ckptwatch, prefix TF reads, the pristine original) per kind, index re-encoded."""
+    root = tmp_path_factory.mktemp("snappy")
+    out = {}
+    for name, prefix in (("tf2", dtype_zoo.tf_prefix), ("tf1", tf1_scopes.old[-1]), ("manager", manager_dir.tf_prefix)):
+        new = copy_ckpt(prefix, root / name)
+        snappy_index(new)
+        out[name] = (new, new, prefix)
+    sm = _copy_tree(saved_model.path, root / "savedmodel")
+    snappy_index(str(sm / "variables" / "variables"))
+    out["savedmodel"] = (str(sm), str(sm / "variables" / "variables"), saved_model.path)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tf2", "tf1", "manager", "savedmodel"])
+def test_snappy_index_reads_like_tensorflow_reads_it(tf, snappy_copies, kind: str) -> None:
+    path, tf_prefix, _ = snappy_copies[kind]
+    assert Path(tf_prefix + ".index").read_bytes()[-53] == 1  # the index block is stored compressed (type 1)
+    assert_same_as_tf(tf, path, tf_prefix)  # TF reads the re-encoded index, ckptwatch gives the same tensors
+    assert bundle_shard_count(tf_prefix) >= 1  # the daemon's main process reads its header too
+
+
+@pytest.mark.parametrize("kind", ["tf2", "tf1", "savedmodel"])
+def test_snappy_index_passes_and_serves_as_a_reference(run_cli, snappy_copies, kind: str) -> None:
+    path, _, original = snappy_copies[kind]
+    r = run_cli("verify", path, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.json()["verdict"] in ("pass", "warn")
+    assert not [f for f in r.json()["findings"] if f["check"].startswith("integrity")]
+    for flag in ("--golden", "--previous"):
+        r = run_cli("verify", original, flag, path, "--json")
+        assert r.returncode in (0, 1), f"{flag}: {r.stdout}{r.stderr}"  # read as a reference, not exit 2
+        doc = r.json()
+        ref = "golden" if flag == "--golden" else "previous"
+        assert doc["drift"][ref] is not None and doc["drift"][ref]["max_abs"] == 0.0, doc["drift"]
+        # the same tensors: nothing missing or changed; identical to previous is a duplicate save
+        assert {f["check"] for f in doc["findings"] if f["severity"] == "fail"} <= {"drift.unchanged"}, doc["findings"]
+
+
+def test_damaged_snappy_block_fails_as_tensorflow_fails(tf, tmp_path: Path, copy_ckpt, dtype_zoo, run_cli) -> None:
+    prefix = copy_ckpt(dtype_zoo.tf_prefix, tmp_path)
+    snappy_index(prefix)
+    index = Path(prefix + ".index")
+    data = bytearray(index.read_bytes())
+    data[10] ^= 0x01  # inside the first (compressed) data block
+    index.write_bytes(bytes(data))
+    try:  # TF drops the block: it raises, or (TF 2.21, the header's block) lists no variables at all
+        seen = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except Exception as e:
+        seen = {"raised": str(e)}
+    assert seen != tf.train.load_checkpoint(dtype_zoo.tf_prefix).get_variable_to_shape_map()
+    r = run_cli("verify", prefix, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert any(f["check"] == "integrity.index" and "checksum mismatch" in f["message"] for f in r.json()["findings"])
