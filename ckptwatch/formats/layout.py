@@ -33,6 +33,7 @@ KERAS_SUFFIX = ".keras"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK"  # a .keras archive
 GZIP_MAGIC = b"\x1f\x8b"  # a gzipped fingerprint
+RELOCATED_CHECK = "integrity.relocated"  # an info finding: a state file's path found beside it instead
 STATE_FILE = "checkpoint"  # `model_checkpoint_path: "ckpt-3"`, written by Saver / CheckpointManager
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside a SavedModel
@@ -151,8 +152,35 @@ def checkpoint_exists(path: str | None) -> bool:
 
 
 def read_state_file(directory: str) -> str | None:
-    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None. Raises
-    NotRegularFile when that is a FIFO, socket or device (never opened for reading)."""
+    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None (see
+    latest_from_state_file for one that was moved here from another machine)."""
+    latest = latest_from_state_file(directory)
+    return latest.prefix if latest else None
+
+
+@dataclass(frozen=True)
+class StateFileEntry:
+    """What a `checkpoint` state file names, and where that checkpoint is on this machine."""
+
+    recorded: str  # model_checkpoint_path as written
+    prefix: str  # where TF would look: relative paths joined to the state file's directory
+    relocated: bool = False  # `recorded` does not exist; its basename does, beside the state file
+    exists: bool = True  # False: neither the recorded path nor its basename beside the file is there
+
+    def note(self) -> str:
+        return (
+            f"the `checkpoint` state file names {self.recorded}, which does not exist here; "
+            f"using {os.path.basename(self.prefix)} beside it (the directory was copied or mounted elsewhere)"
+        )
+
+
+def latest_from_state_file(directory: str) -> StateFileEntry | None:
+    """The `model_checkpoint_path` of `<directory>/checkpoint`, resolved as TensorFlow does
+    (a relative path is joined to the directory), or None when there is no state file or it
+    names nothing. A path that is not there but whose basename is a checkpoint beside the state
+    file (a directory copied or mounted elsewhere keeps the writer's absolute paths) resolves
+    to that one, `relocated`. Raises NotRegularFile when the state file is a FIFO, socket or
+    device (never opened for reading)."""
     path = os.path.join(directory, STATE_FILE)
     try:
         with open_regular(path) as f:
@@ -167,8 +195,25 @@ def read_state_file(directory: str) -> str | None:
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
-            return value if os.path.isabs(value) else os.path.join(directory, value)
+            if not value or "\x00" in value:
+                return None
+            prefix = value if os.path.isabs(value) else os.path.join(directory, value)
+            if _bundle_there(prefix):
+                return StateFileEntry(value, prefix)
+            base = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]  # a Windows writer's path too
+            beside = os.path.join(directory, base)
+            if base and base not in (".", "..") and beside != prefix and _bundle_there(beside):
+                return StateFileEntry(value, beside, relocated=True)
+            return StateFileEntry(value, prefix, exists=False)
     return None
+
+
+def _bundle_there(prefix: str) -> bool:
+    """A bundle (its index, or any data shard: a broken one is still there) or a file at `prefix`."""
+    try:
+        return os.path.exists(prefix + INDEX_SUFFIX) or os.path.isfile(prefix) or bool(data_shards(prefix))
+    except (OSError, ValueError):  # a name too long for the filesystem
+        return False
 
 
 def looks_like_fingerprint(path: str) -> bool:

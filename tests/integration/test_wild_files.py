@@ -12,6 +12,7 @@ import pytest
 
 from ckptwatch.formats.layout import bundle_shard_count
 from ckptwatch.formats.table import iter_table
+from tests.conftest import tf1_save
 from tests.integration.test_bundle_formats import assert_same_as_tf
 from tests.wire import raw_table
 
@@ -87,3 +88,60 @@ def test_damaged_snappy_block_fails_as_tensorflow_fails(tf, tmp_path: Path, copy
     r = run_cli("verify", prefix, "--json")
     assert r.returncode == 1, r.stdout + r.stderr
     assert any(f["check"] == "integrity.index" and "checksum mismatch" in f["message"] for f in r.json()["findings"])
+
+
+# -- 2. A `checkpoint` state file naming another machine's absolute paths ------------------------------
+
+
+@pytest.fixture(scope="module")
+def moved_tf1(tf, tmp_path_factory) -> Path:
+    """A TF1 Saver directory (its state file holds absolute paths), then moved elsewhere:
+    every file is there, under the recorded basenames, but the recorded paths are gone."""
+    root = tmp_path_factory.mktemp("moved")
+    tf1_save(tf, root / "on-the-trainer", "net", (10, 20))
+    assert '"' + str(root / "on-the-trainer") in (root / "on-the-trainer" / "checkpoint").read_text()
+    (root / "on-the-trainer").rename(root / "here")
+    return root / "here"
+
+
+def test_relocated_state_file_verifies_the_checkpoint_beside_it(tf, run_cli, moved_tf1: Path) -> None:
+    with pytest.raises(ValueError, match="Couldn't find"):
+        tf.train.load_checkpoint(str(moved_tf1))  # TF's directory lookup fails; its files are all there
+    assert len(tf.train.load_checkpoint(str(moved_tf1 / "model.ckpt-20")).get_variable_to_shape_map()) == 5
+    for given in (moved_tf1, moved_tf1 / "checkpoint"):
+        r = run_cli("verify", given, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        doc = r.json()
+        assert doc["checkpoint"]["path"] == str(moved_tf1 / "model.ckpt-20")
+        assert doc["checkpoint"]["step"] == 20
+        notes = [f for f in doc["findings"] if f["check"] == "integrity.relocated"]
+        assert len(notes) == 1 and notes[0]["severity"] == "info", doc["findings"]
+        assert "model.ckpt-20" in notes[0]["message"] and "does not exist" in notes[0]["message"]
+    r = run_cli("verify", moved_tf1 / "model.ckpt-10", "--previous", moved_tf1, "--golden", moved_tf1, "--json")
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # read as references (exit 2 if not)
+    assert r.json()["drift"]["golden"] is not None
+
+
+def test_state_file_naming_a_checkpoint_that_is_not_there_is_a_missing_path(run_cli, tmp_path: Path) -> None:
+    for recorded in ("/elsewhere/run/ckpt-7", "ckpt-7"):
+        (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "{recorded}"\n')
+        r = run_cli("verify", tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "ckpt-7" in r.stderr and "does not exist" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        r = run_cli("verify", "--golden", tmp_path, tmp_path / "nothing")
+        assert r.returncode == 2, r.stdout + r.stderr
+
+
+def test_recorded_path_that_exists_wins_over_the_basename_beside(tmp_path: Path, copy_ckpt, manager_dir) -> None:
+    from ckptwatch.formats.layout import latest_from_state_file
+
+    elsewhere = copy_ckpt(manager_dir.tf_prefix, tmp_path / "elsewhere")
+    here = tmp_path / "here"
+    copy_ckpt(manager_dir.tf_prefix, here)
+    (here / "checkpoint").write_text(f'model_checkpoint_path: "{elsewhere}"\n')
+    latest = latest_from_state_file(str(here))
+    assert latest is not None and latest.prefix == elsewhere and not latest.relocated
+    (here / "checkpoint").write_text('model_checkpoint_path: "C:\\\\runs\\\\r7\\\\' + Path(elsewhere).name + '"\n')
+    latest = latest_from_state_file(str(here))  # a Windows writer's path
+    assert latest is not None and latest.relocated and latest.prefix == str(here / Path(elsewhere).name)
