@@ -145,3 +145,59 @@ def test_recorded_path_that_exists_wins_over_the_basename_beside(tmp_path: Path,
     (here / "checkpoint").write_text('model_checkpoint_path: "C:\\\\runs\\\\r7\\\\' + Path(elsewhere).name + '"\n')
     latest = latest_from_state_file(str(here))  # a Windows writer's path
     assert latest is not None and latest.relocated and latest.prefix == str(here / Path(elsewhere).name)
+
+
+# -- 6. A replica against a golden fingerprint is exact -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keras_h5(keras, tmp_path_factory) -> dict[str, Path]:
+    """A Keras model as a legacy full-model .h5 and as a .weights.h5; its kernel (64x64) is big
+    enough that a fingerprint samples it (1024 of 4096 values) instead of keeping it all."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, name="wide"), keras.layers.Dense(2)])
+    d = tmp_path_factory.mktemp("replica")
+    model.save(d / "model.h5")
+    model.save_weights(d / "model.weights.h5")
+    return {"h5": d / "model.h5", "weights.h5": d / "model.weights.h5"}
+
+
+def _change_one_unsampled_weight(path: Path) -> str:
+    """Change one value of the 4096-element kernel, at a position the fingerprint does not
+    sample (HDF5 has no checksums: nothing else notices). Returns the dataset's name."""
+    import h5py
+    import numpy as np
+
+    from ckptwatch.verify.sketch import sample_positions
+
+    with h5py.File(path, "r+") as f:
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.size == 4096 else None)
+        (name,) = [n for n in names if "optimizer" not in n]
+        kernel = f[name][...]
+        free = sorted(set(range(4096)) - {int(p) for p in sample_positions(4096)})
+        kernel.flat[free[len(free) // 2]] += np.float32(0.5)
+        f[name][...] = kernel
+    return name
+
+
+@pytest.mark.parametrize("kind", ["h5", "weights.h5"])
+def test_replica_with_one_changed_weight_fails_against_a_fingerprint(run_cli, keras_h5, tmp_path: Path, kind) -> None:
+    original = keras_h5[kind]
+    fp = tmp_path / "golden.fp.json.gz"
+    assert run_cli("fingerprint", original, "-o", fp).returncode == 0
+    good = tmp_path / ("good." + kind)
+    shutil.copy(original, good)
+    r = run_cli("verify", good, "--profile", "replica", "--golden", fp, "--json")
+    assert r.returncode == 0 and r.json()["verdict"] == "pass", r.stdout + r.stderr
+    bad = tmp_path / ("bad." + kind)
+    shutil.copy(original, bad)
+    changed = _change_one_unsampled_weight(bad)
+    r = run_cli("verify", bad, "--profile", "replica", "--golden", fp, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    (finding,) = [f for f in r.json()["findings"] if f["severity"] == "fail"]
+    assert finding["check"] == "drift.replica" and finding["reference"] == "golden"
+    assert finding["tensor"] == changed, finding  # the one tensor changed, named
+    assert "hash" in finding["message"], finding
+    full = run_cli("verify", bad, "--profile", "replica", "--golden", original, "--json")  # the full golden agrees
+    assert full.returncode == 1 and {f["tensor"] for f in full.json()["findings"]} == {finding["tensor"]}
