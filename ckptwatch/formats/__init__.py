@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ckptwatch.errors import CheckpointNotFound
+from ckptwatch.errors import CheckpointNotFound, UnsupportedFormat
 from ckptwatch.formats import layout
 from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.files import check_regular, open_regular
@@ -52,6 +52,8 @@ def _resolve(path: str) -> tuple[str, str, str | None]:
         if layout.saved_model_marker(p):
             return layout.SAVEDMODEL, os.path.join(p, layout.SAVED_MODEL_VARIABLES), None
         latest = layout.latest_from_state_file(p)
+        if latest and layout.v1_checkpoint_files(latest.prefix):
+            raise UnsupportedFormat(f"{latest.prefix}: {layout.V1_MESSAGE}")
         if latest and not latest.exists:
             raise CheckpointNotFound(
                 f"{path}: its `checkpoint` state file names {latest.recorded}, which does not exist"
@@ -84,11 +86,15 @@ def _resolve(path: str) -> tuple[str, str, str | None]:
             return layout.HDF5, p, None
         if head.startswith(layout.ZIP_MAGIC):
             return layout.KERAS, p, None
+        if layout.v1_checkpoint_files(p):
+            raise UnsupportedFormat(f"{path}: {layout.V1_MESSAGE}")
         if head.startswith(layout.GZIP_MAGIC):
             raise IntegrityError("integrity.fingerprint", f"{path}: gzip data that does not inflate to a fingerprint")
         raise CheckpointNotFound(f"{path}: not a checkpoint, Keras file or fingerprint")
     if os.path.exists(p + layout.INDEX_SUFFIX) or layout.data_shards(p):
         return layout.BUNDLE, p, None  # an index that is a FIFO or a device: the reader refuses it, a finding
+    if layout.v1_checkpoint_files(p):
+        raise UnsupportedFormat(f"{path}: {layout.V1_MESSAGE}")
     if os.path.exists(p):
         check_regular(p)  # a FIFO, socket or device given as PATH: NotRegularFile, never opened
     raise CheckpointNotFound(f"{path}: no such file, directory or checkpoint prefix")

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 
 from ckptwatch.formats.files import NotRegularFile, open_regular
+from ckptwatch.formats.table import TableError, first_entry
 from ckptwatch.formats.wire import read_index
 
 BUNDLE, HDF5, KERAS, SAVEDMODEL, FINGERPRINT = "bundle", "hdf5", "keras", "savedmodel", "fingerprint"
@@ -143,6 +144,39 @@ def saved_model_leftovers(directory: str, variables: BundleListing | None = None
     with contextlib.suppress(OSError):
         found += [n for n in os.listdir(directory) if TEMPORARY.search(n)]
     return sorted(found)
+
+
+V1_MESSAGE = (
+    "TensorFlow V1 checkpoint format (one table of tensor slices, no .index; Saver's format before "
+    "2016) is not supported: re-save it in the V2 format (restore it with tf.compat.v1.train.Saver "
+    "and save it again: V2 is the default)"
+)
+
+
+def v1_checkpoint_files(path: str) -> list[str]:
+    """The files of a TensorFlow V1 checkpoint at `path` (the file itself, its shards
+    `path-00000-of-00002`, or a state file's `path-?????-of-00002` pattern), else []. A V1
+    checkpoint is a LevelDB table without `.index` whose header entry (key "") is a
+    SavedTensorSlices proto (field 1, length-delimited), where a bundle index has a
+    BundleHeaderProto (field 1, a varint)."""
+    if os.path.exists(path + INDEX_SUFFIX):
+        return []
+    if "?" in os.path.basename(path):
+        candidates = sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path)), os.path.basename(path))))
+    elif os.path.isfile(path):
+        candidates = [path]
+    else:
+        candidates = sorted(glob.glob(glob.escape(path) + "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"))
+    return [c for c in candidates if _is_v1_table(c)]
+
+
+def _is_v1_table(path: str) -> bool:
+    try:
+        with open_regular(path) as f:
+            first = first_entry(f, os.fstat(f.fileno()).st_size, max_block=1 << 20)
+    except (OSError, NotRegularFile, TableError):
+        return False
+    return first is not None and first[0] == b"" and len(first[1]) > 0 and first[1][0] == 0x0A
 
 
 def checkpoint_exists(path: str | None) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
+from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable, UnsupportedFormat
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
 from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, decode_problem
 from ckptwatch.formats.layout import RELOCATED_CHECK
@@ -323,6 +323,8 @@ def open_reference(path: str, role: str) -> CheckpointSource:
         return FingerprintSource(location) if kind == "fingerprint" else open_checkpoint(path)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"{role} reference {e}") from None
+    except UnsupportedFormat as e:
+        raise UnsupportedFormat(f"{role} reference {e}") from None
     except READ_ERRORS as e:
         raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({decode_problem(e, path)})") from None
     except OSError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ckptwatch.formats.layout import bundle_shard_count
@@ -201,3 +202,103 @@ def test_replica_with_one_changed_weight_fails_against_a_fingerprint(run_cli, ke
     assert "hash" in finding["message"], finding
     full = run_cli("verify", bad, "--profile", "replica", "--golden", original, "--json")  # the full golden agrees
     assert full.returncode == 1 and {f["tensor"] for f in full.json()["findings"]} == {finding["tensor"]}
+
+
+# -- 8. Smaller: a finding said once, a SavedModel's step, TF's V1 format ------------------------------
+
+
+def test_damaged_object_graph_is_reported_once(tf, tmp_path: Path, run_cli) -> None:
+    from ckptwatch.formats.bundle import BundleSource
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.ones([3, 4]))
+
+    prefix = tf.train.Checkpoint(m=M()).write(str(tmp_path / "ckpt-1"))
+    entry = BundleSource(prefix).entry("_CHECKPOINTABLE_OBJECT_GRAPH")
+    shard = Path(prefix + ".data-00000-of-00001")
+    data = bytearray(shard.read_bytes())
+    data[entry.offset + entry.size - 3] ^= 0x20  # inside the graph's string bytes
+    shard.write_bytes(bytes(data))
+    r = run_cli("verify", prefix, "--json")
+    assert r.returncode == 1
+    findings = [f for f in r.json()["findings"] if f["tensor"] == "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(findings) == 1 and findings[0]["check"] == "integrity.checksum", findings
+
+
+def test_saved_models_show_the_step_they_hold(tf, keras, tmp_path: Path, run_cli) -> None:
+    class WithStep(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.ones([2, 2]))
+            self.global_step = tf.Variable(4321, dtype=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+        def __call__(self, x):
+            return tf.matmul(x, self.w)
+
+    tf.saved_model.save(WithStep(), str(tmp_path / "tf2"))
+
+    graph = tf.Graph()  # TF1 / Estimator style: the graph variable `global_step`
+    with graph.as_default():
+        w = tf.compat.v1.get_variable("w", [2, 2])
+        step = tf.compat.v1.train.get_or_create_global_step()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(step.assign(777))
+            builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "tf1"))
+            x = tf.compat.v1.placeholder(tf.float32, [None, 2])
+            sig = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": tf.matmul(x, w)})
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+            builder.save()
+
+    keras.utils.set_random_seed(0)  # Keras 3: the optimizer's iteration count
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    model.fit(np.ones((8, 4)), np.ones((8, 2)), batch_size=4, epochs=3, verbose=0)
+    tf.saved_model.save(model, str(tmp_path / "keras"))
+
+    for name, step in (("tf2", 4321), ("tf1", 777), ("keras", 6)):
+        r = run_cli("verify", tmp_path / name, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.json()["checkpoint"]["format"] == "savedmodel"
+        assert r.json()["checkpoint"]["step"] == step, name
+
+
+@pytest.fixture(scope="module")
+def v1_checkpoints(tf, tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints in TF's V1 format, written by TF 2.21's own Saver (write_version=V1): one
+    file, and sharded (the state file then names `model.ckpt-5-?????-of-00002`)."""
+    root = tmp_path_factory.mktemp("v1")
+    for sharded in (False, True):
+        graph = tf.Graph()
+        with graph.as_default():
+            with tf.device("/cpu:0"):
+                tf.compat.v1.get_variable("a", [3, 4])
+            with tf.device("/cpu:1" if sharded else "/cpu:0"):
+                tf.compat.v1.get_variable("b", [5])
+            saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1, sharded=sharded)
+            directory = root / ("sharded" if sharded else "single")
+            directory.mkdir()
+            config = tf.compat.v1.ConfigProto(device_count={"CPU": 2})
+            with tf.compat.v1.Session(graph=graph, config=config) as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                saver.save(sess, str(directory / "model.ckpt"), global_step=5)
+    return {"single": root / "single", "sharded": root / "sharded"}
+
+
+def test_tf_v1_checkpoint_format_is_named_and_an_error(tf, run_cli, v1_checkpoints, manager_dir) -> None:
+    single = v1_checkpoints["single"]
+    assert not list(single.glob("*.index"))
+    assert set(tf.train.load_checkpoint(str(single / "model.ckpt-5")).get_variable_to_shape_map()) == {"a", "b"}
+    sharded = v1_checkpoints["sharded"]
+    given = [single, single / "model.ckpt-5", single / "checkpoint", sharded]
+    given += [sharded / "model.ckpt-5", *sorted(sharded.glob("model.ckpt-5-*-of-*"))]
+    for path in given:
+        r = run_cli("verify", path)
+        assert r.returncode == 2, f"{path}: {r.stdout}{r.stderr}"
+        assert "TensorFlow V1 checkpoint format" in r.stderr and "not supported" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("verify", manager_dir.path, "--golden", single)
+    assert r.returncode == 2 and "golden reference" in r.stderr and "V1 checkpoint format" in r.stderr, r.stderr
