@@ -302,3 +302,29 @@ def test_tf_v1_checkpoint_format_is_named_and_an_error(tf, run_cli, v1_checkpoin
         assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("verify", manager_dir.path, "--golden", single)
     assert r.returncode == 2 and "golden reference" in r.stderr and "V1 checkpoint format" in r.stderr, r.stderr
+
+
+# -- from the corpus: a .keras archive naming one member twice ----------------------------------------
+
+
+def test_keras_archive_with_a_member_twice_fails(keras, tmp_path: Path, run_cli) -> None:
+    """A proof-of-concept exploit archive seen in the wild stores `model.weights.npz` twice:
+    readers that take the first copy and readers that take the last see different files.
+    Rebuilt here from a real Keras archive with `model.weights.h5` twice."""
+    import warnings
+    import zipfile
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    good = tmp_path / "good.keras"
+    model.save(good)
+    assert run_cli("verify", good).returncode == 0
+    bad = tmp_path / "twice.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the point
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("model.weights.h5", src.read("model.weights.h5"))
+    r = run_cli("verify", bad, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    (f,) = [f for f in r.json()["findings"] if f["severity"] == "fail"]
+    assert f["check"] == "integrity.zip" and "model.weights.h5 appears 2 times" in f["message"]
