@@ -185,6 +185,22 @@ def checkpoint_exists(path: str | None) -> bool:
     return path is not None and path != "" and (os.path.exists(path) or os.path.exists(path + INDEX_SUFFIX))
 
 
+def reference_available(path: str | None) -> bool:
+    """checkpoint_exists, and for a directory whose `checkpoint` state file names a checkpoint
+    that is not there (not even beside it), False: a golden directory whose checkpoint is not
+    mounted (yet) is "not available", like a missing path, not an unreadable reference."""
+    if not checkpoint_exists(path):
+        return False
+    assert path is not None
+    if os.path.isdir(path) and not saved_model_marker(path):
+        try:
+            latest = latest_from_state_file(path)
+        except NotRegularFile:
+            return True  # opening it says what is wrong
+        return latest is None or latest.exists or bool(v1_checkpoint_files(latest.prefix))
+    return True
+
+
 def read_state_file(directory: str) -> str | None:
     """The latest checkpoint prefix named by `<directory>/checkpoint`, or None (see
     latest_from_state_file for one that was moved here from another machine)."""

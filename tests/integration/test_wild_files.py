@@ -328,3 +328,18 @@ def test_keras_archive_with_a_member_twice_fails(keras, tmp_path: Path, run_cli)
     assert r.returncode == 1, r.stdout + r.stderr
     (f,) = [f for f in r.json()["findings"] if f["severity"] == "fail"]
     assert f["check"] == "integrity.zip" and "model.weights.h5 appears 2 times" in f["message"]
+
+
+def test_daemon_golden_whose_state_file_names_nothing_here_is_not_available(tmp_path: Path, manager_dir) -> None:
+    """The daemon's golden (optional there) is a directory whose state file names a checkpoint
+    that is not mounted: verified without it, with a warning, as for a golden path not there."""
+    from ckptwatch.verify.request import VerifyRequest
+    from ckptwatch.verify.verification import verify_checkpoint
+
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    (golden / "checkpoint").write_text('model_checkpoint_path: "/trainer/golden/ckpt-9"\n')
+    done = verify_checkpoint(VerifyRequest(manager_dir.tf_prefix, golden=str(golden), golden_required=False))
+    (warned,) = [f for f in done.report.findings if f.check == "integrity.reference"]
+    assert warned.severity == "warn" and str(golden) in warned.message
+    assert done.report.verdict in ("pass", "warn")
