@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ckptwatch.errors import CheckpointNotFound, UnsupportedFormat
+from ckptwatch.errors import CheckpointNotFound
 from ckptwatch.formats import layout
 from ckptwatch.formats.base import CheckpointSource, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.files import check_regular, open_regular
@@ -52,17 +52,14 @@ def _resolve(path: str) -> tuple[str, str, str | None]:
         if layout.saved_model_marker(p):
             return layout.SAVEDMODEL, os.path.join(p, layout.SAVED_MODEL_VARIABLES), None
         latest = layout.latest_from_state_file(p)
-        if latest and layout.v1_checkpoint_files(latest.prefix):
-            raise UnsupportedFormat(f"{latest.prefix}: {layout.V1_MESSAGE}")
         if latest and not latest.exists:
             raise CheckpointNotFound(
                 f"{path}: its `checkpoint` state file names {latest.recorded}, which does not exist"
                 + ("" if latest.prefix == os.path.join(p, latest.recorded) else ", nor does its basename beside it")
             )
         if latest:
-            if latest.relocated:
-                return layout.BUNDLE, latest.prefix, latest.note()
-            return layout.BUNDLE, latest.prefix, None
+            kind = layout.V1 if layout.v1_checkpoint_files(latest.prefix) else layout.BUNDLE
+            return kind, latest.prefix, latest.note() if latest.relocated else None
         if glob.glob(os.path.join(glob.escape(p), "*" + layout.INDEX_SUFFIX)):
             raise CheckpointNotFound(
                 f"{path}: no `checkpoint` state file; name a checkpoint prefix such as {path}/ckpt-1"
@@ -87,14 +84,14 @@ def _resolve(path: str) -> tuple[str, str, str | None]:
         if head.startswith(layout.ZIP_MAGIC):
             return layout.KERAS, p, None
         if layout.v1_checkpoint_files(p):
-            raise UnsupportedFormat(f"{path}: {layout.V1_MESSAGE}")
+            return layout.V1, p, None
         if head.startswith(layout.GZIP_MAGIC):
             raise IntegrityError("integrity.fingerprint", f"{path}: gzip data that does not inflate to a fingerprint")
         raise CheckpointNotFound(f"{path}: not a checkpoint, Keras file or fingerprint")
     if os.path.exists(p + layout.INDEX_SUFFIX) or layout.data_shards(p):
         return layout.BUNDLE, p, None  # an index that is a FIFO or a device: the reader refuses it, a finding
     if layout.v1_checkpoint_files(p):
-        raise UnsupportedFormat(f"{path}: {layout.V1_MESSAGE}")
+        return layout.V1, p, None
     if os.path.exists(p):
         check_regular(p)  # a FIFO, socket or device given as PATH: NotRegularFile, never opened
     raise CheckpointNotFound(f"{path}: no such file, directory or checkpoint prefix")
@@ -121,6 +118,13 @@ def open_checkpoint(path: str) -> CheckpointSource:
         if not os.path.isfile(location + layout.INDEX_SUFFIX):
             raise IntegrityError("integrity.index", f"{path}: SavedModel has no variables/variables.index")
         return BundleSource(location, format="savedmodel")
+    if kind == layout.V1:
+        from ckptwatch.formats.v1 import V1Source
+
+        v1 = V1Source(layout.v1_prefix(location), layout.v1_checkpoint_files(location))
+        if note:
+            v1.problems.insert(0, IntegrityProblem(layout.RELOCATED_CHECK, note))
+        return v1
     if kind == layout.KERAS:
         from ckptwatch.formats.keras_archive import open_keras_archive
 

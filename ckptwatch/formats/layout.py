@@ -19,14 +19,16 @@ import glob
 import gzip
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 
 from ckptwatch.formats.files import NotRegularFile, open_regular
-from ckptwatch.formats.table import TableError, first_entry
+from ckptwatch.formats.table import FOOTER_SIZE, TABLE_MAGIC, TableError, first_entry
 from ckptwatch.formats.wire import read_index
 
 BUNDLE, HDF5, KERAS, SAVEDMODEL, FINGERPRINT = "bundle", "hdf5", "keras", "savedmodel", "fingerprint"
+V1 = "tf-v1"  # TensorFlow's V1 checkpoint format (formats.v1)
 
 INDEX_SUFFIX = ".index"
 HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
@@ -146,23 +148,21 @@ def saved_model_leftovers(directory: str, variables: BundleListing | None = None
     return sorted(found)
 
 
-V1_MESSAGE = (
-    "TensorFlow V1 checkpoint format (one table of tensor slices, no .index; Saver's format before "
-    "2016) is not supported: re-save it in the V2 format (restore it with tf.compat.v1.train.Saver "
-    "and save it again: V2 is the default)"
-)
+_V1_SHARD = re.compile(r"-(?:\?{5}|\d{5})-of-(\d{5})$")
 
 
 def v1_checkpoint_files(path: str) -> list[str]:
-    """The files of a TensorFlow V1 checkpoint at `path` (the file itself, its shards
-    `path-00000-of-00002`, or a state file's `path-?????-of-00002` pattern), else []. A V1
-    checkpoint is a LevelDB table without `.index` whose header entry (key "") is a
-    SavedTensorSlices proto (field 1, length-delimited), where a bundle index has a
-    BundleHeaderProto (field 1, a varint)."""
+    """The files of a TensorFlow V1 checkpoint at `path`, else []: the file itself, or all
+    shards of `path-00000-of-00002` (given as the prefix, as one shard, or as a state file's
+    `path-?????-of-00002` pattern). A V1 checkpoint is a LevelDB table without `.index` whose
+    header entry (key "") is a SavedTensorSlices proto (field 1, length-delimited), where a
+    bundle index has a BundleHeaderProto (field 1, a varint)."""
     if os.path.exists(path + INDEX_SUFFIX):
         return []
-    if "?" in os.path.basename(path):
-        candidates = sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path)), os.path.basename(path))))
+    shard = _V1_SHARD.search(path)
+    if shard:
+        pattern = glob.escape(path[: shard.start()]) + f"-[0-9][0-9][0-9][0-9][0-9]-of-{shard.group(1)}"
+        candidates = sorted(glob.glob(pattern))
     elif os.path.isfile(path):
         candidates = [path]
     else:
@@ -170,11 +170,28 @@ def v1_checkpoint_files(path: str) -> list[str]:
     return [c for c in candidates if _is_v1_table(c)]
 
 
+def v1_prefix(path: str) -> str:
+    """`model.ckpt-7-?????-of-00002` or `model.ckpt-7-00001-of-00002` -> `model.ckpt-7`."""
+    shard = _V1_SHARD.search(path)
+    return path[: shard.start()] if shard else path
+
+
 def _is_v1_table(path: str) -> bool:
+    """A table (its footer's magic number) whose header entry is a SavedTensorSlices proto; a
+    table whose first blocks are damaged counts too (opening it says what is wrong)."""
     try:
         with open_regular(path) as f:
-            first = first_entry(f, os.fstat(f.fileno()).st_size, max_block=1 << 20)
-    except (OSError, NotRegularFile, TableError):
+            size = os.fstat(f.fileno()).st_size
+            if size < FOOTER_SIZE:
+                return False
+            f.seek(size - 8)
+            if f.read(8) != struct.pack("<Q", TABLE_MAGIC):
+                return False
+            try:
+                first = first_entry(f, size, max_block=1 << 20)
+            except TableError:
+                return True
+    except (OSError, NotRegularFile):
         return False
     return first is not None and first[0] == b"" and len(first[1]) > 0 and first[1][0] == 0x0A
 
@@ -197,7 +214,7 @@ def reference_available(path: str | None) -> bool:
             latest = latest_from_state_file(path)
         except NotRegularFile:
             return True  # opening it says what is wrong
-        return latest is None or latest.exists or bool(v1_checkpoint_files(latest.prefix))
+        return latest is None or latest.exists
     return True
 
 
@@ -261,7 +278,9 @@ def latest_from_state_file(directory: str) -> StateFileEntry | None:
 def _bundle_there(prefix: str) -> bool:
     """A bundle (its index, or any data shard: a broken one is still there) or a file at `prefix`."""
     try:
-        return os.path.exists(prefix + INDEX_SUFFIX) or os.path.isfile(prefix) or bool(data_shards(prefix))
+        if os.path.exists(prefix + INDEX_SUFFIX) or os.path.isfile(prefix) or data_shards(prefix):
+            return True
+        return bool(v1_checkpoint_files(prefix))
     except (OSError, ValueError):  # a name too long for the filesystem
         return False
 

@@ -266,18 +266,43 @@ def test_saved_models_show_the_step_they_hold(tf, keras, tmp_path: Path, run_cli
         assert r.json()["checkpoint"]["step"] == step, name
 
 
+V1_VALUES = {
+    "f32": np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4),
+    "f64": np.array([1e-300, -2.5, np.pi]),
+    "f16": np.array([0.5, -1.25, 65504], dtype=np.float16),
+    "i8": np.array([-128, 0, 127], dtype=np.int8),
+    "u8": np.array([0, 200, 255], dtype=np.uint8),
+    "i16": np.array([-30000, 7], dtype=np.int16),
+    "i32": np.array([[-(2**31), 2**31 - 1]], dtype=np.int32),
+    "i64": np.array([-(2**62), 5], dtype=np.int64),
+    "flag": np.array([True, False, True]),
+    "c64": np.array([1 + 2j, -3.5j], dtype=np.complex64),
+    "scalar": np.float32(3.25),
+    "text": np.array(b"a string variable"),
+}
+
+
+TF_CANNOT_READ_V1 = ("f16", "c64")
+
+
 @pytest.fixture(scope="module")
 def v1_checkpoints(tf, tmp_path_factory) -> dict[str, Path]:
     """Checkpoints in TF's V1 format, written by TF 2.21's own Saver (write_version=V1): one
-    file, and sharded (the state file then names `model.ckpt-5-?????-of-00002`)."""
+    file, and sharded by device (the state file then names `model.ckpt-5-?????-of-0000N`),
+    with a dozen dtypes and a variable partitioned in three slices."""
     root = tmp_path_factory.mktemp("v1")
     for sharded in (False, True):
         graph = tf.Graph()
         with graph.as_default():
-            with tf.device("/cpu:0"):
-                tf.compat.v1.get_variable("a", [3, 4])
-            with tf.device("/cpu:1" if sharded else "/cpu:0"):
-                tf.compat.v1.get_variable("b", [5])
+            for i, (name, value) in enumerate(V1_VALUES.items()):
+                with tf.device(f"/cpu:{i % 2}" if sharded else "/cpu:0"):
+                    tf.compat.v1.get_variable(name, initializer=tf.constant(value), use_resource=False)
+            part = tf.compat.v1.get_variable(
+                "part", [10, 3], initializer=tf.compat.v1.random_normal_initializer(seed=1),
+                partitioner=tf.compat.v1.fixed_size_partitioner(3),
+            )  # fmt: skip
+            whole = tf.concat(list(part), axis=0)
+            tf.compat.v1.train.get_or_create_global_step()
             saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1, sharded=sharded)
             directory = root / ("sharded" if sharded else "single")
             directory.mkdir()
@@ -285,23 +310,71 @@ def v1_checkpoints(tf, tmp_path_factory) -> dict[str, Path]:
             with tf.compat.v1.Session(graph=graph, config=config) as sess:
                 sess.run(tf.compat.v1.global_variables_initializer())
                 saver.save(sess, str(directory / "model.ckpt"), global_step=5)
+                np.save(directory / "part.npy", sess.run(whole))  # the partitioned variable, for the test
     return {"single": root / "single", "sharded": root / "sharded"}
 
 
-def test_tf_v1_checkpoint_format_is_named_and_an_error(tf, run_cli, v1_checkpoints, manager_dir) -> None:
-    single = v1_checkpoints["single"]
-    assert not list(single.glob("*.index"))
-    assert set(tf.train.load_checkpoint(str(single / "model.ckpt-5")).get_variable_to_shape_map()) == {"a", "b"}
-    sharded = v1_checkpoints["sharded"]
-    given = [single, single / "model.ckpt-5", single / "checkpoint", sharded]
-    given += [sharded / "model.ckpt-5", *sorted(sharded.glob("model.ckpt-5-*-of-*"))]
+@pytest.mark.parametrize("kind", ["single", "sharded"])
+def test_tf_v1_checkpoints_read_like_tensorflow_reads_them(tf, v1_checkpoints, kind: str) -> None:
+    from ckptwatch.formats import open_checkpoint
+
+    directory = v1_checkpoints[kind]
+    assert not list(directory.glob("*.index"))
+    files = sorted(p.name for p in directory.glob("model.ckpt-5*") if p.suffix not in (".meta", ".npy"))
+    if kind == "single":
+        assert files == ["model.ckpt-5"]
+    else:
+        assert len(files) >= 2 and all("-of-0000" in f for f in files), files
+    tf_prefix = (directory / "checkpoint").read_text().splitlines()[0].split('"')[1]  # the recorded pattern
+    assert ("?????" in tf_prefix) == (kind == "sharded")
+    reader = tf.train.load_checkpoint(tf_prefix)
+    shapes = reader.get_variable_to_shape_map()
+    assert "part" in shapes and shapes["part"] == [10, 3]
+    src = open_checkpoint(str(directory))
+    try:
+        assert src.format == "tf-v1" and src.step == 5 and src.problems == []
+        infos = {t.name: t for t in src.tensors()}
+        assert set(infos) == set(shapes)
+        for name, info in infos.items():
+            assert info.dtype == reader.get_variable_to_dtype_map()[name].name, name
+            assert list(info.shape) == list(shapes[name]), name
+            got = b"".join(c.tobytes() for c in src.read(name, 5))
+            if name in TF_CANNOT_READ_V1:  # TF 2.21 writes them, its V1 reader says "Data type not supported"
+                assert got == np.ascontiguousarray(V1_VALUES[name]).tobytes(), name
+            elif name == "part":  # TF's reader: "Sliced checkpoints are not supported"; assembled here
+                assert got == np.load(directory / "part.npy").tobytes()
+            elif info.numeric:
+                assert got == np.ascontiguousarray(reader.get_tensor(name)).tobytes(), name
+        assert np.array_equal(reader.get_tensor("f32"), V1_VALUES["f32"])
+    finally:
+        src.close()
+
+
+def test_tf_v1_checkpoints_verify_and_serve_as_references(run_cli, v1_checkpoints) -> None:
+    single, sharded = v1_checkpoints["single"], v1_checkpoints["sharded"]
+    given = [single, single / "model.ckpt-5", single / "checkpoint", sharded, sharded / "model.ckpt-5"]
+    given += sorted(sharded.glob("model.ckpt-5-*-of-*"))
     for path in given:
-        r = run_cli("verify", path)
-        assert r.returncode == 2, f"{path}: {r.stdout}{r.stderr}"
-        assert "TensorFlow V1 checkpoint format" in r.stderr and "not supported" in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("verify", manager_dir.path, "--golden", single)
-    assert r.returncode == 2 and "golden reference" in r.stderr and "V1 checkpoint format" in r.stderr, r.stderr
+        r = run_cli("verify", path, "--json")
+        assert r.returncode == 0, f"{path}: {r.stdout}{r.stderr}"
+        doc = r.json()
+        assert doc["checkpoint"]["format"] == "tf-v1" and doc["checkpoint"]["tensors"] == len(V1_VALUES) + 2
+    r = run_cli("verify", single, "--golden", sharded, "--profile", "replica", "--json")  # the same values
+    assert r.returncode == 0 and r.json()["drift"]["golden"]["max_abs"] == 0.0, r.stdout + r.stderr
+
+
+def test_damaged_tf_v1_checkpoint_fails(tf, run_cli, v1_checkpoints, tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt-5"
+    data = bytearray((v1_checkpoints["single"] / "model.ckpt-5").read_bytes())
+    data[len(data) // 3] ^= 0x08  # inside a data block
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"(?i)checksum|corrupt|data loss|failed to find"):
+        reader = tf.train.load_checkpoint(str(path))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    r = run_cli("verify", path, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert any("checksum mismatch" in f["message"] for f in r.json()["findings"]), r.json()["findings"]
 
 
 # -- from the corpus: a .keras archive naming one member twice ----------------------------------------
@@ -343,3 +416,28 @@ def test_daemon_golden_whose_state_file_names_nothing_here_is_not_available(tmp_
     (warned,) = [f for f in done.report.findings if f.check == "integrity.reference"]
     assert warned.severity == "warn" and str(golden) in warned.message
     assert done.report.verdict in ("pass", "warn")
+
+
+def test_randomly_damaged_tf_v1_files_give_findings_never_crashes(v1_checkpoints, tmp_path: Path) -> None:
+    import random
+
+    from ckptwatch.errors import CkptwatchError
+    from ckptwatch.formats import open_checkpoint
+    from ckptwatch.formats.base import READ_ERRORS
+
+    raw = (v1_checkpoints["single"] / "model.ckpt-5").read_bytes()
+    rng = random.Random(13)
+    path = tmp_path / "model.ckpt-5"
+    for _ in range(150):
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        try:
+            src = open_checkpoint(str(path))
+            for t in src.tensors():
+                for _ in src.read(t.name, 7):
+                    pass
+            src.close()
+        except (*READ_ERRORS, CkptwatchError):
+            pass  # a finding (IntegrityError, a decoding error) or "not a checkpoint": never anything else
