@@ -4,9 +4,10 @@
     open_checkpoint(path) -> CheckpointSource
 
 Accepts: a bundle prefix (`run/ckpt-3`) or its `.index`; a directory with a
-`checkpoint` state file (its latest checkpoint); a SavedModel directory; a
-Keras `.h5` / `.weights.h5` / `.keras` file. `resolve` also recognises a
-fingerprint file (kind "fingerprint"), which is a reference only: it holds no
+`checkpoint` state file (its latest checkpoint; see layout.latest_from_state_file
+for one written on another machine); a SavedModel directory; a Keras `.h5` /
+`.weights.h5` / `.keras` file; a TensorFlow V1 checkpoint (formats.v1). `resolve`
+also recognises a fingerprint file (kind "fingerprint"), which is a reference only: it holds no
 tensor data, and ckptwatch.verify opens it (verify.engine.open_reference).
 
 Raises CheckpointNotFound when nothing checkpoint-like is at the path (or it is a
@@ -40,7 +41,7 @@ __all__ = [
 
 
 def resolve(path: str) -> tuple[str, str]:
-    """(kind, location): kind is bundle | savedmodel | hdf5 | keras | fingerprint."""
+    """(kind, location): kind is bundle | savedmodel | hdf5 | keras | tf-v1 | fingerprint."""
     kind, location, _ = _resolve(path)
     return kind, location
 
