@@ -17,6 +17,8 @@
     │   └── ModelUnsupported       the model needs what the verifier's environment lacks (an op
     │                              from a custom op library, the tf-keras package): the file may
     │                              be intact, so verdict `error` naming what to install, never `fail`
+    ├── UnsupportedFormat          a checkpoint in a format ckptwatch does not read (TF's V1
+    │                              format): the tool's limit, never a verdict on the file
     └── CheckpointUnreadable       a checkpoint we cannot open at all
         └── (formats.base.IntegrityError lives next to the readers: it is a
             *verdict* about the candidate, not an error of the tool)
@@ -62,6 +64,10 @@ class CheckpointNotFound(CkptwatchError):
 
 class CheckpointUnreadable(CkptwatchError):
     """A reference could not be opened (for a candidate this becomes a finding)."""
+
+
+class UnsupportedFormat(CkptwatchError):
+    """A real checkpoint in a format ckptwatch cannot read (TensorFlow's V1 format): exit 2."""
 
 
 class CheckpointVanished(CheckpointNotFound):

@@ -41,9 +41,17 @@ def bundle_entry(dims: list[int], offset: int, size: int, crc: int, shard: int =
 HEADER = field(1, 1) + field(3, field(1, 1))  # BundleHeaderProto: num_shards=1, version{producer=1}
 
 
-def raw_table(entries: list[tuple[bytes, bytes]], restart_interval: int = 1, block_entries: int = 1000) -> bytes:
+def raw_table(
+    entries: list[tuple[bytes, bytes]], restart_interval: int = 1, block_entries: int = 1000, compression: str = "none"
+) -> bytes:
     """An independent LevelDB table writer (keys as given, not sorted), with
-    prefix compression between restarts and several data blocks: what TF writes."""
+    prefix compression between restarts and several data blocks: what TF writes.
+
+    compression: "none"; "snappy" as LevelDB's TableBuilder does it (a block is stored
+    Snappy-compressed, type 1, when that saves at least 1/8 of it, else raw, type 0);
+    "snappy-all" (every block type 1, whatever it saves; readers must accept that too).
+    """
+    assert compression in ("none", "snappy", "snappy-all"), compression
 
     def block(kvs: list[tuple[bytes, bytes]]) -> bytes:
         body, restarts, last = bytearray(), [], b""
@@ -60,21 +68,33 @@ def raw_table(entries: list[tuple[bytes, bytes]], restart_interval: int = 1, blo
         body += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
         return bytes(body)
 
-    def trailer(contents: bytes) -> bytes:
-        return contents + b"\x00" + struct.pack("<I", mask_crc(crc32c.crc32c(contents + b"\x00")))
+    def stored(contents: bytes) -> bytes:
+        """The block as written (maybe compressed), without its trailer; the trailer's
+        masked CRC32C covers these bytes and the type byte (leveldb/table/table_builder.cc)."""
+        kind = b"\x00"
+        if compression != "none":
+            import cramjam
+
+            packed = bytes(cramjam.snappy.compress_raw(contents))
+            if compression == "snappy-all" or len(packed) < len(contents) - len(contents) // 8:
+                contents, kind = packed, b"\x01"
+        return contents + kind
+
+    def trailer(block_and_kind: bytes) -> bytes:
+        return block_and_kind + struct.pack("<I", mask_crc(crc32c.crc32c(block_and_kind)))
 
     out, index = bytearray(), []
     groups = [entries[i : i + block_entries] for i in range(0, len(entries), block_entries)] or [[]]
     for group in groups:
-        data = block(group)
-        index.append(((group[-1][0] if group else b"") + b"\xff", varint(len(out)) + varint(len(data))))
+        data = stored(block(group))
+        index.append(((group[-1][0] if group else b"") + b"\xff", varint(len(out)) + varint(len(data) - 1)))
         out += trailer(data)
-    meta = block([])
+    meta = stored(block([]))
     meta_offset = len(out)
     out += trailer(meta)
-    idx = block(index)
+    idx = stored(block(index))
     idx_offset = len(out)
     out += trailer(idx)
-    handles = varint(meta_offset) + varint(len(meta)) + varint(idx_offset) + varint(len(idx))
+    handles = varint(meta_offset) + varint(len(meta) - 1) + varint(idx_offset) + varint(len(idx) - 1)
     out += handles + b"\x00" * (40 - len(handles)) + struct.pack("<Q", TABLE_MAGIC)
     return bytes(out)

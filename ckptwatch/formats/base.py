@@ -118,7 +118,7 @@ class CheckpointSource(Protocol):
     """What the verification engine needs from a checkpoint (or fingerprint)."""
 
     path: str  # resolved path (prefix for bundles)
-    format: str  # "tf-bundle", "savedmodel", "keras-h5", "keras-weights-h5", "keras-archive", "fingerprint"
+    format: str  # "tf-bundle", "savedmodel", "tf-v1", "keras-h5", "keras-weights-h5", "keras-archive", "fingerprint"
     step: int | None
     problems: list[IntegrityProblem]  # found while opening: missing shards, leftover temp files ...
 

@@ -41,6 +41,13 @@ from ckptwatch.formats.wire import DTYPE_NAMES, BundleEntry, check_entry_crc, re
 
 __all__ = ["DTYPE_NAMES", "OBJECT_GRAPH_KEY", "BundleEntry", "BundleSource", "shard_path"]
 
+STEP_KEYS = (
+    "global_step",
+    "global_step/.ATTRIBUTES/VARIABLE_VALUE",
+    "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE",  # Keras 2 optimizers
+    "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",  # Keras 3
+    "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
+)
 MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 
@@ -66,6 +73,8 @@ class BundleSource:
                 f"{index_path}: index file missing" + (f" ({len(shards)} data shard(s) present)" if shards else ""),
             ) from None
         self._load_index(index_path)
+        if self.step is None:
+            self.step = self._stored_step()
         self._apply_object_graph()
         self._files = FileSet([index_path] + [shard_path(prefix, k, self.num_shards) for k in range(self.num_shards)])
         self._check_files()
@@ -81,6 +90,23 @@ class BundleSource:
         for name, entry in list(self._entries.items()):
             if entry.sliced:
                 self._resolve_slices(name, entry, index.slices.get(name, []))
+
+    def _stored_step(self) -> int | None:
+        """The training step a bundle holds, for one whose path does not say it (a SavedModel's
+        variables, `Checkpoint.write("weights")`): the scalar integer `global_step` (TF1 and
+        Estimator graphs; a TF2 module's attribute), else a Keras optimizer's iteration count.
+        Eight bytes read and checksummed; a damaged one gives None (reading it says why)."""
+        for key in STEP_KEYS:
+            entry = self._entries.get(key)
+            if entry is None or entry.sliced or entry.shape != () or entry.dtype not in (3, 9):  # int32, int64
+                continue
+            try:
+                (chunk,) = list(self.read(key))
+            except (IntegrityError, OSError, ValueError):
+                return None
+            value = int(chunk[0])
+            return value if value >= 0 else None
+        return None
 
     def _apply_object_graph(self) -> None:
         """Rename and reclassify keys by the object graph (see object_graph.py)."""

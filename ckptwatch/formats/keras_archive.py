@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -97,11 +98,16 @@ def open_keras_archive(path: str) -> KerasArchiveSource:
         problems: list[IntegrityProblem] = []
         texts: dict[str, bytes] = {}
         with fp, zf:
-            members = {info.filename: info for info in zf.infolist()}
+            infos = zf.infolist()
+            members = {info.filename: info for info in infos}
+            if len(members) != len(infos):  # zip readers disagree on which copy is meant: a hostile archive
+                counts = Counter(info.filename for info in infos)
+                name, times = max(counts.items(), key=lambda kv: kv[1])
+                raise IntegrityError(CHECK, f"{path}: member {name} appears {times} times (which one is meant?)")
             if WEIGHTS_MEMBER not in members:
                 extra = ""
                 if "model.weights.npz" in members:
-                    extra = " (weights stored as model.weights.npz are not supported)"
+                    extra = " (weights stored as model.weights.npz, pickled objects: never unpickled here)"
                 raise IntegrityError(CHECK, f"{path}: no {WEIGHTS_MEMBER} member{extra}")
             for info in members.values():
                 _check_bomb(path, info)

@@ -19,13 +19,16 @@ import glob
 import gzip
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 
 from ckptwatch.formats.files import NotRegularFile, open_regular
+from ckptwatch.formats.table import FOOTER_SIZE, TABLE_MAGIC, TableError, first_entry
 from ckptwatch.formats.wire import read_index
 
 BUNDLE, HDF5, KERAS, SAVEDMODEL, FINGERPRINT = "bundle", "hdf5", "keras", "savedmodel", "fingerprint"
+V1 = "tf-v1"  # TensorFlow's V1 checkpoint format (formats.v1)
 
 INDEX_SUFFIX = ".index"
 HDF5_SUFFIXES = (".h5", ".hdf5")  # includes Keras 3 `*.weights.h5`
@@ -33,6 +36,7 @@ KERAS_SUFFIX = ".keras"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK"  # a .keras archive
 GZIP_MAGIC = b"\x1f\x8b"  # a gzipped fingerprint
+RELOCATED_CHECK = "integrity.relocated"  # an info finding: a state file's path found beside it instead
 STATE_FILE = "checkpoint"  # `model_checkpoint_path: "ckpt-3"`, written by Saver / CheckpointManager
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside a SavedModel
@@ -144,15 +148,106 @@ def saved_model_leftovers(directory: str, variables: BundleListing | None = None
     return sorted(found)
 
 
+_V1_SHARD = re.compile(r"-(?:\?{5}|\d{5})-of-(\d{5})$")
+
+
+def v1_checkpoint_files(path: str) -> list[str]:
+    """The files of a TensorFlow V1 checkpoint at `path`, else []: the file itself, or all
+    shards of `path-00000-of-00002` (given as the prefix, as one shard, or as a state file's
+    `path-?????-of-00002` pattern). A V1 checkpoint is a LevelDB table without `.index` whose
+    header entry (key "") is a SavedTensorSlices proto (field 1, length-delimited), where a
+    bundle index has a BundleHeaderProto (field 1, a varint)."""
+    if os.path.exists(path + INDEX_SUFFIX):
+        return []
+    shard = _V1_SHARD.search(path)
+    if shard:
+        pattern = glob.escape(path[: shard.start()]) + f"-[0-9][0-9][0-9][0-9][0-9]-of-{shard.group(1)}"
+        candidates = sorted(glob.glob(pattern))
+    elif os.path.isfile(path):
+        candidates = [path]
+    else:
+        candidates = sorted(glob.glob(glob.escape(path) + "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"))
+    return [c for c in candidates if _is_v1_table(c)]
+
+
+def v1_prefix(path: str) -> str:
+    """`model.ckpt-7-?????-of-00002` or `model.ckpt-7-00001-of-00002` -> `model.ckpt-7`."""
+    shard = _V1_SHARD.search(path)
+    return path[: shard.start()] if shard else path
+
+
+def _is_v1_table(path: str) -> bool:
+    """A table (its footer's magic number) whose header entry is a SavedTensorSlices proto; a
+    table whose first blocks are damaged counts too (opening it says what is wrong)."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < FOOTER_SIZE:
+                return False
+            f.seek(size - 8)
+            if f.read(8) != struct.pack("<Q", TABLE_MAGIC):
+                return False
+            try:
+                first = first_entry(f, size, max_block=1 << 20)
+            except TableError:
+                return True
+    except (OSError, NotRegularFile):
+        return False
+    return first is not None and first[0] == b"" and len(first[1]) > 0 and first[1][0] == 0x0A
+
+
 def checkpoint_exists(path: str | None) -> bool:
     """A file, directory or bundle prefix (its `.index`) is present: used to tell a
     deleted checkpoint (CheckpointManager's max_to_keep) from a broken one."""
     return path is not None and path != "" and (os.path.exists(path) or os.path.exists(path + INDEX_SUFFIX))
 
 
+def reference_available(path: str | None) -> bool:
+    """checkpoint_exists, and for a directory whose `checkpoint` state file names a checkpoint
+    that is not there (not even beside it), False: a golden directory whose checkpoint is not
+    mounted (yet) is "not available", like a missing path, not an unreadable reference."""
+    if not checkpoint_exists(path):
+        return False
+    assert path is not None
+    if os.path.isdir(path) and not saved_model_marker(path):
+        try:
+            latest = latest_from_state_file(path)
+        except NotRegularFile:
+            return True  # opening it says what is wrong
+        return latest is None or latest.exists
+    return True
+
+
 def read_state_file(directory: str) -> str | None:
-    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None. Raises
-    NotRegularFile when that is a FIFO, socket or device (never opened for reading)."""
+    """The latest checkpoint prefix named by `<directory>/checkpoint`, or None (see
+    latest_from_state_file for one that was moved here from another machine)."""
+    latest = latest_from_state_file(directory)
+    return latest.prefix if latest else None
+
+
+@dataclass(frozen=True)
+class StateFileEntry:
+    """What a `checkpoint` state file names, and where that checkpoint is on this machine."""
+
+    recorded: str  # model_checkpoint_path as written
+    prefix: str  # where TF would look: relative paths joined to the state file's directory
+    relocated: bool = False  # `recorded` does not exist; its basename does, beside the state file
+    exists: bool = True  # False: neither the recorded path nor its basename beside the file is there
+
+    def note(self) -> str:
+        return (
+            f"the `checkpoint` state file names {self.recorded}, which does not exist here; "
+            f"using {os.path.basename(self.prefix)} beside it (the directory was copied or mounted elsewhere)"
+        )
+
+
+def latest_from_state_file(directory: str) -> StateFileEntry | None:
+    """The `model_checkpoint_path` of `<directory>/checkpoint`, resolved as TensorFlow does
+    (a relative path is joined to the directory), or None when there is no state file or it
+    names nothing. A path that is not there but whose basename is a checkpoint beside the state
+    file (a directory copied or mounted elsewhere keeps the writer's absolute paths) resolves
+    to that one, `relocated`. Raises NotRegularFile when the state file is a FIFO, socket or
+    device (never opened for reading)."""
     path = os.path.join(directory, STATE_FILE)
     try:
         with open_regular(path) as f:
@@ -167,8 +262,27 @@ def read_state_file(directory: str) -> str | None:
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
-            return value if os.path.isabs(value) else os.path.join(directory, value)
+            if not value or "\x00" in value:
+                return None
+            prefix = value if os.path.isabs(value) else os.path.join(directory, value)
+            if _bundle_there(prefix):
+                return StateFileEntry(value, prefix)
+            base = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]  # a Windows writer's path too
+            beside = os.path.join(directory, base)
+            if base and base not in (".", "..") and beside != prefix and _bundle_there(beside):
+                return StateFileEntry(value, beside, relocated=True)
+            return StateFileEntry(value, prefix, exists=False)
     return None
+
+
+def _bundle_there(prefix: str) -> bool:
+    """A bundle (its index, or any data shard: a broken one is still there) or a file at `prefix`."""
+    try:
+        if os.path.exists(prefix + INDEX_SUFFIX) or os.path.isfile(prefix) or data_shards(prefix):
+            return True
+        return bool(v1_checkpoint_files(prefix))
+    except (OSError, ValueError):  # a name too long for the filesystem
+        return False
 
 
 def looks_like_fingerprint(path: str) -> bool:

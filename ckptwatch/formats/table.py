@@ -7,6 +7,13 @@ prefix-compressed key/value entries, an index block pointing at them, and a
 We parse it ourselves instead of calling TF's C++ reader because a malformed
 index can trip a CHECK there and abort the whole process; here every offset and
 length is checked and a bad file raises `TableError` with the reason.
+
+A block's trailer names its compression: 0 (none, what TF writes today) or 1
+(Snappy: TF Serving's test SavedModels, T5's checkpoints, files written 2019-2023).
+The checksum covers the stored (compressed) bytes and the type byte, and is
+checked before anything is decompressed. Snappy blocks are inflated with cramjam
+(imported on the first compressed block only: a small Rust extension, no numpy),
+after their declared size has been checked against a bound.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ FOOTER_SIZE = 48  # two padded block handles (40 bytes) + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _MASK_DELTA = 0xA282EAD8
 MAX_HEADER_BLOCK = 64 << 20  # first_entry: no index or data block of a real index comes near this
+MAX_BLOCK = 64 << 20  # an inflated block larger than this is hostile (TF writes blocks of ~4 KiB)
+NO_COMPRESSION, SNAPPY = 0, 1  # leveldb/table/format.h CompressionType
 
 
 class TableError(ValueError):
@@ -73,9 +82,30 @@ def _checked_block(raw: memoryview, offset: int, what: str) -> memoryview:
     (stored,) = struct.unpack_from("<I", raw, size + 1)
     if unmask_crc(stored) != crc32c.crc32c(raw[: size + 1]):
         raise TableError(f"{what} block at offset {offset}: checksum mismatch")
-    if kind != 0:
-        raise TableError(f"{what} block at offset {offset}: compression type {kind} is not supported")
-    return raw[:size]
+    if kind == NO_COMPRESSION:
+        return raw[:size]
+    if kind == SNAPPY:
+        return memoryview(snappy_uncompress(raw[:size], f"{what} block at offset {offset}"))
+    raise TableError(f"{what} block at offset {offset}: unknown compression type {kind}")
+
+
+def snappy_uncompress(stored: memoryview | bytes, where: str, limit: int = MAX_BLOCK) -> bytes:
+    """A raw Snappy block inflated, or TableError: the declared size (the varint that starts
+    the block) is checked against `limit` and the data's 21x ceiling before anything is allocated."""
+    declared, _ = read_varint(stored, 0)
+    if declared > limit:
+        raise TableError(f"{where}: Snappy block claims {declared} bytes uncompressed, more than {limit}")
+    if declared > 22 * len(stored) + 64:  # Snappy expands at most ~21x (a 3-byte copy of 64 bytes)
+        raise TableError(f"{where}: Snappy block claims {declared} bytes, impossible from {len(stored)} stored")
+    from cramjam import snappy  # lazily: only indexes with compressed blocks need it
+
+    try:
+        out = bytes(snappy.decompress_raw(bytes(stored)))
+    except Exception as e:  # cramjam.DecompressionError and friends: the message says why
+        raise TableError(f"{where}: corrupt Snappy data ({str(e).strip() or type(e).__name__})") from None
+    if len(out) != declared:
+        raise TableError(f"{where}: Snappy block inflated to {len(out)} bytes, not the {declared} it claims")
+    return out
 
 
 def _block_entries(block: memoryview, what: str) -> Iterator[tuple[bytes, memoryview]]:

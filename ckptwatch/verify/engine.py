@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable
+from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable, UnsupportedFormat
 from ckptwatch.formats import CheckpointSource, IntegrityError, open_checkpoint, resolve
 from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, decode_problem
+from ckptwatch.formats.layout import RELOCATED_CHECK
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
 from ckptwatch.verify.change import record_history, training_steps
@@ -129,7 +130,7 @@ def _source_meta(source: CheckpointSource) -> dict:
 def _problem_findings(source: CheckpointSource, role: str | None) -> list[Finding]:
     out = []
     for p in source.problems:
-        severity = {"integrity.incomplete": "warn"}.get(p.check, "fail")
+        severity = {"integrity.incomplete": "warn", RELOCATED_CHECK: "info"}.get(p.check, "fail")
         if role is not None:
             severity = "warn" if severity == "fail" else severity
         out.append(Finding(severity, p.check, p.message, p.tensor, role))
@@ -322,6 +323,8 @@ def open_reference(path: str, role: str) -> CheckpointSource:
         return FingerprintSource(location) if kind == "fingerprint" else open_checkpoint(path)
     except CheckpointNotFound as e:
         raise CheckpointNotFound(f"{role} reference {e}") from None
+    except UnsupportedFormat as e:
+        raise UnsupportedFormat(f"{role} reference {e}") from None
     except READ_ERRORS as e:
         raise CheckpointUnreadable(f"{role} reference {path}: unreadable ({decode_problem(e, path)})") from None
     except OSError as e:

@@ -75,6 +75,19 @@ class TensorResult:
         return max((d.relative_l2 for d in self.drift.values()), default=-1.0)
 
 
+def _sorted_unique(findings: list[Finding]) -> list[Finding]:
+    """Worst first; a finding said twice (the object graph's bad checksum, seen when the reader
+    opens the checkpoint and again when the engine reads the entry) is said once."""
+    seen, out = set(), []
+    for f in findings:
+        key = (f.severity, f.check, f.tensor, f.reference, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    out.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
+    return out
+
+
 @dataclass
 class Report:
     checkpoint: dict  # path, format, step, tensors, bytes
@@ -89,14 +102,13 @@ class Report:
     history_entry: Any = None  # what this checkpoint adds to that history if it passes (not in the JSON)
 
     def __post_init__(self) -> None:
-        self.findings.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
+        self.findings = _sorted_unique(self.findings)
         if not self.verdict:
             self.verdict = verdict_of(self.findings)
 
     def add_findings(self, findings: list[Finding]) -> None:
         """More findings (model-aware checks run after the tensors): re-sort, re-judge."""
-        self.findings.extend(findings)
-        self.findings.sort(key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.check, f.tensor or ""))
+        self.findings = _sorted_unique(self.findings + findings)
         self.verdict = verdict_of(self.findings)
 
     def to_dict(self) -> dict:

@@ -93,19 +93,20 @@ def _replica_findings(t: TensorResult, s: dict) -> list[Finding]:
     if d is None:
         return []
     if not d.not_close:
-        if d.estimated:  # hashes differ, yet every sampled value is within tolerance
+        if d.estimated:  # hashes differ, yet every sampled value is within tolerance: still not a copy
             return [
                 Finding(
-                    "warn",
+                    "fail",
                     "drift.replica",
-                    "content differs from the golden fingerprint (hash), sampled values are within tolerance; "
-                    "compare with the full golden checkpoint to be sure",
+                    "content differs from the golden fingerprint (its hash): not an exact copy; the sampled values "
+                    f"are within atol={s['atol']:g} rtol={s['rtol']:g}, so the difference lies outside the sample "
+                    "(compare with the full golden checkpoint to see where and by how much)",
                     t.name,
                     "golden",
                     value=d.max_abs,
                     limit=s["atol"],
-                    expected={"atol": s["atol"], "rtol": s["rtol"]},
-                    basis="policy: atol, rtol (estimated)",
+                    expected={"hash": "equal"},
+                    basis="fingerprint hash",
                 )
             ]
         return []

@@ -43,6 +43,7 @@ from ckptwatch.errors import (
     ModelChecksError,
 )
 from ckptwatch.formats import checkpoint_exists
+from ckptwatch.formats.layout import reference_available
 from ckptwatch.policy import Policy
 from ckptwatch.verify.continues import continues_findings, next_history
 from ckptwatch.verify.engine import Options, Progress, verify_paths
@@ -130,7 +131,7 @@ def _verify(
     present = request.discovered or checkpoint_exists(request.candidate)
     options = Options(threads=request.threads, sketch=bool(request.fingerprint_out), progress=progress)
     golden, golden_missing = request.golden, None
-    if golden and not request.golden_required and not checkpoint_exists(golden):
+    if golden and not request.golden_required and not reference_available(golden):
         golden, golden_missing = None, golden  # not mounted (yet): verify without it, and say so
     history, last, history_problem = _history(request, options)
     if last and not request.previous:  # from the run's directory: the last earlier checkpoint that passed

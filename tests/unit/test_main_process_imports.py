@@ -18,6 +18,7 @@ FORBIDDEN = ("numpy", "ml_dtypes", "blake3", "numba", "llvmlite", "h5py", "tenso
 ALLOWED = {
     "pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection",  # pydantic
     "click", "prometheus_client", "structlog", "watchdog", "crc32c",
+    "cramjam",  # Snappy, imported when an index header's block is compressed (a Rust extension, no numpy)
     "rich", "pygments", "attr",  # structlog's pretty console output, used when installed (keras needs rich)
 }  # fmt: skip
 

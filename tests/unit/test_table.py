@@ -5,6 +5,7 @@ struct.error from deep inside)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 
 import crc32c
@@ -17,6 +18,7 @@ from ckptwatch.formats.table import (
     TABLE_MAGIC,
     TableError,
     build_table,
+    first_entry,
     iter_table,
     mask_crc,
     read_varint,
@@ -151,6 +153,73 @@ def test_random_bytes_raise_only_table_error(blob: bytes) -> None:
 @given(st.data())
 def test_random_damage_raises_only_table_error(data) -> None:
     table = bytearray(build_table(ENTRIES))
+    for _ in range(data.draw(st.integers(1, 6))):
+        pos = data.draw(st.integers(0, len(table) - 1))
+        table[pos] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(TableError):
+        list(iter_table(bytes(table)))
+
+
+# -- Snappy-compressed blocks (compression type 1) ---------------------------------------------------
+
+BIG = [(b"", b"header")] + [(b"model/layer_%03d/kernel" % i, b"\x08\x01\x12\x04" * 8) for i in range(200)]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(tables, st.integers(1, 16), st.integers(1, 7), st.sampled_from(["snappy", "snappy-all"]))
+def test_reads_snappy_compressed_tables(d: dict[bytes, bytes], restart: int, per_block: int, how: str) -> None:
+    entries = sorted(d.items())
+    got = [(k, bytes(v)) for k, v in iter_table(raw_table(entries, restart, per_block, compression=how))]
+    assert got == entries
+
+
+def test_snappy_blocks_really_are_compressed_and_read_back() -> None:
+    table = raw_table(BIG, block_entries=50, compression="snappy")
+    assert len(table) < len(raw_table(BIG, block_entries=50)) // 2  # so its blocks are stored compressed
+    assert [(k, bytes(v)) for k, v in iter_table(table)] == BIG
+    with io.BytesIO(table) as f:
+        first = first_entry(f, len(table))
+    assert first is not None and first[0] == b"" and bytes(first[1]) == b"header"
+
+
+def test_the_checksum_covers_the_compressed_bytes() -> None:
+    table = raw_table(BIG, block_entries=500, compression="snappy-all")
+    for pos in (3, 40, 200):  # inside the first (compressed) data block
+        bad = table[:pos] + bytes([table[pos] ^ 0x10]) + table[pos + 1 :]
+        with pytest.raises(TableError, match="data block at offset 0: checksum mismatch"):
+            list(iter_table(bad))
+
+
+def _with_block(contents: bytes, kind: int) -> bytes:
+    """A one-data-block table whose data block is `contents` stored with type `kind` (valid checksum)."""
+    stored = contents + bytes([kind])
+    out = bytearray(stored + struct.pack("<I", mask_crc(crc32c.crc32c(stored))))
+    handle = varint(0) + varint(len(contents))
+    index_body = varint(0) + varint(2) + varint(len(handle)) + b"k\xff" + handle + struct.pack("<II", 0, 1)
+    idx_offset = len(out)
+    out += index_body + b"\x00" + struct.pack("<I", mask_crc(crc32c.crc32c(index_body + b"\x00")))
+    handles = varint(0) + varint(0) + varint(idx_offset) + varint(len(index_body))
+    return bytes(out + handles + b"\x00" * (40 - len(handles)) + struct.pack("<Q", TABLE_MAGIC))
+
+
+def test_corrupt_snappy_data_with_a_valid_checksum_is_a_table_error() -> None:
+    import cramjam
+
+    packed = bytes(cramjam.snappy.compress_raw(b"model/kernel" * 40))
+    with pytest.raises(TableError, match="Snappy"):
+        list(iter_table(_with_block(packed[:-3], 1)))  # cut short
+    with pytest.raises(TableError, match="Snappy"):
+        list(iter_table(_with_block(varint(1 << 40) + b"\x00" * 10, 1)))  # a terabyte claimed
+    with pytest.raises(TableError, match="Snappy"):
+        list(iter_table(_with_block(varint(5000) + b"\x00" * 10, 1)))  # more than 21x its size
+    with pytest.raises(TableError, match="unknown compression type 2"):
+        list(iter_table(_with_block(b"x" * 20, 2)))
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_random_damage_to_snappy_tables_raises_only_table_error(data) -> None:
+    table = bytearray(raw_table(BIG, block_entries=40, compression="snappy-all"))
     for _ in range(data.draw(st.integers(1, 6))):
         pos = data.draw(st.integers(0, len(table) - 1))
         table[pos] = data.draw(st.integers(0, 255))
