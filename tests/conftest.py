@@ -29,6 +29,8 @@ try:
 except ImportError:  # run without an installed package
     sys.path.insert(0, str(ROOT))
 
+from tests.tools import save_scaler_model  # noqa: E402  (after the path is set)
+
 ATTR = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -421,18 +423,8 @@ def dtype_zoo(tf, ckpt_root: Path) -> Written:
 
 @pytest.fixture(scope="session")
 def saved_model(tf, ckpt_root: Path) -> Written:
-    class Scaler(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable(tf.random.stateless_normal([4, 3], seed=[6, 0]))
-            self.b = tf.Variable(tf.random.stateless_normal([3], seed=[6, 1]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
-        def __call__(self, x):
-            return tf.matmul(x, self.w) + self.b
-
     d = ckpt_root / "savedmodel"
-    tf.saved_model.save(Scaler(), str(d))
+    save_scaler_model(tf, d)
     return Written(str(d), str(d / "variables" / "variables"))
 
 

@@ -107,3 +107,20 @@ def child_reading_a_shard(parent_pid: int):
         except psutil.Error:
             pass
     return None
+
+
+def save_scaler_model(tf, path: str | Path) -> str:
+    """A tiny SavedModel (x @ w + b, seeded weights, one serving signature) written to `path`."""
+
+    class Scaler(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([4, 3], seed=[6, 0]))
+            self.b = tf.Variable(tf.random.stateless_normal([3], seed=[6, 1]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def __call__(self, x):
+            return tf.matmul(x, self.w) + self.b
+
+    tf.saved_model.save(Scaler(), str(path))
+    return str(path)

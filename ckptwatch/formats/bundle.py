@@ -337,17 +337,32 @@ def string_lengths(raw: bytes, count: int) -> tuple[np.ndarray, int]:
     TableError when they run past the bytes or one is longer than 10 bytes."""
     if count == 0:
         return np.zeros(0, dtype=np.uint64), 0
-    data = np.frombuffer(raw, dtype=np.uint8)
-    ends = np.flatnonzero(data < 0x80)[:count]  # the last byte of each varint
-    if len(ends) < count:
-        raise TableError("varint runs past the end of its buffer")
+    return decode_varints(np.frombuffer(raw, dtype=np.uint8), count)
+
+
+def decode_varints(data: np.ndarray, count: int | None = None) -> tuple[np.ndarray, int]:
+    """The first `count` varints in `data` (uint8), or all of them when None (then they must
+    end exactly at its end), as uint64, and where they end; vectorised. Raises TableError when
+    they run past the bytes or one is longer than 10 bytes."""
+    if data.size == 0 or count == 0:
+        if count:
+            raise TableError("varint runs past the end of its buffer")
+        return np.zeros(0, dtype=np.uint64), 0
+    ends = np.flatnonzero(data < 0x80)  # the last byte of each varint
+    if count is None:
+        if ends.size == 0 or ends[-1] != data.size - 1:
+            raise TableError("varint runs past the end of its buffer")
+    else:
+        ends = ends[:count]
+        if len(ends) < count:
+            raise TableError("varint runs past the end of its buffer")
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
     widths = ends - starts + 1
     if int(widths.max()) > 10:
         raise TableError("varint longer than 10 bytes")
-    lengths = np.zeros(count, dtype=np.uint64)
+    values = np.zeros(ends.size, dtype=np.uint64)
     for i in range(int(widths.max())):
         has = widths > i
-        lengths[has] |= (data[starts[has] + i] & 0x7F).astype(np.uint64) << np.uint64(7 * i)
-    return lengths, int(ends[-1]) + 1
+        values[has] |= (data[starts[has] + i] & 0x7F).astype(np.uint64) << np.uint64(7 * i)
+    return values, int(ends[-1]) + 1

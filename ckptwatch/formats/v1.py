@@ -23,6 +23,7 @@ import numpy as np
 
 from ckptwatch.errors import UnsupportedFormat
 from ckptwatch.formats.base import CHUNK_ELEMENTS, META, IntegrityError, IntegrityProblem, TensorInfo
+from ckptwatch.formats.bundle import decode_varints
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.files import open_regular
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
@@ -278,18 +279,4 @@ def _scalar(value: int, wire: int, field: int) -> np.ndarray:
 
 def _varints(data: np.ndarray) -> np.ndarray:
     """Every varint in `data` (uint64), vectorised."""
-    if data.size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    ends = np.flatnonzero(data < 0x80)
-    if ends.size == 0 or ends[-1] != data.size - 1:
-        raise TableError("varint runs past the end of its buffer")
-    starts = np.empty_like(ends)
-    starts[0], starts[1:] = 0, ends[:-1] + 1
-    widths = ends - starts + 1
-    if int(widths.max()) > 10:
-        raise TableError("varint longer than 10 bytes")
-    out = np.zeros(ends.size, dtype=np.uint64)
-    for i in range(int(widths.max())):
-        has = widths > i
-        out[has] |= (data[starts[has] + i] & 0x7F).astype(np.uint64) << np.uint64(7 * i)
-    return out
+    return decode_varints(data)[0]

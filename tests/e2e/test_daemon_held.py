@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import save_scaler_model
+
 from .conftest import GOOD, Trainer, bundle_files, install, outcome, paused, report_of
 
 
@@ -131,18 +133,8 @@ def _weights_h5(keras, staging: Path) -> Path:
 
 
 def _saved_model(tf, staging: Path) -> Path:
-    class Scaler(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable(tf.random.stateless_normal([4, 3], seed=[6, 0]))
-            self.b = tf.Variable(tf.random.stateless_normal([3], seed=[6, 1]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
-        def __call__(self, x):
-            return tf.matmul(x, self.w) + self.b
-
     path = staging / "7"
-    tf.saved_model.save(Scaler(), str(path))
+    save_scaler_model(tf, path)
     return path
 
 
