@@ -137,8 +137,7 @@ def _supervise(
     if code >= 0:
         return code
     if not report:
-        print(f"ckptwatch: error: {path}: {_crash_message(-code, list(recent))}", file=sys.stderr)
-        return 2
+        return _report_error(f"{path}: {_crash_message(-code, list(recent))}", as_json)
     return _report_crash(path, -code, list(recent), as_json)
 
 
@@ -153,7 +152,16 @@ def _report_timeout(
         finding = Finding("fail", "integrity.timeout", message, tensor if phase.startswith("reading") else None)
         _print_report(unverified_report(os.path.abspath(path), finding, verdict="error"), as_json)
         sys.stdout.flush()
-    print(f"ckptwatch: error: {path}: {message} (--timeout or {TIMEOUT_ENV} raises the limit)", file=sys.stderr)
+        as_json = False  # the report is the JSON on stdout
+    return _report_error(f"{path}: {message} (--timeout or {TIMEOUT_ENV} raises the limit)", as_json)
+
+
+def _report_error(message: str, as_json: bool) -> int:
+    """Exit 2 with one line on stderr, and with --json the error as a JSON object on stdout."""
+    if as_json:
+        print(json.dumps({"schema": "ckptwatch.error/v1", "error": message, "exit": 2}, indent=2))
+        sys.stdout.flush()
+    print(f"ckptwatch: error: {message}", file=sys.stderr)
     return 2
 
 
