@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import IO
 
 NO_COLOR_ENV = "NO_COLOR"
@@ -33,7 +34,7 @@ def is_tty(stream: IO | None) -> bool:
         return False
 
 
-def color_enabled(stream: IO | None = None, env: dict | None = None) -> bool:
+def color_enabled(stream: IO | None = None, env: Mapping[str, str] | None = None) -> bool:
     """Colour on `stream` (stdout by default): a terminal, NO_COLOR unset, TERM not dumb."""
     env = os.environ if env is None else env
     if NO_COLOR_ENV in env or env.get("TERM") == "dumb":
