@@ -127,6 +127,7 @@ def _supervise(
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+        _erase_progress()
         if not phase:
             phase = f"reading {' or '.join(recent)}" if recent else "opening the checkpoint"
         return _report_timeout(path, timeout or 0, phase, recent[-1] if recent else None, as_json, report)
@@ -136,6 +137,7 @@ def _supervise(
         return 130
     if code >= 0:
         return code
+    _erase_progress()
     if not report:
         return _report_error(f"{path}: {_crash_message(-code, list(recent))}", as_json)
     return _report_crash(path, -code, list(recent), as_json)
@@ -165,13 +167,24 @@ def _report_error(message: str, as_json: bool) -> int:
     return 2
 
 
+def _erase_progress() -> None:
+    """The child died or was killed with its progress bar on the terminal: erase that line."""
+    from ckptwatch.termui import is_tty
+
+    if is_tty(sys.stderr):
+        sys.stderr.write("\r\x1b[2K")
+        sys.stderr.flush()
+
+
 def _print_report(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        from ckptwatch.termui import color_enabled, colorize
         from ckptwatch.verify.render import render_verify
 
-        print(render_verify(report))
+        text = render_verify(report)
+        print(colorize(text) if color_enabled(sys.stdout) else text)
 
 
 def _crash_message(signum: int, tensors: list[str]) -> str:
