@@ -1,3 +1,3 @@
 from ckptwatch.cli import main
 
-main()
+main(prog_name="ckptwatch")  # `python -m ckptwatch`: the same name in usage lines and shell completion

@@ -16,6 +16,14 @@ from ckptwatch import __version__
 from ckptwatch.errors import CkptwatchError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+ERROR_SCHEMA = "ckptwatch.error/v1"
+_QUIET, _VERBOSE = "ckptwatch.quiet", "ckptwatch.verbose"  # click's ctx.meta keys (shared by the chain)
+
+
+def _error_json(message: str, code: int) -> None:
+    """With --json, an error (exit 2) is also a JSON object on stdout: a CI step that always
+    parses the output gets one."""
+    click.echo(json.dumps({"schema": ERROR_SCHEMA, "error": message, "exit": code}, indent=2))
 
 
 class _Group(click.Group):
@@ -27,13 +35,23 @@ class _Group(click.Group):
         self.invoked_args = tuple(args) if args is not None else tuple(sys.argv[1:])
         return super().main(args, *a, **kw)
 
+    @property
+    def wants_json(self) -> bool:
+        return "--json" in self.invoked_args
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except CkptwatchError as e:
+            if self.wants_json:
+                _error_json(str(e), e.exit_code)
             click.echo(f"ckptwatch: error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as e:  # a usage error in the command's arguments: click shows it
+            if self.wants_json:
+                _error_json(e.format_message(), e.exit_code)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("ckptwatch: interrupted", err=True)
@@ -41,10 +59,76 @@ class _Group(click.Group):
         except Exception as e:
             if os.environ.get("CKPTWATCH_DEBUG"):
                 raise
-            click.echo(
-                f"ckptwatch: internal error: {type(e).__name__}: {e} (CKPTWATCH_DEBUG=1 shows the traceback)", err=True
-            )
+            message = f"internal error: {type(e).__name__}: {e}"
+            if self.wants_json:
+                _error_json(message, EXIT_ERROR)
+            click.echo(f"ckptwatch: {message} (CKPTWATCH_DEBUG=1 shows the traceback)", err=True)
             ctx.exit(EXIT_ERROR)
+
+
+def _remember(key: str):
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta[key] = True
+
+    return callback
+
+
+def _verbosity(f):
+    """-q/--quiet and -v/--verbose, on the group and on each command alike (`ckptwatch -q verify ...`
+    or `ckptwatch verify -q ...`)."""
+    f = click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember(_VERBOSE),
+        help="More detail: the tensor being read and a summary line, and TensorFlow's and Keras' own log "
+        "lines on stderr [CKPTWATCH_VERBOSE].",
+    )(f)
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember(_QUIET),
+        help="No progress bar, no notes on stderr: the result and errors only.",
+    )(f)
+
+
+def _level() -> int:
+    """-1 quiet, 0 normal, 1 verbose (-q and -v together are a usage error)."""
+    meta = click.get_current_context().meta
+    if meta.get(_QUIET) and meta.get(_VERBOSE):
+        raise UsageError("give -q (quiet) or -v (verbose), not both")
+    return -1 if meta.get(_QUIET) else 1 if meta.get(_VERBOSE) else 0
+
+
+def _progress():
+    """In the reading child: the progress callback for the engine: announces each tensor to the
+    isolating parent (for the message of a crash), and draws a progress bar on stderr when it is a
+    terminal (not with -q)."""
+    from ckptwatch.isolate import progress_writer
+    from ckptwatch.termui import ProgressBar, is_tty
+
+    announce = progress_writer()
+    level = _level()
+    if level < 0 or not is_tty(sys.stderr) or os.environ.get("TERM") == "dumb":
+        return announce
+    return ProgressBar(sys.stderr, verbose=level > 0, also=announce)
+
+
+def _show(text: str) -> None:
+    """Human output on stdout, verdicts and severities in colour on a terminal (not under NO_COLOR)."""
+    from ckptwatch.termui import color_enabled, colorize
+
+    click.echo(colorize(text) if color_enabled(sys.stdout) else text, color=color_enabled(sys.stdout))
+
+
+def _note(text: str) -> None:
+    """A note on stderr, which -q silences."""
+    if _level() >= 0:
+        click.echo(text, err=True)
 
 
 def _emit_json(doc: dict) -> None:
@@ -52,17 +136,17 @@ def _emit_json(doc: dict) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@_verbosity
 @click.version_option(__version__, "--version", prog_name="ckptwatch", message="%(prog)s %(version)s")
 def main() -> None:
     """Verify TensorFlow checkpoints: integrity, non-finite values, structure, drift."""
 
 
 def _options(threads: int | None):
-    from ckptwatch.isolate import progress_writer
     from ckptwatch.verify.engine import Options
 
     options = Options(threads=threads) if threads else Options()
-    options.progress = progress_writer()
+    options.progress = _progress()
     return options
 
 
@@ -72,15 +156,14 @@ def _isolated(
     threads: int | None,
     timeout: float | None = None,
     report: bool = True,
-    verbose: bool = False,
 ) -> None:
     """Re-run this command in a child interpreter unless we are that child, under the time
     limit (--timeout, CKPTWATCH_TIMEOUT, 3600 s). `report`: the parent answers a time limit or
     a crash with a verify report (verify, inspect, fingerprint), else with one line (diff). The
-    child keeps TensorFlow's and Keras' own log lines off stderr unless `verbose` (CKPTWATCH_VERBOSE)."""
+    child keeps TensorFlow's and Keras' own log lines off stderr unless -v (CKPTWATCH_VERBOSE)."""
     from ckptwatch import isolate, quiet
 
-    if verbose:
+    if _level() > 0:
         os.environ[quiet.VERBOSE_ENV] = "1"
     if isolate.in_child():
         quiet.quiet_native_logs()
@@ -107,8 +190,11 @@ _timeout = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_threads
 @_timeout
+@_verbosity
 def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None) -> None:
-    """List every tensor of PATH with dtype, shape, size and statistics."""
+    """List every tensor of PATH with dtype, shape, size and statistics.
+
+    PATH may be a fingerprint: its stored statistics are listed (no tensor data is read)."""
     _isolated(path, as_json, threads, timeout)
     from ckptwatch.verify.engine import inspect_path
     from ckptwatch.verify.render import render_inspect
@@ -128,7 +214,7 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
             }
         )
     else:
-        click.echo(render_inspect(report))
+        _show(render_inspect(report))
     sys.exit(EXIT_FAIL if report.verdict == "fail" else EXIT_OK)
 
 
@@ -171,14 +257,9 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
 )
 @click.option("--write-history", metavar="FILE", help="Write the history extended by PATH if it passes (pass or warn).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (ckptwatch.report/v1).")
-@click.option(
-    "--verbose",
-    "-v",
-    is_flag=True,
-    help="Let TensorFlow's and Keras' own log lines through to stderr [CKPTWATCH_VERBOSE].",
-)
 @_threads
 @_timeout
+@_verbosity
 def verify(
     path: str,
     previous: str | None,
@@ -199,7 +280,6 @@ def verify(
     history: str | None,
     write_history: str | None,
     as_json: bool,
-    verbose: bool,
     threads: int | None,
     timeout: float | None,
 ) -> None:
@@ -209,7 +289,17 @@ def verify(
     damage fails (non-finite values, a reset, growth by orders of magnitude, structure), a
     large relative jump warns. With the run's history, each tensor's change is judged against
     its own past changes."""
-    _isolated(path, as_json, threads, timeout, verbose=verbose)
+    for option, value in (
+        ("--write-fingerprint", write_fingerprint),
+        ("--write-history", write_history),
+        ("--write-outputs", write_outputs),
+    ):
+        if value == "-":
+            raise UsageError(
+                f"{option} -: stdout carries the report; name a file (`ckptwatch fingerprint PATH -o -` "
+                "writes a fingerprint to stdout)"
+            )
+    _isolated(path, as_json, threads, timeout)
     from ckptwatch.config import load_policy
     from ckptwatch.policy import Policy
     from ckptwatch.verify.engine import DEFAULT_THREADS
@@ -253,7 +343,7 @@ def verify(
     if as_json:
         _emit_json(done.report.to_dict())
     else:
-        click.echo(render_verify(done.report))
+        _show(render_verify(done.report))
     sys.exit(EXIT_FAIL if done.report.verdict == "fail" else EXIT_OK)
 
 
@@ -261,7 +351,7 @@ def _verify(request):
     """verify_checkpoint as the CLI runs it: progress to the isolating parent, model checks in
     this process, and an exit right away when they overrun (their thread cannot be stopped)."""
     from ckptwatch.errors import ModelTimeout
-    from ckptwatch.isolate import announce_phase, progress_writer
+    from ckptwatch.isolate import announce_phase
     from ckptwatch.verify.verification import verify_checkpoint
 
     model_checks = None
@@ -273,8 +363,12 @@ def _verify(request):
             add_model_checks(*args)
 
     try:
-        return verify_checkpoint(request, progress_writer(), model_checks)
+        return verify_checkpoint(request, _progress(), model_checks)
     except ModelTimeout as e:
+        root = click.get_current_context().find_root().command
+        if isinstance(root, _Group) and root.wants_json:
+            _error_json(str(e), EXIT_ERROR)
+            sys.stdout.flush()
         click.echo(f"ckptwatch: error: {e}", err=True)
         sys.stderr.flush()
         os._exit(EXIT_ERROR)
@@ -287,6 +381,7 @@ def _verify(request):
 @click.option("--json", "as_json", is_flag=True, help="ckptwatch.diff/v1 JSON.")
 @_threads
 @_timeout
+@_verbosity
 def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None, timeout: float | None) -> None:
     """Per-tensor drift of checkpoint A against B, worst first."""
     _isolated(a, as_json, threads, timeout, report=False)
@@ -297,34 +392,54 @@ def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None, ti
     if as_json:
         _emit_json(result)
     else:
-        click.echo(render_diff(result))
+        _show(render_diff(result))
 
 
 @main.command()
 @click.argument("path")
-@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write it (.gz compresses).")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write it (.gz compresses; - is stdout).")
 @_threads
 @_timeout
+@_verbosity
 def fingerprint(path: str, output: str, threads: int | None, timeout: float | None) -> None:
-    """Write a compact fingerprint of PATH usable as --previous/--golden."""
+    """Write a compact fingerprint of PATH usable as --previous/--golden.
+
+    With `-o -` the fingerprint goes to stdout (and the note that says what was written to
+    stderr), e.g. `ckptwatch fingerprint run/ckpt-5 -o - | gzip > ckpt-5.fp.gz`."""
     _isolated(path, False, threads, timeout)
+    import tempfile
+
     from ckptwatch.verify.engine import DEFAULT_THREADS
     from ckptwatch.verify.render import human_bytes
     from ckptwatch.verify.request import VerifyRequest
 
-    request = VerifyRequest(
-        path, fingerprint_out=output, fingerprint_gate="verdict", threads=threads or DEFAULT_THREADS
-    )
-    try:
-        done = _verify(request)
-    except OSError as e:
-        raise UsageError(f"{output}: {e.strerror}") from None
-    if done.fingerprint is None:
-        raise CkptwatchError(f"{path}: {done.not_fingerprinted or 'not fingerprinted: it holds no tensor'}")
-    size = os.path.getsize(output)
+    with tempfile.TemporaryDirectory(prefix="ckptwatch-fp-") as scratch:
+        target = os.path.join(scratch, "fingerprint") if output == "-" else output
+        request = VerifyRequest(
+            path, fingerprint_out=target, fingerprint_gate="verdict", threads=threads or DEFAULT_THREADS
+        )
+        try:
+            done = _verify(request)
+        except OSError as e:
+            raise UsageError(f"{output}: {e.strerror}") from None
+        if done.fingerprint is None:
+            raise CkptwatchError(f"{path}: {done.not_fingerprinted or 'not fingerprinted: it holds no tensor'}")
+        size = os.path.getsize(target)
+        if output == "-":
+            import shutil
+
+            sys.stdout.flush()
+            with open(target, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
     total = done.report.checkpoint.get("bytes") or 0
     ratio = f" ({100 * size / total:.2f}% of the checkpoint)" if total else ""
-    click.echo(f"wrote {output}: {done.report.checkpoint.get('tensors')} tensors, {human_bytes(size)}{ratio}")
+    line = f"wrote {'stdout' if output == '-' else output}: {done.report.checkpoint.get('tensors')} tensors, "
+    line += f"{human_bytes(size)}{ratio}"
+    if output == "-":
+        _note(line)
+    elif _level() >= 0:
+        click.echo(line)
 
 
 @main.command()
@@ -418,9 +533,42 @@ def accept(
 
 @main.command("check-config")
 @click.argument("config_path", metavar="FILE")
+@_verbosity
 def check_config(config_path: str) -> None:
-    """Validate a daemon configuration file (the same checks as at start-up)."""
+    """Validate a daemon configuration file (the same checks as at start-up); list every problem."""
     from ckptwatch.config import describe, load_config
+    from ckptwatch.errors import ConfigInvalid
 
-    config = load_config(config_path)
-    click.echo(f"{config_path}: ok: {describe(config)}")
+    try:
+        config = load_config(config_path)
+    except ConfigInvalid as e:
+        if len(e.problems) == 1:
+            raise
+        click.echo(f"ckptwatch: error: {e.source}: {len(e.problems)} problems", err=True)
+        for problem in e.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(e.exit_code)
+    if _level() >= 0:  # -q: the exit status says it
+        click.echo(f"{config_path}: ok: {describe(config)}")
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    \b
+    bash:  eval "$(ckptwatch completion bash)"            (in ~/.bashrc)
+    zsh:   eval "$(ckptwatch completion zsh)"             (in ~/.zshrc)
+    fish:  ckptwatch completion fish > ~/.config/fish/completions/ckptwatch.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # click ships all three
+    ctx = click.get_current_context()
+    script = cls(ctx.find_root().command, {}, "ckptwatch", "_CKPTWATCH_COMPLETE").source()
+    click.echo(script)

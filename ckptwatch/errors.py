@@ -2,6 +2,8 @@
 
     CkptwatchError                 base; str() is one line meant for the user
     ├── UsageError                 bad arguments or options          -> exit 2
+    │   └── ConfigInvalid          a config or policy file with problems: every one of them
+    │                              (`problems`), in one line as str(), one per line in check-config
     ├── CheckpointNotFound         a path that holds no checkpoint    -> exit 2
     │   └── CheckpointVanished     it was there, and was deleted while being verified
     │                              (CheckpointManager's max_to_keep): the daemon skips it
@@ -56,6 +58,15 @@ class DaemonFailed(CkptwatchError):
 
 class UsageError(CkptwatchError):
     """Arguments or options that cannot work together."""
+
+
+class ConfigInvalid(UsageError):
+    """A configuration (or policy) file that does not validate: `source` and each problem
+    (`key.path: reason`); str() names them all on one line, separated by "; "."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, list(problems)
+        super().__init__(" ".join(f"{source}: {'; '.join(self.problems)}".split()))
 
 
 class CheckpointNotFound(CkptwatchError):

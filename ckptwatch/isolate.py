@@ -127,6 +127,7 @@ def _supervise(
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+        _erase_progress()
         if not phase:
             phase = f"reading {' or '.join(recent)}" if recent else "opening the checkpoint"
         return _report_timeout(path, timeout or 0, phase, recent[-1] if recent else None, as_json, report)
@@ -136,9 +137,9 @@ def _supervise(
         return 130
     if code >= 0:
         return code
+    _erase_progress()
     if not report:
-        print(f"ckptwatch: error: {path}: {_crash_message(-code, list(recent))}", file=sys.stderr)
-        return 2
+        return _report_error(f"{path}: {_crash_message(-code, list(recent))}", as_json)
     return _report_crash(path, -code, list(recent), as_json)
 
 
@@ -153,17 +154,37 @@ def _report_timeout(
         finding = Finding("fail", "integrity.timeout", message, tensor if phase.startswith("reading") else None)
         _print_report(unverified_report(os.path.abspath(path), finding, verdict="error"), as_json)
         sys.stdout.flush()
-    print(f"ckptwatch: error: {path}: {message} (--timeout or {TIMEOUT_ENV} raises the limit)", file=sys.stderr)
+        as_json = False  # the report is the JSON on stdout
+    return _report_error(f"{path}: {message} (--timeout or {TIMEOUT_ENV} raises the limit)", as_json)
+
+
+def _report_error(message: str, as_json: bool) -> int:
+    """Exit 2 with one line on stderr, and with --json the error as a JSON object on stdout."""
+    if as_json:
+        print(json.dumps({"schema": "ckptwatch.error/v1", "error": message, "exit": 2}, indent=2))
+        sys.stdout.flush()
+    print(f"ckptwatch: error: {message}", file=sys.stderr)
     return 2
+
+
+def _erase_progress() -> None:
+    """The child died or was killed with its progress bar on the terminal: erase that line."""
+    from ckptwatch.termui import is_tty
+
+    if is_tty(sys.stderr):
+        sys.stderr.write("\r\x1b[2K")
+        sys.stderr.flush()
 
 
 def _print_report(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        from ckptwatch.termui import color_enabled, colorize
         from ckptwatch.verify.render import render_verify
 
-        print(render_verify(report))
+        text = render_verify(report)
+        print(colorize(text) if color_enabled(sys.stdout) else text)
 
 
 def _crash_message(signum: int, tensors: list[str]) -> str:

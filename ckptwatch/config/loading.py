@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from pydantic import BaseModel, ValidationError
 
-from ckptwatch.config.messages import describe_validation_error, one_line, quoted
+from ckptwatch.config.messages import describe_validation_error, invalid, quoted
 from ckptwatch.config.schema import Config, DaemonConfig
 from ckptwatch.errors import UsageError
 from ckptwatch.formats.files import NotRegularFile, open_regular
@@ -107,7 +107,7 @@ def validate(model: type[BaseModel], data: dict, source: str, prefix: str = "", 
     try:
         return model.model_validate(data, **kwargs)
     except ValidationError as e:
-        raise UsageError(describe_validation_error(e, source, prefix, model)) from None
+        raise describe_validation_error(e, source, prefix, model) from None
 
 
 def load_policy(path: str) -> Policy:
@@ -184,10 +184,10 @@ def _validate_config(data: dict, source: str, base_dir: str, notes: dict[tuple, 
     try:
         config = Config.model_validate(data, strict=True, context={"base_dir": base_dir})
     except ValidationError as e:
-        raise UsageError(describe_validation_error(e, source, model=Config, notes=notes)) from None
+        raise describe_validation_error(e, source, model=Config, notes=notes) from None
     problems = _cross_checks(config)
     if problems:
-        raise UsageError(one_line(source, problems, notes=notes))
+        raise invalid(source, problems, notes=notes)
     return config
 
 

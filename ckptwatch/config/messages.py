@@ -1,10 +1,14 @@
-"""Validation errors -> ONE line naming the file, the key path and the reason.
+"""Validation errors -> every problem, each naming the key path and the reason.
 
-    describe_validation_error(error, source, prefix, model, notes) -> str
-    one_line(source, problems, prefix, notes) -> str       (key path, reason) pairs -> one line
-    quoted(value) -> str                                    a value as it appears in a message
+    describe_validation_error(error, source, prefix, model, notes) -> ConfigInvalid
+    invalid(source, problems, prefix, notes) -> ConfigInvalid   (key path, reason) pairs -> the error
+    one_line(source, problems, prefix, notes) -> str            the same as one line
+    quoted(value) -> str                                         a value as it appears in a message
 
-    ckptwatch.toml: watch.0.policy.max_jump: Input should be greater than or equal to 0 (and 1 more)
+    ckptwatch.toml: watch.0.policy.max_jump: Input should be greater than or equal to 0; watch.0.name: ...
+
+A ConfigInvalid's str() is that one line (for the daemon's start-up error and its logs);
+`check-config` prints its `problems` one per line.
 
 List items are dotted by index (`watch.1.name`); an unknown key suggests a close known one
 when the validated model is given; `notes` say where a value came from (an environment
@@ -22,7 +26,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-__all__ = ["describe_validation_error", "one_line", "quoted"]
+from ckptwatch.errors import ConfigInvalid
+
+__all__ = ["describe_validation_error", "invalid", "one_line", "quoted"]
 
 
 def quoted(value: object) -> str:
@@ -105,16 +111,22 @@ def _loc_text(loc: tuple, prefix: str = "") -> str:
     return ".".join(str(p) for p in (prefix, *loc) if p != "") or "(top level)"
 
 
-def one_line(source: str, problems: list[tuple[tuple, str]], prefix: str = "", notes: Mapping | None = None) -> str:
+def invalid(
+    source: str, problems: list[tuple[tuple, str]], prefix: str = "", notes: Mapping | None = None
+) -> ConfigInvalid:
+    """Every (key path, reason) as `key.path (from ORIGIN): reason`, each on one line."""
     lines = []
     for loc, reason in problems:
         where = _loc_text(loc, prefix)
         origin = next((label for key, label in (notes or {}).items() if tuple(loc[: len(key)]) == key), None)
         if origin:
             where += f" (from {origin})"
-        lines.append(f"{where}: {reason}")
-    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    return " ".join(f"{source}: {lines[0]}{more}".split())  # one line, whatever a value held
+        lines.append(" ".join(f"{where}: {reason}".split()))  # one line each, whatever a value held
+    return ConfigInvalid(source, lines)
+
+
+def one_line(source: str, problems: list[tuple[tuple, str]], prefix: str = "", notes: Mapping | None = None) -> str:
+    return str(invalid(source, problems, prefix, notes))
 
 
 def describe_validation_error(
@@ -123,9 +135,9 @@ def describe_validation_error(
     prefix: str = "",
     model: type[BaseModel] | None = None,
     notes: Mapping[tuple, str] | None = None,
-) -> str:
-    """One line: `SOURCE: key.path: reason (and N more)`. `model` (the validated class) lets
-    an unknown key suggest a close known one; `notes` maps key paths to where a value came
-    from (`{("daemon", "listen"): "CKPTWATCH_LISTEN"}`)."""
+) -> ConfigInvalid:
+    """The error to raise: every problem as `key.path: reason` (str(): `SOURCE: a: why; b: why`).
+    `model` (the validated class) lets an unknown key suggest a close known one; `notes` maps key
+    paths to where a value came from (`{("daemon", "listen"): "CKPTWATCH_LISTEN"}`)."""
     problems = [(tuple(e["loc"]), _reason(e, model)) for e in error.errors()]
-    return one_line(source, problems, prefix, notes)
+    return invalid(source, problems, prefix, notes)

@@ -2,7 +2,8 @@
 
 Every event, from structlog loggers and from stdlib loggers of other libraries (watchdog, ...),
 goes through one `logging.StreamHandler` on the root logger, whose `ProcessorFormatter` renders
-it as one JSON object per line ("json") or with structlog's ConsoleRenderer ("console"). One
+it as one JSON object per line ("json") or with structlog's ConsoleRenderer ("console"; in colour
+only on a terminal and when NO_COLOR, any value, is unset: https://no-color.org). One
 handler means one lock: lines from different threads never interleave.
 
 Levels: loggers under the ``ckptwatch`` name log at `level`; everything else at WARNING.
@@ -16,6 +17,8 @@ import sys
 from typing import IO, Any
 
 import structlog
+
+from ckptwatch.termui import color_enabled
 
 FORMATS = ("auto", "json", "console")
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -76,10 +79,7 @@ def configure_logging(fmt: str = "auto", stream: IO[str] | None = None, level: s
             structlog.processors.JSONRenderer(default=str),
         ]
     else:
-        try:
-            colors = stream.isatty()
-        except (AttributeError, ValueError):
-            colors = False
+        colors = color_enabled(stream)  # a terminal, and NO_COLOR (any value) unset
         render = [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.StackInfoRenderer(),

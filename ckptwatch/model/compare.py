@@ -218,6 +218,10 @@ def _compare(
                     f"{where}: {outside} of {c.size} values differ by more than "
                     f"{policy.output_atol:g} + {policy.output_rtol:g}*|ref| (max abs diff {max_abs:.3g})",
                     reference=reference_name,
+                    value=outside,
+                    limit=0,
+                    expected={"atol": policy.output_atol, "rtol": policy.output_rtol},
+                    basis="policy: output_atol, output_rtol",
                 )
             )
         if not replica and policy.max_output_relative_diff is not None and not rel <= policy.max_output_relative_diff:

@@ -45,7 +45,9 @@ class Options:
     threads: int = DEFAULT_THREADS
     chunk_elements: int = CHUNK_ELEMENTS
     sketch: bool = False  # also build the candidate's fingerprint sketches
-    progress: Progress | None = None  # called with each tensor name before it is read
+    # called with each tensor name before it is read; if it has them, also `begin(path, [(name, bytes)])`
+    # once the candidate is open and `close()` once its tensors are read (ckptwatch.termui.ProgressBar)
+    progress: Progress | None = None
     history: History | None = None  # the run's, to judge each tensor's change by (ckptwatch.verify.history)
 
 
@@ -265,6 +267,9 @@ class Engine:
 
             raise UsageError("profile 'replica' needs a golden reference (--golden)")
         self._wants_sketch = self.options.sketch or any(r.is_fingerprint for r in refs)
+        begin = getattr(self.options.progress, "begin", None)
+        if begin is not None:
+            begin(cand.path, [(i.name, i.nbytes) for i in infos])
         t_open = time.perf_counter()
         threads = max(1, self.options.threads)
         if threads > 1 and len(infos) > 1:
@@ -273,6 +278,9 @@ class Engine:
         else:
             outcomes = [self._tensor(cand, i, refs) for i in infos]
         t_read = time.perf_counter()
+        end = getattr(self.options.progress, "close", None)
+        if end is not None:
+            end()
         results = [o.result for o in outcomes]
         for o in outcomes:
             findings += o.findings
@@ -364,5 +372,39 @@ def verify_paths(
 
 
 def inspect_path(path: str, options: Options | None = None) -> Report:
+    """Every tensor's statistics; a fingerprint's are the ones it stored (no tensor data is read)."""
+    try:
+        kind, location = resolve(path)
+    except Exception:  # verify_paths says what is wrong with it, as for any path
+        kind = ""
+    if kind == "fingerprint":
+        return _inspect_fingerprint(path, location)
     report, _ = verify_paths(path, options=options)
     return report
+
+
+def _inspect_fingerprint(path: str, location: str) -> Report:
+    """A fingerprint as a report: its checkpoint's metadata and the statistics it stored."""
+    try:
+        fp = FingerprintSource(location)
+    except READ_ERRORS as e:
+        p = decode_problem(e, path).problem
+        return unverified_report(os.path.abspath(path), Finding("fail", p.check, p.message, p.tensor))
+    infos = fp.tensors()
+    tensors = [TensorResult(i.name, i.label, i.kind, i.dtype, i.shape, i.nbytes, fp.stats(i.name)) for i in infos]
+    of = fp.checkpoint.get("path")
+    note = f"a fingerprint{f' of {of}' if of else ''}: the statistics stored when it was written"
+    return Report(
+        checkpoint={
+            "path": fp.path,
+            "format": "fingerprint",
+            "step": fp.step,
+            "tensors": len(infos),
+            "bytes": fp.total_bytes,
+        },
+        findings=[Finding("info", "integrity.fingerprint", note)],
+        tensors=tensors,
+        drift={role: None for role in ROLES},
+        references={role: None for role in ROLES},
+        timings={},
+    )

@@ -1,13 +1,15 @@
 """The verification report: findings, drift, per-tensor figures, and its JSON form.
 
 The JSON form (`ckptwatch.report/v1`) is a contract (see DESIGN.md): top-level
-keys schema, checkpoint, verdict, findings, drift, tensors, model, timings.
+keys schema, checkpoint, verdict, findings, drift, tensors, model, timings; added
+since (additive): tool {name, version} and created (ISO-8601 UTC, when the report was made).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the daemon's main process imports this module, never numpy
@@ -18,6 +20,18 @@ SCHEMA = "ckptwatch.report/v1"
 DIFF_SCHEMA = "ckptwatch.diff/v1"
 ROLES = ("previous", "golden")
 SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2}
+TOOL = "ckptwatch"
+
+
+def utc_now() -> str:
+    """Now as ISO-8601 UTC to the millisecond: `2026-11-28T13:45:07.123Z`."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def tool_info() -> dict:
+    from ckptwatch import __version__
+
+    return {"name": TOOL, "version": __version__}
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class Report:
     verdict: str = ""
     history: dict | None = None  # the run's history the drift was judged against: {"entries", "tensors"}
     history_entry: Any = None  # what this checkpoint adds to that history if it passes (not in the JSON)
+    created: str = field(default_factory=utc_now)  # when it was made (ISO-8601 UTC)
 
     def __post_init__(self) -> None:
         self.findings = _sorted_unique(self.findings)
@@ -115,6 +130,8 @@ class Report:
         return clean_floats(
             {
                 "schema": SCHEMA,
+                "tool": tool_info(),
+                "created": self.created,
                 "checkpoint": self.checkpoint,
                 "verdict": self.verdict,
                 "findings": [f.to_dict() for f in self.findings],

@@ -57,6 +57,9 @@ def evaluate(
                     "nonfinite",
                     f"{t.stats.nan} NaN and {t.stats.inf} Inf of {t.stats.count} values",
                     t.name,
+                    value=t.stats.nonfinite,
+                    limit=0,
+                    basis="no non-finite value is allowed",
                 )
             )
         if t.kind not in kinds or not is_floating(t.dtype):

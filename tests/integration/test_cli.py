@@ -11,7 +11,7 @@ import pytest
 
 import ckptwatch
 
-REPORT_KEYS = {"schema", "checkpoint", "verdict", "findings", "drift", "tensors", "model", "timings"}
+REPORT_KEYS = {"schema", "tool", "created", "checkpoint", "verdict", "findings", "drift", "tensors", "model", "timings"}
 OPTIONAL_REPORT_KEYS = {"references", "history"}
 FINDING_KEYS = {"severity", "check", "tensor", "reference", "message"}
 DRIFT_FINDING_KEYS = {"value", "limit", "expected", "basis"}  # what it saw, held it to, and where that came from

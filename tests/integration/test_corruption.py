@@ -251,7 +251,11 @@ def test_wrong_path(run_cli, tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stdout == ""
     assert str(missing) in one_line(r.stderr)
     r = run_cli("verify", missing, "--json")
-    assert r.returncode == 2 and r.stdout == ""
+    assert r.returncode == 2 and r.json() == {
+        "schema": "ckptwatch.error/v1",
+        "error": one_line(r.stderr)[18:],
+        "exit": 2,
+    }
     assert str(missing) in one_line(r.stderr)
 
 
@@ -274,7 +278,7 @@ def test_unreadable_golden_is_an_error_not_a_verdict(run_cli, small, tmp_path: P
         Path(str(golden) + ".index").write_bytes(np.random.default_rng(2).bytes(3000))
         Path(str(golden) + ".data-00000-of-00001").write_bytes(b"\0" * 64)
     r = run_cli("verify", small, "--golden", golden, "--json")
-    assert r.returncode == 2 and r.stdout == ""
+    assert r.returncode == 2 and r.json()["schema"] == "ckptwatch.error/v1"  # the error, as JSON
     line = one_line(r.stderr)
     assert str(golden) in line
     if kind == "garbage_index":

@@ -370,7 +370,8 @@ CASES = [
     (
         "two problems",
         "[daemon]\nqueue_limit = 0\nmax_attempts = 0\n" + WATCH,
-        "daemon.queue_limit: Input should be greater than or equal to 1 (and 1 more)",
+        "daemon.queue_limit: Input should be greater than or equal to 1; "
+        "daemon.max_attempts: Input should be greater than or equal to 1",
     ),
 ]
 
