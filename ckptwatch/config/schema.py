@@ -161,6 +161,10 @@ def _octal(value: Any) -> Any:
     return value
 
 
+def _empty_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
 Lower = BeforeValidator(_lower)
 PathStr = Annotated[str, AfterValidator(_resolve_path)]
 NpzPath = Annotated[str, AfterValidator(_resolve_path), AfterValidator(_npz)]
@@ -215,7 +219,7 @@ class DaemonConfig(_Section):
     liveness_timeout: float = Field(
         30.0, gt=0, description="seconds without a turn of the main loop before /livez answers 503"
     )
-    web_config_file: PathStr | None = Field(
+    web_config_file: Annotated[PathStr | None, BeforeValidator(_empty_none)] = Field(
         None,
         description="exporter-toolkit web config (YAML): TLS (tls_server_config) and basic auth "
         "(basic_auth_users, bcrypt hashes) for every endpoint; also --web.config.file",
@@ -228,7 +232,7 @@ class DaemonConfig(_Section):
         "before they are aborted; fit it in the pod's terminationGracePeriodSeconds / TimeoutStopSec "
         "(leave ~5 s for the rest of the shutdown); 0 aborts at once",
     )
-    termination_log: Annotated[PathStr | None, BeforeValidator(lambda v: None if v == "" else v)] = Field(
+    termination_log: Annotated[PathStr | None, BeforeValidator(_empty_none)] = Field(
         "/dev/termination-log",
         description="where the final summary is written on exit when the file exists (Kubernetes' "
         "terminationMessagePath); empty or unset: nowhere",

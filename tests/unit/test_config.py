@@ -472,6 +472,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "CKPTWATCH_LOG_LEVEL": "DEBUG",
         "CKPTWATCH_OBSERVER": "polling",
         "CKPTWATCH_DEVICES": "gpu:0, gpu:1",
+        "CKPTWATCH_WEB_CONFIG_FILE": "web.yml",
         "CKPTWATCH_UNRELATED": "ignored",
     }
     config = load(tmp_path / "conf", '[daemon]\nlisten = "127.0.0.1:1"\nlog_format = "console"\n' + WATCH, env=env)
@@ -479,6 +480,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (d.listen, d.port, d.log_format, d.log_level, d.observer) == ("[::]:9100", 9100, "json", "debug", "polling")
     assert d.state_dir == str(tmp_path / "relative-state")  # from the environment: relative to the working directory
     assert config.worker.devices == ["gpu:0", "gpu:1"]
+    assert d.web_config_file == str(tmp_path / "web.yml")
     assert config.overridden == {".".join(key): var for var, key in ENV_OVERRIDES.items()}
 
 
