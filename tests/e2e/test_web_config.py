@@ -160,7 +160,7 @@ def test_a_bad_web_config_is_one_line_and_exit_2(run_cli, tmp_path):
 @pytest.mark.timeout(180)
 def test_prometheus_scrapes_through_tls_and_basic_auth(daemon_factory, prometheus, tmp_path, web):  # noqa: F811
     prometheus_binary()
-    home, config, cert = web
+    _home, config, cert = web
     (tmp_path / "run").mkdir()
     daemon = daemon_factory(
         [{"name": "run", "path": str(tmp_path / "run")}], daemon={"web_config_file": str(config)}, ready=False
