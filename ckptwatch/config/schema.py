@@ -225,7 +225,7 @@ class DaemonConfig(_Section):
         "(basic_auth_users, bcrypt hashes) for every endpoint; also --web.config.file",
     )
     drain_seconds: float = Field(
-        20.0,
+        15.0,
         ge=0,
         le=3600,
         description="on SIGTERM: seconds the verifications in flight may take to finish (and be recorded) "
