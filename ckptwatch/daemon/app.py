@@ -239,6 +239,10 @@ class Daemon:
             lines.append(f"watch {name}: {st.last_verdict or 'no verdict'}{step}{where}{published}")
         for path in aborted:
             lines.append(f"aborted: {path} (verified after a restart with the same state)")
+        left = {w.name: self.pipeline.scheduler.depth(w.name) for w in self.config.watches}
+        left = {name: n for name, n in left.items() if n}
+        for name, n in left.items():
+            lines.append(f"not verified: {n} queued checkpoint(s) of watch {name}")
         problem = self.state.health().problem
         if problem:
             lines.append(f"state not written: {problem}")
@@ -248,6 +252,7 @@ class Daemon:
             verified=self.verified_this_run,
             drained=self.drained,
             aborted=aborted,
+            queued=left,
             watches=watches,
         )
         termination_log = self.config.daemon.termination_log
@@ -272,6 +277,8 @@ class Daemon:
                 if self.stopping:
                     if not self._draining():
                         break
+                    self._rescan_dirty()  # the last checkpoint, saved just before the trainer exited
+                    self._dispatch()  # what is queued, while the budget lasts
                     self.supervisor.tick()  # timeouts, a worker that dies meanwhile
                     self.state.tick()
                     self.last_turn = time.monotonic()
@@ -285,21 +292,26 @@ class Daemon:
             self.last_turn = time.monotonic()  # a turn done: /livez stays 200
 
     def _draining(self) -> bool:
-        """Stopping: whether to keep turning for the verifications in flight (no new ones start).
-        Their results are recorded as usual (state, metrics, publish_dir) until drain_seconds."""
+        """Stopping: whether to keep turning for the verifications in flight and the complete
+        checkpoints queued (at the end of a Job, the last one was saved just before the trainer
+        exited). Their results are recorded as usual (state, metrics, publish_dir); checkpoints
+        still being written are not waited for. Until drain_seconds, or a second SIGTERM."""
         busy = self.supervisor.busy()
+        queued = sum(self.pipeline.scheduler.depth(w.name) for w in self.config.watches)
         now = time.monotonic()
         if self.drain_deadline is None:
             budget = self.config.daemon.drain_seconds
             self.drain_deadline = now + budget
-            if busy and budget > 0:
-                self.log.info(
-                    "draining", seconds=budget, checkpoints=[w.job.candidate.path for w in busy if w.job is not None]
-                )
-        if not busy:
+            if (busy or queued) and budget > 0:
+                in_flight = [w.job.candidate.path for w in busy if w.job is not None]
+                self.log.info("draining", seconds=budget, checkpoints=in_flight, queued=queued)
+        if not busy and not queued:
             return False
         if now >= self.drain_deadline:
-            self.log.warning("drain budget spent", seconds=self.config.daemon.drain_seconds, in_flight=len(busy))
+            if self.config.daemon.drain_seconds > 0:
+                self.log.warning(
+                    "drain budget spent", seconds=self.config.daemon.drain_seconds, in_flight=len(busy), queued=queued
+                )
             return False
         return True
 

@@ -116,28 +116,30 @@ def test_sigterm_drains_the_verification_in_flight_and_writes_the_termination_lo
     (worker,) = d.workers()
     t0 = time.monotonic()
     with paused(worker):  # certainly still running when SIGTERM comes
+        last = install(big_checkpoint, run, "ckpt-2")  # the last save before the trainer exited: queued
+        d.wait_until(lambda: d.metric("ckptwatch_queue_depth", watch="run") == 2, 30, "ckpt-2 queued")
         d.signal(signal.SIGTERM)
-        d.wait_for("draining", checkpoints=[big])
+        d.wait_for("draining", checkpoints=[big], queued=1)
         # still serving while it drains: Prometheus gets the last scrape
         assert d.get("/healthz")[0] == 200
     assert d.stop(timeout=60) == 0
-    ev = d.wait_for("checkpoint verified", checkpoint=big)
-    assert ev["verdict"] == "pass", ev
+    assert d.wait_for("checkpoint verified", checkpoint=big)["verdict"] == "pass"
+    verdict = d.wait_for("checkpoint verified", checkpoint=last)["verdict"]  # a copy: fails as a duplicate save
     summary = d.wait_for("final summary")
-    assert summary["drained"] == [big] and summary["aborted"] == [], summary
-    assert summary["signal"] == "SIGTERM" and summary["verified"] == 1
-    assert summary["watches"]["run"]["verdict"] == "pass" and summary["watches"]["run"]["checkpoint"] == big
+    assert summary["drained"] == [big, last] and summary["aborted"] == [] and summary["queued"] == {}, summary
+    assert summary["signal"] == "SIGTERM" and summary["verified"] == 2
+    assert summary["watches"]["run"]["verdict"] == verdict and summary["watches"]["run"]["checkpoint"] == last
     assert not d.events("verification aborted by shutdown")
     assert time.monotonic() - t0 < 60
     text = termination_log.read_text()
-    assert "stopped (SIGTERM)" in text and "1 finished during the drain" in text, text
-    assert f"watch run: pass at step 1 ({big})" in text, text
+    assert "stopped (SIGTERM)" in text and "2 finished during the drain" in text, text
+    assert f"watch run: {verdict} at step 2 ({last})" in text, text
 
-    # recorded: a restart on the same state does not verify it again, and the API has its report
+    # recorded: a restart on the same state does not verify them again, and the API has their reports
     d.start()
-    time.sleep(1.5)  # several poll_intervals: it would have been queued by now
-    assert not d.events("verification started", checkpoint=big)
-    assert [r for r in d.api() if r["path"] == big]
+    time.sleep(1.5)  # several poll_intervals: they would have been queued by now
+    assert not d.events("verification started")
+    assert {r["path"] for r in d.api()} == {big, last}
 
 
 def test_a_drain_that_runs_out_of_time_aborts_and_says_so(daemon_factory, tmp_path, big_checkpoint):
