@@ -1,6 +1,6 @@
 # ckptwatch daemon image.
 #
-#   CPU:  docker build -t ckptwatch:latest .
+#   CPU:  docker build -t ckptwatch:latest --build-arg REVISION="$(git rev-parse HEAD)" .
 #   GPU:  docker build -t ckptwatch:latest-gpu --build-arg BASE=tensorflow/tensorflow:2.21.0-gpu .
 #         (the tag's TensorFlow version must be the one pinned in constraints.txt: the venv sees the
 #         base image's TensorFlow, built against that image's CUDA, and pip keeps it when it matches)
@@ -38,8 +38,11 @@ FROM ${BASE}
 
 ARG UID=10001
 ARG GID=10001
+# the git commit: ckptwatch_build_info{revision=...} (unknown unless given)
+ARG REVISION=unknown
 
-LABEL org.opencontainers.image.title="ckptwatch" \
+LABEL org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.title="ckptwatch" \
       org.opencontainers.image.description="Verifies TensorFlow checkpoints as they are written; Prometheus metrics on :9847" \
       org.opencontainers.image.licenses="Apache-2.0"
 
@@ -65,7 +68,8 @@ ENV PATH=/opt/ckptwatch/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     CKPTWATCH_LISTEN=0.0.0.0:9847 \
     CKPTWATCH_STATE_DIR=/var/lib/ckptwatch \
-    CKPTWATCH_LOG_FORMAT=json
+    CKPTWATCH_LOG_FORMAT=json \
+    CKPTWATCH_REVISION=${REVISION}
 
 VOLUME ["/var/lib/ckptwatch"]
 WORKDIR /var/lib/ckptwatch

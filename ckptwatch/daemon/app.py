@@ -204,7 +204,8 @@ class Daemon:
         t0 = time.monotonic()
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not turn a clean stop into exit 143
             signal.signal(sig, signal.SIG_IGN)
-        self.notifier.stopping()
+        if not self.stop_signal:  # not stopped by a signal (which sent it already): an error
+            self.notifier.stopping()
         aborted = []
         for job in self.supervisor.abort_jobs():
             aborted.append(job.candidate.path)
@@ -280,6 +281,7 @@ class Daemon:
                     self._rescan_dirty()  # the last checkpoint, saved just before the trainer exited
                     self._dispatch()  # what is queued, while the budget lasts
                     self.supervisor.tick()  # timeouts, a worker that dies meanwhile
+                    self._watchdog()
                     self.state.tick()
                     self.last_turn = time.monotonic()
                     continue
@@ -363,6 +365,7 @@ class Daemon:
                 self.stop_signal = signal.Signals(signum).name
                 self.log.info("stopping", signal=self.stop_signal)
                 self.stopping = True
+                self.notifier.stopping()  # systemd: the stop (and its drain) has begun
             elif signum == signal.SIGHUP:
                 self._reload()
 

@@ -1,9 +1,9 @@
 """What `ckptwatch_build_info` says: version, revision, Python and TensorFlow versions.
 
 revision    the git commit ckptwatch was built from: $CKPTWATCH_REVISION (the Dockerfile sets
-            it from its REVISION build argument), else the REVISION file next to this package
-            (written by `make revision` before `pip install .`), else the commit checked out in
-            the git tree the package is imported from (an editable install), else "unknown"
+            it from its REVISION build argument: `--build-arg REVISION=$(git rev-parse HEAD)`),
+            else the commit checked out in the git tree the package is imported from (an
+            editable install, a checkout on PYTHONPATH), else "unknown"
 tensorflow  the installed distribution's version, read from its metadata: the daemon's main
             process never imports TensorFlow ("none" when it is not installed)
 """
@@ -98,9 +98,6 @@ def revision() -> str:
     if env:
         return env
     package = os.path.dirname(os.path.abspath(ckptwatch.__file__))
-    stamped = _read(os.path.join(package, "REVISION"))
-    if stamped:
-        return stamped
     return git_revision(package) or "unknown"
 
 
