@@ -544,8 +544,10 @@ def accept(
 @click.argument("config_path", metavar="FILE")
 @_verbosity
 def check_config(config_path: str) -> None:
-    """Validate a daemon configuration file (the same checks as at start-up); list every problem."""
+    """Validate a daemon configuration file (the same checks as at start-up, its web config included);
+    list every problem."""
     from ckptwatch.config import describe, load_config
+    from ckptwatch.daemon.webconfig import load_web_config
     from ckptwatch.errors import ConfigInvalid
 
     try:
@@ -557,7 +559,11 @@ def check_config(config_path: str) -> None:
         for problem in e.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(e.exit_code)
+    web = load_web_config(config.daemon.web_config_file) if config.daemon.web_config_file else None  # UsageError
     if _level() >= 0:  # -q: the exit status says it
+        if web is not None:
+            auth = f", basic auth ({len(web.users)} users)" if web.users else ""
+            click.echo(f"{web.path}: ok: {'TLS' if web.tls else 'plain HTTP'}{auth}")
         click.echo(f"{config_path}: ok: {describe(config)}")
 
 

@@ -148,14 +148,17 @@ def load_web_config(path: str) -> WebConfig:
             missing = "cert_file" if cert is None else "key_file"
             raise _fail(path, f"tls_server_config.{missing}", "required for TLS (cert_file and key_file, PEM)")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        for bound, default in (("min_version", "TLS12"), ("max_version", None)):
+        for bound, attribute, default in (
+            ("min_version", "minimum_version", "TLS12"),
+            ("max_version", "maximum_version", None),
+        ):
             value = tls.get(bound, default)
             if value is None:
                 continue
             if value not in _TLS_VERSIONS:
                 raise _fail(path, f"tls_server_config.{bound}", f"{value!r}: use one of {', '.join(_TLS_VERSIONS)}")
             try:
-                setattr(ctx, bound, _TLS_VERSIONS[value])
+                setattr(ctx, attribute, _TLS_VERSIONS[value])
             except (ValueError, ssl.SSLError) as e:
                 raise _fail(path, f"tls_server_config.{bound}", f"{value}: not available here ({e})") from None
         try:

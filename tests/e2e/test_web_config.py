@@ -81,7 +81,7 @@ def web(tmp_path: Path):
         "tls_server_config:\n"
         "  cert_file: tls.crt\n"  # relative: to the web config's directory
         "  key_file: tls.key\n"
-        "  min_version: TLS12\n"
+        "  min_version: TLS13\n"
         "http_server_config:\n"
         "  headers:\n"
         "    Strict-Transport-Security: max-age=31536000\n"
@@ -126,6 +126,10 @@ def test_tls_and_basic_auth_on_every_endpoint_and_a_rotated_certificate(daemon_f
         assert b"ckptwatch" not in s.recv(65536)
     with pytest.raises(ssl.SSLCertVerificationError):
         get(daemon.port, "/healthz", ssl.create_default_context())
+    old = client_context(cert)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2  # below min_version: TLS13
+    with pytest.raises(ssl.SSLError):
+        get(daemon.port, "/healthz", old, (USER, PASSWORD))
 
     # the certificate is rotated in place (cert-manager): new connections get the new one
     assert served_cert(daemon.port) == pem_der(cert)
@@ -155,6 +159,13 @@ def test_a_bad_web_config_is_one_line_and_exit_2(run_cli, tmp_path):
     assert r.returncode == 2, r
     assert r.stderr.strip().count("\n") == 0 and "tls_server_config.cert_file" in r.stderr, r.stderr
     assert "no such file" in r.stderr and "Traceback" not in r.stderr
+    # check-config validates the web config named in the config file too
+    config.write_text(config.read_text().replace("[[watch]]", f'web_config_file = "{bad}"\n[[watch]]'))
+    r = run_cli("check-config", config, timeout=60)
+    assert r.returncode == 2 and "tls_server_config.cert_file" in r.stderr, r
+    bad.write_text("basic_auth_users:\n  prometheus: '$2b$04$abcdefghijklmnopqrstuu5Ot5dJ2nVjRC8gC6OhD8GJPOc7Bk7Lu'\n")
+    r = run_cli("check-config", config, timeout=60)
+    assert r.returncode == 0 and "ok: plain HTTP, basic auth (1 users)" in r.stdout, r
 
 
 @pytest.mark.timeout(180)
