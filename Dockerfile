@@ -5,10 +5,13 @@
 #         (the tag's TensorFlow version must be the one pinned in constraints.txt: the venv sees the
 #         base image's TensorFlow, built against that image's CUDA, and pip keeps it when it matches)
 #
-#   docker run -d --name ckptwatch --read-only --tmpfs /tmp \
+#   docker run -d --name ckptwatch --read-only --tmpfs /tmp --stop-timeout 20 \
 #     -v ckptwatch-state:/var/lib/ckptwatch \
 #     -v "$PWD/config.toml:/etc/ckptwatch/config.toml:ro" \
 #     -v /checkpoints:/checkpoints:ro -p 9847:9847 ckptwatch:latest
+#
+# --stop-timeout 20: SIGTERM drains for up to daemon.drain_seconds (15 s) before the daemon exits;
+# docker's default of 10 s would SIGKILL it mid-drain.
 #
 # Everything the process writes goes to /var/lib/ckptwatch (state, numba's kernel cache, HOME) or
 # /tmp, so the root filesystem can be read-only. The process runs as UID/GID 10001.
