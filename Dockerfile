@@ -1,14 +1,17 @@
 # ckptwatch daemon image.
 #
-#   CPU:  docker build -t ckptwatch:latest .
+#   CPU:  docker build -t ckptwatch:latest --build-arg REVISION="$(git rev-parse HEAD)" .
 #   GPU:  docker build -t ckptwatch:latest-gpu --build-arg BASE=tensorflow/tensorflow:2.21.0-gpu .
 #         (the tag's TensorFlow version must be the one pinned in constraints.txt: the venv sees the
 #         base image's TensorFlow, built against that image's CUDA, and pip keeps it when it matches)
 #
-#   docker run -d --name ckptwatch --read-only --tmpfs /tmp \
+#   docker run -d --name ckptwatch --read-only --tmpfs /tmp --stop-timeout 20 \
 #     -v ckptwatch-state:/var/lib/ckptwatch \
 #     -v "$PWD/config.toml:/etc/ckptwatch/config.toml:ro" \
 #     -v /checkpoints:/checkpoints:ro -p 9847:9847 ckptwatch:latest
+#
+# --stop-timeout 20: SIGTERM drains for up to daemon.drain_seconds (15 s) before the daemon exits;
+# docker's default of 10 s would SIGKILL it mid-drain.
 #
 # Everything the process writes goes to /var/lib/ckptwatch (state, numba's kernel cache, HOME) or
 # /tmp, so the root filesystem can be read-only. The process runs as UID/GID 10001.
@@ -38,8 +41,11 @@ FROM ${BASE}
 
 ARG UID=10001
 ARG GID=10001
+# the git commit: ckptwatch_build_info{revision=...} (unknown unless given)
+ARG REVISION=unknown
 
-LABEL org.opencontainers.image.title="ckptwatch" \
+LABEL org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.title="ckptwatch" \
       org.opencontainers.image.description="Verifies TensorFlow checkpoints as they are written; Prometheus metrics on :9847" \
       org.opencontainers.image.licenses="Apache-2.0"
 
@@ -65,7 +71,8 @@ ENV PATH=/opt/ckptwatch/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     CKPTWATCH_LISTEN=0.0.0.0:9847 \
     CKPTWATCH_STATE_DIR=/var/lib/ckptwatch \
-    CKPTWATCH_LOG_FORMAT=json
+    CKPTWATCH_LOG_FORMAT=json \
+    CKPTWATCH_REVISION=${REVISION}
 
 VOLUME ["/var/lib/ckptwatch"]
 WORKDIR /var/lib/ckptwatch

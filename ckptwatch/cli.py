@@ -457,12 +457,21 @@ def demo(serve: bool, cli_walkthrough: bool) -> None:
 @click.option("--listen", metavar="HOST:PORT", help="Override [daemon] listen.")
 @click.option("--state-dir", metavar="DIR", help="Override [daemon] state_dir.")
 @click.option("--log-format", type=click.Choice(["json", "console", "auto"]), help="Override [daemon] log_format.")
-def watch(config_path: str, listen: str | None, state_dir: str | None, log_format: str | None) -> None:
+@click.option(
+    "--web.config.file",
+    "web_config_file",
+    metavar="FILE",
+    help="TLS and basic auth for the HTTP endpoints: an exporter-toolkit web config (YAML) [daemon] web_config_file.",
+)
+def watch(
+    config_path: str, listen: str | None, state_dir: str | None, log_format: str | None, web_config_file: str | None
+) -> None:
     """Run the daemon: watch the configured directories and verify each new checkpoint."""
     from ckptwatch.config import override_daemon
     from ckptwatch.daemon.app import run_daemon
 
-    updates = {k: v for k, v in (("listen", listen), ("state_dir", state_dir), ("log_format", log_format)) if v}
+    pairs = (("listen", listen), ("state_dir", state_dir), ("log_format", log_format))
+    updates = {k: v for k, v in (*pairs, ("web_config_file", web_config_file)) if v}
     sys.exit(run_daemon(config_path, (lambda c: override_daemon(c, updates)) if updates else None))
 
 
@@ -535,8 +544,10 @@ def accept(
 @click.argument("config_path", metavar="FILE")
 @_verbosity
 def check_config(config_path: str) -> None:
-    """Validate a daemon configuration file (the same checks as at start-up); list every problem."""
+    """Validate a daemon configuration file (the same checks as at start-up, its web config included);
+    list every problem."""
     from ckptwatch.config import describe, load_config
+    from ckptwatch.daemon.webconfig import load_web_config
     from ckptwatch.errors import ConfigInvalid
 
     try:
@@ -548,7 +559,11 @@ def check_config(config_path: str) -> None:
         for problem in e.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(e.exit_code)
+    web = load_web_config(config.daemon.web_config_file) if config.daemon.web_config_file else None  # UsageError
     if _level() >= 0:  # -q: the exit status says it
+        if web is not None:
+            auth = f", basic auth ({len(web.users)} users)" if web.users else ""
+            click.echo(f"{web.path}: ok: {'TLS' if web.tls else 'plain HTTP'}{auth}")
         click.echo(f"{config_path}: ok: {describe(config)}")
 
 

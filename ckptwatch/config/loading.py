@@ -51,8 +51,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CKPTWATCH_LOG_LEVEL": ("daemon", "log_level"),
     "CKPTWATCH_OBSERVER": ("daemon", "observer"),
     "CKPTWATCH_DEVICES": ("worker", "devices"),  # comma-separated: "gpu:0,gpu:1"
+    "CKPTWATCH_WEB_CONFIG_FILE": ("daemon", "web_config_file"),
 }
-_PATH_KEYS = {("daemon", "state_dir")}  # relative values from the environment or a flag: to the working directory
+# relative values from the environment or a flag: to the working directory
+_PATH_KEYS = {("daemon", "state_dir"), ("daemon", "web_config_file")}
+_FLAGS = {"web_config_file": "--web.config.file"}  # exporter-toolkit's spelling; else --key-with-dashes
 
 
 def _apply(data: dict, key: tuple[str, str], value: str, label: str, notes: dict[tuple, str]) -> None:
@@ -220,7 +223,7 @@ def override_daemon(config: Config, updates: Mapping[str, str | None]) -> Config
     notes = {tuple(k.split(".")): label for k, label in config.overridden.items()}
     for key, value in updates.items():
         if value is not None:
-            _apply(data, ("daemon", key), value, f"--{key.replace('_', '-')}", notes)
+            _apply(data, ("daemon", key), value, _FLAGS.get(key, f"--{key.replace('_', '-')}"), notes)
     new = _validate_config(data, config.source or "(config)", os.getcwd(), notes)
     new._source = config.source
     new._overridden = {".".join(key): label for key, label in notes.items()}

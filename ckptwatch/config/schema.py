@@ -149,6 +149,22 @@ def _check_factory(value: str) -> str:
     return value
 
 
+def _octal(value: Any) -> Any:
+    """A file mode: an integer (TOML 0o644) or an octal string ("0644", "644", "0o644"), 0..0o777."""
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if not re.fullmatch(r"[0-7]{1,4}", text):
+            raise _fail(f'{quoted(value)} is not an octal file mode (e.g. "0644")')
+        value = int(text, 8)
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 0o777:
+        raise _fail(f"{value:#o} is not a file mode (0 to 0o777)")
+    return value
+
+
+def _empty_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
 Lower = BeforeValidator(_lower)
 PathStr = Annotated[str, AfterValidator(_resolve_path)]
 NpzPath = Annotated[str, AfterValidator(_resolve_path), AfterValidator(_npz)]
@@ -202,6 +218,24 @@ class DaemonConfig(_Section):
     )
     liveness_timeout: float = Field(
         30.0, gt=0, description="seconds without a turn of the main loop before /livez answers 503"
+    )
+    web_config_file: Annotated[PathStr | None, BeforeValidator(_empty_none)] = Field(
+        None,
+        description="exporter-toolkit web config (YAML): TLS (tls_server_config) and basic auth "
+        "(basic_auth_users, bcrypt hashes) for every endpoint; also --web.config.file",
+    )
+    drain_seconds: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM: seconds the verifications in flight may take to finish (and be recorded) "
+        "before they are aborted; fit it in the pod's terminationGracePeriodSeconds / TimeoutStopSec "
+        "(leave ~5 s for the rest of the shutdown); 0 aborts at once",
+    )
+    termination_log: Annotated[PathStr | None, BeforeValidator(_empty_none)] = Field(
+        "/dev/termination-log",
+        description="where the final summary is written on exit when the file exists (Kubernetes' "
+        "terminationMessagePath); empty or unset: nowhere",
     )
 
     @property
@@ -298,6 +332,11 @@ class Watch(_Section):
     profile: Annotated[Literal["training", "replica"], Lower] = "training"
     golden: PathStr | None = Field(None, validate_default=True, description="checkpoint or fingerprint file")
     publish_dir: PathStr | None = Field(None, description="where `checkpoint` names the newest passing checkpoint")
+    publish_mode: Annotated[int, BeforeValidator(_octal)] = Field(
+        0o644,
+        description='file mode of publish_dir/checkpoint (octal: 0o644 or "0644"); readable by the trainer '
+        "or server that follows it, which runs as another user",
+    )
     include: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1, description="globs on checkpoint names")
     exclude: list[Glob] = Field(default_factory=list, description="globs on checkpoint names")
     policy: WatchPolicy | None = None

@@ -41,9 +41,11 @@ from ckptwatch.daemon.pipeline import Pipeline
 from ckptwatch.daemon.recorder import Recorder
 from ckptwatch.daemon.supervisor import Supervisor
 from ckptwatch.errors import CkptwatchError, DaemonFailed, TryAgainLater
+from ckptwatch.worker.protocol import Result
 
 RECHECK_INCOMPLETE = 0.1  # seconds between completion checks of a checkpoint being written
-STOP_BUDGET = 8.0  # SIGTERM -> exit well within systemd's/Kubernetes' 10 s
+STOP_BUDGET = 8.0  # after the drain: SIGTERM -> exit well within systemd's/Kubernetes' 10 s
+TERMINATION_MESSAGE_MAX = 4096  # bytes Kubernetes keeps of a termination message
 
 
 class Daemon:
@@ -66,6 +68,10 @@ class Daemon:
         self.next_poll = self.next_recheck = self.next_watchdog = self.next_acceptances = 0.0
         self.notifier = Notifier()
         self.last_turn = time.monotonic()  # the main loop's heartbeat: /livez fails when it stops
+        self.stop_signal = ""  # the signal that stopped the daemon
+        self.drain_deadline: float | None = None  # SIGTERM: monotonic time the in-flight jobs must end by
+        self.drained: list[str] = []  # checkpoints whose verification finished during the drain
+        self.verified_this_run = 0
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -142,7 +148,7 @@ class Daemon:
             list(cfg.worker.devices),
             jobs.worker_settings(cfg),
             self.selector,
-            self.pipeline.result,
+            self._on_result,
             self._on_lost,
             self.metrics.worker_restarted,
             self.log,
@@ -150,7 +156,13 @@ class Daemon:
         self.watcher = Watcher(
             {w.name: w.path for w in cfg.watches}, self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval
         )
-        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled)
+        try:
+            self.http = StatusServer(
+                cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled, cfg.daemon.web_config_file
+            )
+        except CkptwatchError:  # a bad web config file: one line, exit 2
+            self.state.close()
+            raise
         try:
             self.http.start()
         except OSError as e:
@@ -192,26 +204,87 @@ class Daemon:
         t0 = time.monotonic()
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not turn a clean stop into exit 143
             signal.signal(sig, signal.SIG_IGN)
-        self.notifier.stopping()
+        if not self.stop_signal:  # not stopped by a signal (which sent it already): an error
+            self.notifier.stopping()
+        aborted = []
         for job in self.supervisor.abort_jobs():
+            aborted.append(job.candidate.path)
             self.log.info("verification aborted by shutdown", watch=job.watch, checkpoint=job.candidate.path)
         self.watcher.stop()
         self.supervisor.stop(timeout=min(3.0, STOP_BUDGET))
         self.pipeline.release_all()  # the files held for queued checkpoints
         self.http.stop()
-        self.state.close()
+        self.state.close()  # what the drain recorded is on disk before the summary says so
+        self._final_summary(aborted)
         self.log.info("daemon stopped", seconds=round(time.monotonic() - t0, 3))
+
+    def _final_summary(self, aborted: list[str]) -> None:
+        """One log event, and the same in a few lines in the termination log (Kubernetes shows it in
+        `kubectl describe pod` and keeps it with the pod's status after the series are gone)."""
+        watches = {}
+        lines = [
+            f"ckptwatch {__version__} stopped ({self.stop_signal or 'exit'}): "
+            f"{self.verified_this_run} verified this run, {len(self.drained)} finished during the drain, "
+            f"{len(aborted)} aborted"
+        ]
+        for name, st in sorted(self.recorder.statuses.items()):
+            watches[name] = {
+                "verdict": st.last_verdict,
+                "step": st.last_step,
+                "checkpoint": st.last_checkpoint,
+                "published": st.published_checkpoint,
+            }
+            step = f" at step {st.last_step}" if st.last_step is not None else ""
+            where = f" ({st.last_checkpoint})" if st.last_checkpoint else ""
+            published = f"; published {st.published_checkpoint}" if st.published_checkpoint else ""
+            lines.append(f"watch {name}: {st.last_verdict or 'no verdict'}{step}{where}{published}")
+        for path in aborted:
+            lines.append(f"aborted: {path} (verified after a restart with the same state)")
+        left = {w.name: self.pipeline.scheduler.depth(w.name) for w in self.config.watches}
+        left = {name: n for name, n in left.items() if n}
+        for name, n in left.items():
+            lines.append(f"not verified: {n} queued checkpoint(s) of watch {name}")
+        problem = self.state.health().problem
+        if problem:
+            lines.append(f"state not written: {problem}")
+        self.log.info(
+            "final summary",
+            signal=self.stop_signal or None,
+            verified=self.verified_this_run,
+            drained=self.drained,
+            aborted=aborted,
+            queued=left,
+            watches=watches,
+        )
+        termination_log = self.config.daemon.termination_log
+        if termination_log and os.path.exists(termination_log):
+            data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+            if len(data) > TERMINATION_MESSAGE_MAX:
+                data = data[: TERMINATION_MESSAGE_MAX - 4] + b"...\n"
+            try:
+                with open(termination_log, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                self.log.warning("cannot write the termination log", path=termination_log, error=str(e))
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self.stopping:
+        while True:
             events = self.selector.select(timeout=self._timeout())
             with self.lock:
                 self._read(events)  # the wake-up pipe, the workers' results
                 self._handle_signals()  # stop, reload
                 if self.stopping:
-                    break
+                    if not self._draining():
+                        break
+                    self._rescan_dirty()  # the last checkpoint, saved just before the trainer exited
+                    self._dispatch()  # what is queued, while the budget lasts
+                    self.supervisor.tick()  # timeouts, a worker that dies meanwhile
+                    self._watchdog()
+                    self.state.tick()
+                    self.last_turn = time.monotonic()
+                    continue
                 self._acceptances()  # `ckptwatch accept`: new baselines, each poll_interval
                 self._rescan_dirty()  # events, poll_interval, checkpoints being written
                 self._dispatch()  # idle workers get the next queued checkpoints
@@ -219,6 +292,30 @@ class Daemon:
                 self._watchdog()  # sd_notify WATCHDOG=1
                 self.state.tick()  # the state: check its file, or retry writing what is kept
             self.last_turn = time.monotonic()  # a turn done: /livez stays 200
+
+    def _draining(self) -> bool:
+        """Stopping: whether to keep turning for the verifications in flight and the complete
+        checkpoints queued (at the end of a Job, the last one was saved just before the trainer
+        exited). Their results are recorded as usual (state, metrics, publish_dir); checkpoints
+        still being written are not waited for. Until drain_seconds, or a second SIGTERM."""
+        busy = self.supervisor.busy()
+        queued = sum(self.pipeline.scheduler.depth(w.name) for w in self.config.watches)
+        now = time.monotonic()
+        if self.drain_deadline is None:
+            budget = self.config.daemon.drain_seconds
+            self.drain_deadline = now + budget
+            if (busy or queued) and budget > 0:
+                in_flight = [w.job.candidate.path for w in busy if w.job is not None]
+                self.log.info("draining", seconds=budget, checkpoints=in_flight, queued=queued)
+        if not busy and not queued:
+            return False
+        if now >= self.drain_deadline:
+            if self.config.daemon.drain_seconds > 0:
+                self.log.warning(
+                    "drain budget spent", seconds=self.config.daemon.drain_seconds, in_flight=len(busy), queued=queued
+                )
+            return False
+        return True
 
     def _acceptances(self) -> None:
         """Apply the baselines operators accepted (`ckptwatch accept` writes them into the state
@@ -262,8 +359,13 @@ class Daemon:
             except queue.Empty:
                 return
             if signum in (signal.SIGTERM, signal.SIGINT):
-                self.log.info("stopping", signal=signal.Signals(signum).name)
+                if self.stopping:  # a second one: stop draining
+                    self.drain_deadline = 0.0
+                    continue
+                self.stop_signal = signal.Signals(signum).name
+                self.log.info("stopping", signal=self.stop_signal)
                 self.stopping = True
+                self.notifier.stopping()  # systemd: the stop (and its drain) has begun
             elif signum == signal.SIGHUP:
                 self._reload()
 
@@ -361,6 +463,13 @@ class Daemon:
             )
 
     # -- results -------------------------------------------------------------------------------
+
+    def _on_result(self, job: Job, msg: Result) -> None:
+        self.pipeline.result(job, msg)
+        if msg.status != "vanished":
+            self.verified_this_run += 1
+            if self.stopping:
+                self.drained.append(job.candidate.path)
 
     def _on_lost(self, job: Job, reason: str) -> None:
         if not self.stopping:  # shutting down: the job is verified after the restart

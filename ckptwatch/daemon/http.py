@@ -38,6 +38,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
 from ckptwatch.daemon.model import Snapshot, WatchStatus
 from ckptwatch.daemon.serving import Offload, Rendering, Request, Response, Server, Shared
+from ckptwatch.daemon.webconfig import WebSettings
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
 
 log = structlog.get_logger("ckptwatch.daemon.http")
@@ -68,8 +69,10 @@ class StatusServer:
         snapshot: Callable[[], Snapshot],
         reports: Callable[[int, str | None], list[dict]],
         stalled: Callable[[], str | None] = lambda: None,
+        web_config: str | None = None,
     ) -> None:
         self._host, self._port = parse_listen(listen)
+        self.web = WebSettings(web_config)  # UsageError (one line) for a bad web config file
         self.registry = registry
         self.snapshot = snapshot
         self.reports = reports
@@ -97,17 +100,18 @@ class StatusServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.web.tls else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def start(self) -> None:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
         if self._server is not None:
             return
-        server = Server(self._host, self._port, self._dispatch)
+        server = Server(self._host, self._port, self._dispatch, web=self.web)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="ckptwatch-http", daemon=True)
         self._thread.start()
-        log.info("http listening", url=self.url)
+        log.info("http listening", url=self.url, tls=self.web.tls, basic_auth=self.web.auth_required)
 
     def stop(self) -> None:
         server, thread = self._server, self._thread

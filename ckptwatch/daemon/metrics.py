@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-import ckptwatch
+from ckptwatch.daemon.buildinfo import build_labels
 from ckptwatch.daemon.model import SKIP_REASONS, STATE_ERROR_KINDS, VERDICTS, Snapshot, TensorDrift, WatchStatus
 
 # From a tiny weights file read from page cache (~50 ms) to a multi-GB checkpoint streamed from
@@ -89,13 +89,19 @@ class DaemonMetrics:
         )
         for kind in STATE_ERROR_KINDS:
             self.state_errors.labels(kind=kind)
+        labels = build_labels(version)
         self.build_info = Gauge(
             "ckptwatch_build_info",
-            "Always 1; the version label names the running ckptwatch.",
-            ["version"],
+            "Always 1; the running ckptwatch: version, revision (git commit, or unknown), the Python and "
+            "TensorFlow versions (TensorFlow from its installed metadata; it is loaded by the workers only).",
+            list(labels),
             registry=registry,
         )
-        self.build_info.labels(version=version or ckptwatch.__version__).set(1)
+        self.build_info.labels(**labels).set(1)
+        # process_* (memory, CPU, open and max fds, start time) of the daemon's main process, and
+        # python_info: the standard collectors, in the daemon's own registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         for device in devices:
             self.worker_restarts.labels(device=device)
         for watch in watches:

@@ -170,7 +170,7 @@ class Recorder:
             )  # fmt: skip
             return
         try:
-            publish(publish_dir, good.path)
+            publish(publish_dir, good.path, mode=self.config.watch(watch).publish_mode)
         except OSError as e:
             self.log.error("cannot publish", **where, error=str(e))
             return

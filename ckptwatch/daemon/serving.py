@@ -18,6 +18,11 @@ costs an accept, one recv, a split of the head and one send on the loop thread; 
 only a socket until `READ_TIMEOUT` (the oldest silent ones are closed first when connections run
 short). Responses are HTTP/1.0-style: `Connection: close`, Content-Length, one request per
 connection. Measured with bench/http_burst.py (bench/README.md: HTTP under a burst).
+
+With a web config (webconfig.py: exporter-toolkit's `--web.config.file`), accepted sockets are
+wrapped in TLS and the handshake runs non-blocking on the loop thread like the reads and writes
+(a silent client holds a socket until READ_TIMEOUT, no thread); basic auth is checked before a
+request reaches its route: a cached answer on the loop thread, a bcrypt check on the pool.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import queue
 import resource
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +46,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
+
+from ckptwatch.daemon.webconfig import WebSettings
 
 log = structlog.get_logger("ckptwatch.daemon.http")
 _stdlog = logging.getLogger("ckptwatch.daemon.http")  # to skip building debug lines nobody sees
@@ -113,14 +121,15 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class _Conn:
-    __slots__ = ("buf", "client", "out", "request", "sock")
+    __slots__ = ("buf", "client", "handshaking", "out", "request", "sock")
 
-    def __init__(self, sock: socket.socket, client: str) -> None:
+    def __init__(self, sock: socket.socket, client: str, handshaking: bool = False) -> None:
         self.sock = sock
         self.client = client
         self.buf = b""
         self.out: memoryview | None = None
         self.request: Request | None = None
+        self.handshaking = handshaking  # a TLS handshake still under way
 
 
 class _Batch:
@@ -143,7 +152,9 @@ class Server:
     BACKLOG = 1024  # listen(): Linux caps it at net.core.somaxconn (4096 by default since 5.4)
     ACCEPTS_PER_TURN = 256
 
-    def __init__(self, host: str, port: int, dispatch: Dispatch, workers: int = 4) -> None:
+    def __init__(
+        self, host: str, port: int, dispatch: Dispatch, workers: int = 4, web: WebSettings | None = None
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -157,6 +168,7 @@ class Server:
         self.socket = sock
         self.server_address = sock.getsockname()
         self._dispatch = dispatch
+        self._web = web if web is not None else WebSettings(None)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptwatch-http-worker")
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ, None)
@@ -190,7 +202,9 @@ class Server:
                     self._drain_posted()
                 else:
                     conn: _Conn = key.data
-                    if mask & selectors.EVENT_READ:
+                    if conn.handshaking:
+                        self._handshake(conn)
+                    elif mask & selectors.EVENT_READ:
                         self._read(conn)
                     elif mask & selectors.EVENT_WRITE:
                         self._write(conn)
@@ -254,7 +268,14 @@ class Server:
                     self._pause_accepting()
                 return
             sock.setblocking(False)
-            conn = _Conn(sock, str(addr[0]))
+            context = self._web.current.context
+            if context is not None:
+                try:
+                    sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (ssl.SSLError, OSError):
+                    sock.close()
+                    continue
+            conn = _Conn(sock, str(addr[0]), handshaking=context is not None)
             self._open += 1
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self._idle[conn] = time.monotonic() + self.READ_TIMEOUT
@@ -272,7 +293,30 @@ class Server:
             return True
         return False
 
+    def _handshake(self, conn: _Conn) -> None:
+        """One step of a non-blocking TLS handshake; then the request is read as over plain TCP."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
+            return
+        except (ssl.SSLError, OSError) as e:  # a plain-HTTP client, an old TLS version, a client cert refused
+            if _stdlog.isEnabledFor(logging.DEBUG):
+                log.debug("tls handshake failed", client=conn.client, error=str(e))
+            self._close(conn)
+            return
+        conn.handshaking = False
+        self._selector.modify(sock, selectors.EVENT_READ, conn)
+        if sock.pending():
+            self._read(conn)
+
     def _sweep(self, now: float) -> None:
+        self._web.refresh()  # a changed web config (a rotated certificate) applies to new connections
         expired = []
         for conn, deadline in self._idle.items():
             if deadline > now:
@@ -285,15 +329,16 @@ class Server:
         self._idle.pop(conn, None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_WR)
-        conn.sock.close()
+        _shut(conn.sock)
         self._open -= 1
 
     def _read(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(65536)
-        except BlockingIOError:
+            if isinstance(conn.sock, ssl.SSLSocket):
+                while conn.sock.pending():  # decrypted bytes the selector cannot see
+                    data += conn.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             self._close(conn)
@@ -326,6 +371,29 @@ class Server:
         if req.method not in ("GET", "HEAD"):
             self._respond(conn, _plain(HTTPStatus.NOT_IMPLEMENTED, f"unsupported method {req.method}\n"))
             return
+        if self._web.auth_required:
+            authorization = req.headers.get("Authorization")
+            known = self._web.cached(authorization)
+            if known is None:  # bcrypt: on the pool, then back here
+                self._pool.submit(self._authenticate, conn, authorization)
+                return
+            if not known:
+                self._respond(conn, _unauthorized())
+                return
+        self._route(conn)
+
+    def _authenticate(self, conn: _Conn, authorization: str | None) -> None:
+        """On the pool: the slow check, then the request goes on (or is refused) on the loop thread."""
+        try:
+            ok = self._web.check(authorization)
+        except Exception:
+            log.error("basic auth check failed", exc_info=True)
+            ok = False
+        self._post(lambda: self._route(conn) if ok else self._respond(conn, _unauthorized()))
+
+    def _route(self, conn: _Conn) -> None:
+        req = conn.request
+        assert req is not None
         try:
             answer = self._dispatch(req)
         except Exception:
@@ -397,6 +465,7 @@ class Server:
             "Cache-Control: no-store",
             "Connection: close",
             *(f"{k}: {v}" for k, v in extra),
+            *(f"{k}: {v}" for k, v in self._web.current.headers),
         ]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
         if _stdlog.isEnabledFor(logging.DEBUG):
@@ -409,7 +478,7 @@ class Server:
         assert conn.out is not None
         try:
             sent = conn.sock.send(conn.out)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError:  # the client went away
             if not first:
@@ -423,9 +492,7 @@ class Server:
             if not first:
                 self._selector.unregister(conn.sock)
                 self._idle.pop(conn, None)
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_WR)
-            conn.sock.close()
+            _shut(conn.sock)
             self._open -= 1
             return
         if first:
@@ -438,6 +505,20 @@ class Server:
         if self._date[0] != now:
             self._date = (now, formatdate(now, usegmt=True))
         return self._date[1]
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close a connection after its response: TLS close_notify (not waiting for the peer's), FIN, close."""
+    if isinstance(sock, ssl.SSLSocket):
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            sock.unwrap()
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+def _unauthorized() -> Response:
+    return HTTPStatus.UNAUTHORIZED, "text/plain; charset=utf-8", b"Unauthorized\n", [("WWW-Authenticate", "Basic")]
 
 
 def _plain(status: int, text: str) -> Response:

@@ -55,7 +55,7 @@ def rendered() -> dict[str, list[dict]]:
 
 
 def test_both_variants_exist():
-    assert KUSTOMIZATIONS == ["base", "overlays/gpu"]
+    assert KUSTOMIZATIONS == ["base", "overlays/gpu", "overlays/persistent"]
 
 
 # -- schema validation -------------------------------------------------------------------------------------
@@ -190,12 +190,30 @@ def test_native_sidecar(rendered, overlay):
     (ckpt_mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == "/checkpoints"]
     assert ckpt_mount.get("readOnly") is True
     assert any(m["name"] == ckpt_mount["name"] and not m.get("readOnly") for c in trainers for m in c["volumeMounts"])
-    # writable paths: state and /tmp are emptyDirs (the root filesystem is read-only)
+    # writable paths (the root filesystem is read-only): /tmp (an emptyDir), the state (an emptyDir, a
+    # claim of its own in overlays/persistent) and publish_dir's tree: the checkpoint volume's verified/
     env = env_of(sidecar)
     state_dir = env["CKPTWATCH_STATE_DIR"]
-    writable = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"] if not m.get("readOnly")}
-    assert set(writable) == {state_dir, "/tmp"}, writable
-    assert all("emptyDir" in volumes[name] for name in writable.values())
+    writable = {m["mountPath"]: m for m in sidecar["volumeMounts"] if not m.get("readOnly")}
+    _, text = config_of(docs)
+    (watch,) = tomllib.loads(text)["watch"]
+    published = next(p for p in writable if watch["publish_dir"].startswith(p + "/"))
+    assert set(writable) == {state_dir, "/tmp", published}, writable
+    assert "emptyDir" in volumes[writable["/tmp"]["name"]]
+    state_volume = volumes[writable[state_dir]["name"]]
+    if overlay == "overlays/persistent":
+        claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+        assert "emptyDir" not in state_volume and state_volume["persistentVolumeClaim"]["claimName"] in claims
+        assert state_volume["persistentVolumeClaim"]["claimName"] != volumes[ckpt_mount["name"]].get(
+            "persistentVolumeClaim", {}
+        ).get("claimName")
+    else:
+        assert "emptyDir" in state_volume
+    # publish_dir on the shared checkpoint volume: whoever mounts it at /checkpoints finds the state
+    # file under verified/ and the paths in it (/checkpoints/...) resolve for them too
+    pub = writable[published]
+    assert pub["name"] == ckpt_mount["name"] and pub["subPath"] == "verified"
+    assert not watch["publish_dir"].startswith(watch["path"]) and watch["path"].startswith("/checkpoints/")
     assert env["NUMBA_CACHE_DIR"].startswith(state_dir + "/") and env["HOME"] == state_dir
     # the config: the generated ConfigMap (hash-suffixed name) mounted where the command reads it
     cm_name, _ = config_of(docs)
@@ -221,6 +239,24 @@ def test_ports_probes_and_monitor_agree(rendered, overlay):
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+
+
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
+def test_the_drain_fits_the_grace_period_and_the_summary_lands_in_the_termination_message(rendered, overlay):
+    docs = rendered[overlay]
+    pod, sidecar = sidecar_of(docs)
+    _, text = config_of(docs)
+    daemon = tomllib.loads(text)["daemon"]
+    # SIGTERM: drain, then stop the worker (up to 3 s) and close the state, before the kubelet's SIGKILL
+    assert daemon["drain_seconds"] + 5 <= pod["terminationGracePeriodSeconds"], (daemon, pod)
+    assert sidecar.get("terminationMessagePath", "/dev/termination-log") == daemon["termination_log"]
+    assert sidecar["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
+def test_the_podmonitor_is_selected_by_kube_prometheus_stack(rendered, overlay):
+    (monitor,) = [d for d in rendered[overlay] if d["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 @pytest.mark.parametrize("overlay", KUSTOMIZATIONS)
@@ -283,9 +319,12 @@ def test_probes_answer_from_a_daemon_run_like_the_sidecar(rendered, daemons, tmp
     docs = rendered["base"]
     _, sidecar = sidecar_of(docs)
     _, text = config_of(docs)
-    mounts = {m["mountPath"]: tmp_path / m["name"] for m in sidecar["volumeMounts"]}
-    for d in mounts.values():
-        d.mkdir()
+    mounts = {m["mountPath"]: tmp_path / m["name"] / m.get("subPath", "") for m in sidecar["volumeMounts"]}
+    mounts["/dev/termination-log"] = tmp_path / "termination-log"  # the kubelet's file
+    for path, d in mounts.items():
+        if path != "/dev/termination-log":
+            d.mkdir(parents=True, exist_ok=True)
+    mounts["/dev/termination-log"].write_text("")
 
     def mapped(value: str) -> str:
         for path, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
@@ -310,6 +349,7 @@ def test_probes_answer_from_a_daemon_run_like_the_sidecar(rendered, daemons, tmp
         wait_until(lambda u=url: http_status(u) == 200, 10, f"{probe} {path}", interval=0.1)
     assert daemon.stop() == 0
     assert (Path(mapped(env_of(sidecar)["CKPTWATCH_STATE_DIR"])) / "state.sqlite3").is_file()
+    assert "stopped (SIGTERM)" in mounts["/dev/termination-log"].read_text()
 
 
 def mapped_config(text: str, mapped) -> str:

@@ -134,6 +134,7 @@ class DaemonProc:
             "log_format": "json",
             "poll_interval": 0.2,
             "settle_seconds": 0.5,
+            "termination_log": "",  # never the real /dev/termination-log of a CI pod
             **(daemon or {}),
         }
         self.worker_cfg = {"devices": ["cpu"], "restart_backoff": 0.2, "restart_backoff_max": 1.0, **(worker or {})}

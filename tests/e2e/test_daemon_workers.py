@@ -178,7 +178,7 @@ def test_stop_signal_while_idle(daemon_factory, tmp_path, sig):
 def test_sigterm_while_a_job_runs_then_restart_verifies_it(daemon_factory, tmp_path, big_checkpoint):
     run = tmp_path / "run"
     run.mkdir()
-    d = daemon_factory([{"name": "run", "path": str(run)}])
+    d = daemon_factory([{"name": "run", "path": str(run)}], daemon={"drain_seconds": 0})  # no drain: aborted
     big = install(big_checkpoint, run, "ckpt-1")
     d.wait_for("verification started", checkpoint=big)
     (worker,) = d.workers()

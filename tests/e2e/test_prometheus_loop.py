@@ -37,6 +37,9 @@ RULES = ROOT / "deploy" / "prometheus" / "ckptwatch.rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
 
 SCRAPE_INTERVAL = 1  # seconds; also the rule evaluation interval
+# Series the dashboard shows that other parts of issue 14 add to the daemon (failing checks, the watch's
+# own thresholds): a panel or line using one is checked for data only once the daemon exports it.
+NOT_YET = {"ckptwatch_last_findings", "ckptwatch_policy_threshold"}
 
 
 def prometheus_binary() -> str:
@@ -170,13 +173,15 @@ def panels_of(panels: list[dict]) -> Iterator[dict]:
         yield from panels_of(p.get("panels") or [])
 
 
-def grafana_expr(expr: str, watches: list[str], range_s: int) -> str:
+def grafana_expr(expr: str, watches: list[str], range_s: int, variables: dict[str, list[str]] | None = None) -> str:
     """`expr` with the dashboard's variables replaced the way Grafana does for a Prometheus data
-    source scraped every SCRAPE_INTERVAL: a multi-value variable becomes a regex alternation,
-    $__interval the step, $__rate_interval max($__interval + scrape, 4 * scrape)."""
+    source scraped every SCRAPE_INTERVAL: a multi-value variable ("All": every value) becomes a regex
+    alternation, $__interval the step, $__rate_interval max($__interval + scrape, 4 * scrape)."""
     interval = SCRAPE_INTERVAL
+    multi = {"watch": watches, **(variables or {})}
     values = {
-        "watch": "(" + "|".join(re.escape(w) for w in watches) + ")",
+        # regex-escaped, then escaped again for a PromQL string ("127\\.0\\.0\\.1:9847"), as Grafana does
+        **{name: "(" + "|".join(re.escape(v).replace("\\", "\\\\") for v in vs) + ")" for name, vs in multi.items()},
         "__rate_interval": f"{max(interval + SCRAPE_INTERVAL, 4 * SCRAPE_INTERVAL)}s",
         "__interval": f"{interval}s",
         "__range": f"{range_s}s",
@@ -306,12 +311,19 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
     assert not prom.query('ALERTS{alertname="CkptwatchWorkerDown"}')
     assert not prom.query(next(r for r in rules if r["name"] == "CkptwatchWorkerDown")["query"])
 
-    # -- the dashboard: the variable, then every panel's query returns data ------------------------------
+    # -- the dashboard: the variables (job, instance, watch: each chained to the ones before), then every
+    # panel's query and annotation returns data ------------------------------------------------------------
     dash = json.loads(DASHBOARD.read_text())
-    variable = next(v for v in dash["templating"]["list"] if v["name"] == "watch")
-    m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", variable["query"]["query"])
-    assert m, variable
-    watches = prom.api(f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert names == ["datasource", "job", "instance", "watch"], names
+    chosen: dict[str, list[str]] = {}
+    for variable in dash["templating"]["list"][1:]:
+        m = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"]["query"])
+        assert m and variable["multi"] and variable["includeAll"], variable
+        selector = grafana_expr(m.group(1), chosen.get("watch", []), 1, chosen) if chosen else m.group(1)
+        chosen[variable["name"]] = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
+    assert chosen["job"] == ["ckptwatch"] and chosen["instance"] == [f"127.0.0.1:{daemon.port}"], chosen
+    watches = chosen.pop("watch")
     assert sorted(watches) == ["model", "ok", "run"]
 
     exported = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and line[0] != "#"}
@@ -320,13 +332,20 @@ def test_prometheus_scrapes_the_daemon_dashboards_and_alerts_work(tf, daemon_fac
     start = prom.started
     range_s = max(1, round(end - start))
     checked, empty = 0, []
-    for panel in panels_of(dash["panels"]):
+    annotations = [{"expr": a["expr"]} for a in dash["annotations"]["list"] if a.get("expr")]
+    assert annotations, "verdict changes are annotated"
+    for panel in [*panels_of(dash["panels"]), {"title": "annotations", "targets": annotations}]:
         for target in panel.get("targets", []):
-            expr = grafana_expr(target["expr"], watches, range_s)
-            if target.get("instant"):
+            metrics = set(re.findall(r"\bckptwatch_[a-z0-9_]+", target["expr"]))
+            expr = grafana_expr(target["expr"], watches, range_s, chosen)
+            if target.get("instant"):  # valid PromQL in any case: Prometheus answers `success`
                 result = prom.api("query", query=expr, time=end)["result"]
             else:
                 result = prom.api("query_range", query=expr, start=start, end=end, step=SCRAPE_INTERVAL)["result"]
+            if metrics & NOT_YET - exported:  # a series another part of issue 14 adds: data once it is exported
+                continue
+            if "max_global_golden_drift" in target["expr"]:
+                continue  # these watches' policies set no bound on drift vs golden: no series, no line
             checked += 1
             if not finite_values(result):
                 empty.append(f"{panel['title']}: {expr} -> {json.dumps(result)[:300]} ({start}..{end})")

@@ -472,6 +472,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "CKPTWATCH_LOG_LEVEL": "DEBUG",
         "CKPTWATCH_OBSERVER": "polling",
         "CKPTWATCH_DEVICES": "gpu:0, gpu:1",
+        "CKPTWATCH_WEB_CONFIG_FILE": "web.yml",
         "CKPTWATCH_UNRELATED": "ignored",
     }
     config = load(tmp_path / "conf", '[daemon]\nlisten = "127.0.0.1:1"\nlog_format = "console"\n' + WATCH, env=env)
@@ -479,6 +480,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (d.listen, d.port, d.log_format, d.log_level, d.observer) == ("[::]:9100", 9100, "json", "debug", "polling")
     assert d.state_dir == str(tmp_path / "relative-state")  # from the environment: relative to the working directory
     assert config.worker.devices == ["gpu:0", "gpu:1"]
+    assert d.web_config_file == str(tmp_path / "web.yml")
     assert config.overridden == {".".join(key): var for var, key in ENV_OVERRIDES.items()}
 
 
@@ -581,3 +583,28 @@ def test_importing_config_stays_light() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"ckptwatch.config imports {out.stdout.strip()}"
+
+
+# -- issue 14: exporter and deployment keys ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "mode"), [('"0644"', 0o644), ('"640"', 0o640), ('"0o600"', 0o600), ("0o755", 0o755)])
+def test_publish_mode_octal(tmp_path: Path, value: str, mode: int) -> None:
+    config = load(tmp_path, WATCH + f"publish_mode = {value}\n")
+    assert config.watches[0].publish_mode == mode
+
+
+def test_publish_mode_defaults_to_0644_and_refuses_what_is_not_a_mode(tmp_path: Path) -> None:
+    assert load(tmp_path, WATCH).watches[0].publish_mode == 0o644
+    assert "not an octal file mode" in error(tmp_path, WATCH + 'publish_mode = "rw-r--r--"\n')
+    assert "not an octal file mode" in error(tmp_path, WATCH + 'publish_mode = "0999"\n')
+    assert "is not a file mode" in error(tmp_path, WATCH + "publish_mode = 0o7777\n")
+
+
+def test_drain_termination_log_and_web_config_keys(tmp_path: Path) -> None:
+    d = load(tmp_path, WATCH).daemon
+    assert (d.drain_seconds, d.termination_log, d.web_config_file) == (15.0, "/dev/termination-log", None)
+    text = '[daemon]\ndrain_seconds = 0.0\ntermination_log = ""\nweb_config_file = "web.yml"\n' + WATCH
+    d = load(tmp_path, text).daemon
+    assert (d.drain_seconds, d.termination_log, d.web_config_file) == (0.0, None, str(tmp_path / "web.yml"))
+    assert "daemon.drain_seconds" in error(tmp_path, "[daemon]\ndrain_seconds = -1.0\n" + WATCH)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import platform
+import subprocess
+from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import ckptwatch
+from ckptwatch.daemon import buildinfo
 from ckptwatch.daemon.metrics import DURATION_BUCKETS, DaemonMetrics
 from ckptwatch.daemon.model import VERDICTS, Snapshot, TensorDrift, WatchStatus, WorkerStatus
 from tests.factories import watch_status
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Box:
@@ -227,9 +235,47 @@ def test_watches_preseed_counters_at_zero():
 
 def test_build_info():
     reg, _, _ = make(snapshot([]))
-    assert val(reg, "ckptwatch_build_info", version=ckptwatch.__version__) == 1
+    [labels] = names_of(reg, "ckptwatch_build_info")
+    assert labels["version"] == ckptwatch.__version__
+    assert labels["python"] == platform.python_version()
+    # the installed TensorFlow, from its metadata (the main process never imports it)
+    assert labels["tensorflow"] == importlib.metadata.version("tensorflow")
+    # this test runs from a git checkout: the commit it has checked out
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert labels["revision"] == head.stdout.strip()
+    assert val(reg, "ckptwatch_build_info", **labels) == 1
     reg2, _, _ = make(snapshot([]), version="1.2.3")
-    assert val(reg2, "ckptwatch_build_info", version="1.2.3") == 1
+    assert names_of(reg2, "ckptwatch_build_info")[0]["version"] == "1.2.3"
+
+
+def test_git_revision_of_a_branch_in_packed_refs_and_of_a_detached_head(tmp_path):
+    """Read from .git without running git: a loose ref, a ref only in packed-refs, a detached HEAD,
+    a worktree (.git is a file); no repository: None."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    repo = tmp_path / "repo"
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (repo / "pkg").mkdir()
+    assert buildinfo.git_revision(str(repo / "pkg")) == head
+    subprocess.run(["git", "-C", str(repo), "pack-refs", "--all"], check=True)
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    assert buildinfo.git_revision(str(repo / "pkg")) == head
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", str(tmp_path / "wt"), "-b", "other"], check=True)
+    assert buildinfo.git_revision(str(tmp_path / "wt")) == head
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "--detach"], check=True)
+    assert buildinfo.git_revision(str(repo)) == head
+    assert buildinfo.git_revision("/") is None
+
+
+def test_process_and_platform_metrics_of_the_daemon_registry():
+    reg, _, _ = make(snapshot([]))
+    assert val(reg, "process_resident_memory_bytes") > 1e6
+    assert val(reg, "process_open_fds") >= 3
+    assert val(reg, "process_max_fds") > 0
+    assert val(reg, "process_cpu_seconds_total") > 0
+    assert abs(val(reg, "process_start_time_seconds") - psutil.Process().create_time()) < 2
+    assert names_of(reg, "python_info")[0]["version"] == platform.python_version()
 
 
 def test_every_family_has_help_and_type():
