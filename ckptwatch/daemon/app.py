@@ -91,8 +91,13 @@ class Daemon:
                 watches.append(s)
             return Snapshot(__version__, self.started, watches, self.supervisor.statuses(), self.state.health())
 
-    def reports(self, limit: int, watch: str | None = None) -> list[dict]:
-        return self.state.recent_reports(limit, watch)
+    def reports(self, limit: int, watch: str | None = None, verdict: str | None = None) -> list[dict]:
+        """Summaries of the newest reports (HTTP threads; the state's own lock)."""
+        return self.state.recent_reports(limit, watch, verdict)
+
+    def report(self, report_id: int) -> dict | None:
+        """One stored verification with its full report (HTTP threads)."""
+        return self.state.report(report_id)
 
     def stalled(self) -> str | None:
         """Why the main loop counts as wedged (no turn for liveness_timeout seconds), or None.
@@ -150,7 +155,9 @@ class Daemon:
         self.watcher = Watcher(
             {w.name: w.path for w in cfg.watches}, self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval
         )
-        self.http = StatusServer(cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled)
+        self.http = StatusServer(
+            cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled, report=self.report
+        )
         try:
             self.http.start()
         except OSError as e:
