@@ -300,8 +300,7 @@ def test_last_findings_by_check_and_severity_only():
     w = watch_status()
     w.findings = [{"severity": "fail", "check": "nonfinite", "tensor": "enc/secret_w", "message": "NaN"}]
     w.finding_counts = {("nonfinite", "fail"): 2, ("drift.jump", "warn"): 1}
-    box_snap = snapshot([w, WatchStatus(name="quiet", path="/ckpt/quiet", armed=True)])
-    reg, box, _ = make(box_snap)
+    reg, _, _ = make(snapshot([w, WatchStatus(name="quiet", path="/ckpt/quiet", armed=True)]))
     assert val(reg, "ckptwatch_last_findings", watch="run7", check="nonfinite", severity="fail") == 2
     assert val(reg, "ckptwatch_last_findings", watch="run7", check="drift.jump", severity="warn") == 1
     series = names_of(reg, "ckptwatch_last_findings")
