@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ckptwatch.daemon.model import Snapshot, WatchStatus
+from ckptwatch.daemon.summary import broken_drift
 
 REFRESH_SECONDS = 15
 TIMELINE_POINTS = 60  # checkpoints in a watch's timeline and drift chart
@@ -209,7 +210,8 @@ def _drift_value(r: Mapping[str, Any], ref: str) -> float | None:
 def drift_svg(history: Sequence[Mapping[str, Any]], width: int = 520, height: int = 180) -> str:
     """Relative L2 drift of each checkpoint against the previous one (its baseline) and golden,
     over steps; a log scale when the values span more than two decades. Failed checkpoints are
-    marked with a red ring; a missing value (NaN, none) breaks the line."""
+    marked with a red dashed line (and a red ring on their points); a missing value (NaN, none)
+    breaks the line."""
     rows = _by_step(history)
     values = [v for r in rows for ref in _REF_COLOURS if (v := _drift_value(r, ref)) is not None]
     if not values:
@@ -237,6 +239,13 @@ def drift_svg(history: Sequence[Mapping[str, Any]], width: int = 520, height: in
         f'<text x="{left}" y="{height - 6}">step {esc(num(rows[0].get("step")))}</text>',
         f'<text x="{width - right}" y="{height - 6}" text-anchor="end">step {esc(num(rows[-1].get("step")))}</text>',
     ]
+    for i, r in enumerate(rows):  # failed checkpoints: a red mark across the chart (NaN has no drift point)
+        if r.get("verdict") in ("fail", "error"):
+            x = x_of(i)
+            parts.append(
+                f'<line class="failed" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - bottom}" stroke="#c62828" '
+                f'stroke-dasharray="3,3"><title>{esc(_title(r))}</title></line>'
+            )
     for ref, colour in _REF_COLOURS.items():
         segment: list[str] = []
         segments: list[list[str]] = []
@@ -264,6 +273,7 @@ def drift_svg(history: Sequence[Mapping[str, Any]], width: int = 520, height: in
                 parts.insert(0, f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
     scale = "log scale" if log else "linear scale"
     legend = " ".join(f'<span style="color:{colour}">■</span> vs {ref}' for ref, colour in _REF_COLOURS.items())
+    legend += ' <span style="color:#c62828">┆</span> failed'
     return (
         f'<svg class="drift-chart" role="img" aria-label="relative L2 drift over steps" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>'
@@ -418,7 +428,8 @@ becomes one. publish_dir names the newest baseline.</p>
 
 
 def _tensor_badness(t: Mapping[str, Any], flagged: set[str]) -> tuple:
-    """Sort key, worst first: named by a fail finding, then holding NaN/Inf, then largest drift."""
+    """Sort key, worst first: named by a fail finding, then holding NaN/Inf, then weights before
+    counters and optimizer state, then largest drift."""
     stats = t.get("stats") or {}
     nonfinite = (stats.get("nan") or 0) + (stats.get("inf") or 0)
     drifts = [
@@ -427,7 +438,8 @@ def _tensor_badness(t: Mapping[str, Any], flagged: set[str]) -> tuple:
         if isinstance(d, Mapping) and isinstance(d.get("relative_l2"), (int, float))
     ]
     worst = max(drifts, default=-1.0)
-    return (t.get("name") not in flagged, nonfinite == 0, -worst, str(t.get("display") or t.get("name")))
+    weight = t.get("kind", "weight") == "weight"
+    return (t.get("name") not in flagged, nonfinite == 0, not weight, -worst, str(t.get("display") or t.get("name")))
 
 
 def _tensor_rows(tensors: Iterable[Mapping[str, Any]], findings: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
@@ -440,8 +452,11 @@ def _tensor_rows(tensors: Iterable[Mapping[str, Any]], findings: Sequence[Mappin
         stats = t.get("stats") or {}
         drift = t.get("drift") or {}
         css = "fail" if name in flagged else "warn" if name in warned else ""
+        broken = bool((stats.get("nan") or 0) + (stats.get("inf") or 0))  # drift over finite positions understates
         rel = {
-            ref: (drift.get(ref) or {}).get("relative_l2") if isinstance(drift.get(ref), Mapping) else None
+            ref: (math.nan if broken else drift[ref].get("relative_l2"))
+            if isinstance(drift.get(ref), Mapping)
+            else None
             for ref in ("previous", "golden")
         }
         rows.append(
@@ -470,6 +485,14 @@ def _model_section(model: Any) -> str:
     return '<table class="model">' + "".join(rows) + "</table>"
 
 
+def _overall(report: Mapping[str, Any], ref: str) -> Mapping[str, Any] | None:
+    """The report's overall drift against `ref`; NaN figures when a NaN or Inf weight was compared."""
+    d = (report.get("drift") or {}).get(ref)
+    if isinstance(d, Mapping) and broken_drift(dict(report), ref):
+        return {**d, "relative_l2": math.nan, "max_abs": math.nan}
+    return d if isinstance(d, Mapping) else None
+
+
 def render_checkpoint_page(row: Mapping[str, Any]) -> str:
     """The HTML of `/checkpoints/{id}` for a stored verification (State.report)."""
     report = row.get("report") or {}
@@ -489,7 +512,7 @@ def render_checkpoint_page(row: Mapping[str, Any]) -> str:
             else '<td class="muted" colspan="4">not compared</td>'
         )
         + f'<td class="path">{esc((report.get("references") or {}).get(ref) or "—")}</td></tr>'
-        for ref, d in ((ref, (report.get("drift") or {}).get(ref)) for ref in ("previous", "golden"))
+        for ref, d in ((ref, _overall(report, ref)) for ref in ("previous", "golden"))
     )
     tensor_rows, total = _tensor_rows(report.get("tensors") or (), report.get("findings") or ())
     cut = f'<p class="muted">the {MAX_TENSOR_ROWS} worst of {total} tensors shown</p>'

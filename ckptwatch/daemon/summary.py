@@ -72,8 +72,20 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def broken_drift(report: dict, ref: str) -> bool:
+    """A weight holding NaN or Inf was compared with `ref`: the overall figure (measured over the
+    finite positions only) would understate it, so the summary has none (as /metrics has NaN)."""
+    for t in report.get("tensors") or ():
+        stats = t.get("stats") or {}
+        compared = t.get("kind", "weight") == "weight" and (t.get("drift") or {}).get(ref)
+        if compared and (stats.get("nan") or 0) + (stats.get("inf") or 0):
+            return True
+    return False
+
+
 def summarize(report: dict) -> dict:
-    """What a list shows of `report` (see the module's doc)."""
+    """What a list shows of `report` (see the module's doc). An overall drift figure against a
+    reference that a NaN or Inf weight was compared with is null."""
     ck = report.get("checkpoint") or {}
     drift = report.get("drift") or {}
     counts = {"fail": 0, "warn": 0}
@@ -89,7 +101,9 @@ def summarize(report: dict) -> dict:
         "findings": listed_findings(report),
         "drift": {
             ref: (
-                {"relative_l2": _finite(d.get("relative_l2")), "max_abs": _finite(d.get("max_abs"))}
+                {"relative_l2": None, "max_abs": None}
+                if isinstance(d, dict) and broken_drift(report, ref)
+                else {"relative_l2": _finite(d.get("relative_l2")), "max_abs": _finite(d.get("max_abs"))}
                 if isinstance(d, dict)
                 else None
             )
