@@ -97,8 +97,13 @@ class Daemon:
                 watches.append(s)
             return Snapshot(__version__, self.started, watches, self.supervisor.statuses(), self.state.health())
 
-    def reports(self, limit: int, watch: str | None = None) -> list[dict]:
-        return self.state.recent_reports(limit, watch)
+    def reports(self, limit: int, watch: str | None = None, verdict: str | None = None) -> list[dict]:
+        """Summaries of the newest reports (HTTP threads; the state's own lock)."""
+        return self.state.recent_reports(limit, watch, verdict)
+
+    def report(self, report_id: int) -> dict | None:
+        """One stored verification with its full report (HTTP threads)."""
+        return self.state.report(report_id)
 
     def stalled(self) -> str | None:
         """Why the main loop counts as wedged (no turn for liveness_timeout seconds), or None.
@@ -158,7 +163,13 @@ class Daemon:
         )
         try:
             self.http = StatusServer(
-                cfg.daemon.listen, self.registry, self.snapshot, self.reports, self.stalled, cfg.daemon.web_config_file
+                cfg.daemon.listen,
+                self.registry,
+                self.snapshot,
+                self.reports,
+                self.stalled,
+                cfg.daemon.web_config_file,
+                report=self.report,
             )
         except CkptwatchError:  # a bad web config file: one line, exit 2
             self.state.close()

@@ -26,7 +26,7 @@ database corrupt`), `on_error(kind)` for every failure (the daemon counts them i
 Only a state directory that cannot be created (or is not a directory) stops the daemon at start
 (StateUnavailable: one line naming daemon.state_dir, the path and why; exit 75, restarted).
 
-Thread-safety: the main loop calls everything; the HTTP thread only `recent_reports`.
+Thread-safety: the main loop calls everything; the HTTP thread only `recent_reports` and `report`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import structlog
 from ckptwatch.daemon.baselines import Acceptance, GoodCheckpoint
 from ckptwatch.daemon.model import StateHealth
 from ckptwatch.daemon.state import DATABASE, State, fingerprint_file
+from ckptwatch.daemon.summary import summarize
 from ckptwatch.errors import StateUnavailable
 
 T = TypeVar("T")
@@ -112,6 +113,14 @@ def _done(op: Callable[[State], object]) -> Callable[[State], bool]:
         return True
 
     return write
+
+
+def _summary(record: Record) -> dict:
+    """A kept report's summary, as State.recent_reports gives them (no id until it is written)."""
+    report = record.report or {}
+    seconds = (report.get("timings") or {}).get("total_seconds")
+    where = {"id": None, "watch": record.watch, "path": record.path, "step": record.step}
+    return {**where, "verdict": report.get("verdict"), "finished": record.at, "duration": seconds, **summarize(report)}
 
 
 def _make_dir(state_dir: str) -> None:
@@ -577,20 +586,29 @@ class DurableState:
                 self._failed(e, "create the fingerprints folder")
         return path
 
-    def recent_reports(self, limit: int = 50, watch: str | None = None) -> list[dict]:
-        """Newest first: what is kept in memory, then the database's (the HTTP thread calls this:
-        a failure here changes nothing, it only shows less)."""
+    def recent_reports(self, limit: int = 50, watch: str | None = None, verdict: str | None = None) -> list[dict]:
+        """Summaries, newest first: what is kept in memory (no `id` yet: None), then the database's
+        (the HTTP thread calls this: a failure here changes nothing, it only shows less)."""
         with self._lock:
             kept = [
-                {"watch": r.watch, "path": r.path, "step": r.step, "verdict": (r.report or {}).get("verdict"),
-                 "finished": r.at, "report": r.report}
+                _summary(r)
                 for r in sorted(self._pending_reports(watch), key=lambda r: r.at, reverse=True)
-            ]  # fmt: skip
+                if verdict is None or (r.report or {}).get("verdict") == verdict
+            ][:limit]
             stored: list[dict] = []
             if self.store is not None:
                 with contextlib.suppress(sqlite3.Error, OSError):
-                    stored = self.store.recent_reports(limit, watch)
+                    stored = self.store.recent_reports(limit, watch, verdict)
         return (kept + stored)[:limit]
+
+    def report(self, report_id: int) -> dict | None:
+        """State.report from the HTTP thread (None when the database cannot answer)."""
+        with self._lock:
+            if self.store is None:
+                return None
+            with contextlib.suppress(sqlite3.Error, OSError, ValueError):
+                return self.store.report(report_id)
+        return None
 
 
 __all__ = ["DurableState", "Record", "classify"]

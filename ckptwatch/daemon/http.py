@@ -8,13 +8,24 @@
                           wedged daemon
     /readyz               200 "ok" when a watch is armed, a worker is up and the state can be written,
                           else 503 and why
-    /                     a small HTML status page
-    /api/v1/checkpoints   {"checkpoints": reports(limit, watch)}; ?limit=1..1000 (default 50), ?watch=NAME
+    /                     the status page (page.render_status_page): per watch the latest failing
+                          checks and their tensors, verdicts and drift over steps, recent checkpoints
+                          linking to their pages, baseline, publish_dir, acceptance; refreshes itself
+    /checkpoints/{id}     one verified checkpoint (page.render_checkpoint_page): findings, drift,
+                          model-aware results, every tensor worst first
+    /api/v1/watches       {"watches": [...]}: each configured watch's state (the snapshot's figures,
+                          its latest failing and warning findings)
+    /api/v1/checkpoints   {"checkpoints": summaries}, newest first (summary.summarize: no tensors,
+                          bounded findings; `id` for the full report); ?limit=1..1000 (default 50),
+                          ?watch=NAME (404 for a watch neither configured nor in the state),
+                          ?verdict=pass|warn|fail|error
+    /api/v1/checkpoints/{id}  {"checkpoint": {id, watch, path, step, verdict, finished, duration,
+                          report}}: the full report; 404 when no report has that id
 
-Handlers only call `snapshot()` / `reports()` / `stalled()` and render; they never wait on the
+Handlers only call `snapshot()` / `reports()` / `report()` / `stalled()` and render; they never wait on the
 daemon's work, so the endpoints answer while a verification is running. /healthz, /livez and
-404s are answered on the server's loop thread; /readyz, / and the API (they take the daemon's
-snapshot lock) on its pool; /metrics renderings on the pool too, one at a time per content
+404s are answered on the server's loop thread; /readyz, the pages and the API (they take the
+daemon's snapshot lock or read the state) on its pool; /metrics renderings on the pool too, one at a time per content
 type, shared by every request that arrived before it began (serving.Shared). A burst of requests
 is held by a listen backlog of 1024 and a loop that costs little per connection
 (bench/http_burst.py). Requests are logged through structlog at debug level, never to stderr.
@@ -22,12 +33,12 @@ is held by a listen backlog of 1024 and a loop that costs little per connection
 
 from __future__ import annotations
 
-import html
+import functools
 import json
+import re
 import threading
-import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from dataclasses import asdict
 from http import HTTPStatus
 from typing import Any
 
@@ -36,7 +47,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ckptwatch.config import parse_listen  # the config's grammar: HOST:PORT or [V6]:PORT
-from ckptwatch.daemon.model import Snapshot, WatchStatus
+from ckptwatch.daemon.model import VERDICTS, Snapshot, WatchStatus
+from ckptwatch.daemon.page import TIMELINE_POINTS, render_checkpoint_page, render_status_page
 from ckptwatch.daemon.serving import Offload, Rendering, Request, Response, Server, Shared
 from ckptwatch.daemon.webconfig import WebSettings
 from ckptwatch.verify.report import clean_floats  # JSON has no NaN/Inf: null, as in `verify --json`
@@ -46,6 +58,9 @@ log = structlog.get_logger("ckptwatch.daemon.http")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 GZIP_MIN_BYTES = 1024
+_ID = re.compile(r"[1-9][0-9]{0,17}")  # a report's id: a positive SQLite row id
+
+Reports = Callable[..., list[dict]]  # (limit, watch=None, verdict=None) -> summaries, newest first
 
 
 def _text(status: int, text: str) -> Response:
@@ -57,25 +72,40 @@ def _json(status: int, obj: Any) -> Response:
     return status, "application/json", body, []
 
 
+def _html(status: int, text: str) -> Response:
+    return status, "text/html; charset=utf-8", text.encode(), []
+
+
+def watch_json(w: WatchStatus) -> dict:
+    """What /api/v1/watches says of a watch."""
+    doc = asdict(w)
+    doc["top_tensors"] = [asdict(t) for t in w.top_tensors]
+    doc.pop("finding_counts", None)  # tuple keys; `findings` lists them
+    return doc
+
+
 class StatusServer:
-    """HTTP endpoints of the daemon. `snapshot()`, `reports(limit, watch)` and `stalled()` are
-    called from request threads: they must be thread-safe and quick (copy under a lock, no
-    waiting on work; `stalled()` takes no lock at all, so /livez answers while the loop is stuck)."""
+    """HTTP endpoints of the daemon. `snapshot()`, `reports(limit, watch, verdict)` (summaries),
+    `report(id)` (one full report, or None) and `stalled()` are called from request threads: they
+    must be thread-safe and quick (copy under a lock, no waiting on work; `stalled()` takes no lock
+    at all, so /livez answers while the loop is stuck)."""
 
     def __init__(
         self,
         listen: str,
         registry: CollectorRegistry,
         snapshot: Callable[[], Snapshot],
-        reports: Callable[[int, str | None], list[dict]],
+        reports: Reports,
         stalled: Callable[[], str | None] = lambda: None,
         web_config: str | None = None,
+        report: Callable[[int], dict | None] = lambda _id: None,
     ) -> None:
         self._host, self._port = parse_listen(listen)
         self.web = WebSettings(web_config)  # UsageError (one line) for a bad web config file
         self.registry = registry
         self.snapshot = snapshot
         self.reports = reports
+        self.report = report
         self.stalled = stalled
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
@@ -86,7 +116,13 @@ class StatusServer:
             "/livez": (self._live, True),  # stalled() takes no lock
             "/readyz": (self._ready, False),
             "/": (self._index, False),
+            "/api/v1/watches": (self._watches, False),
             "/api/v1/checkpoints": (self._checkpoints, False),
+        }
+        # prefix -> route given the rest of the path (a report's id)
+        self._prefixed: dict[str, Callable[[str], Response]] = {
+            "/api/v1/checkpoints/": self._checkpoint_json,
+            "/checkpoints/": self._checkpoint_page,
         }
 
     @property
@@ -130,6 +166,10 @@ class StatusServer:
         path = req.path
         route, at_once = self._routes.get(path.rstrip("/") or "/", (None, True))
         if route is None:
+            for prefix, by_id in self._prefixed.items():
+                rest = path[len(prefix) :].rstrip("/")
+                if path.startswith(prefix) and _ID.fullmatch(rest):
+                    return Offload(functools.partial(by_id, rest))
             return _text(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
         if at_once:
             return route(req)
@@ -176,138 +216,36 @@ class StatusServer:
         if limit < 1:
             return _json(HTTPStatus.BAD_REQUEST, {"error": f"limit must be at least 1, got {limit}"})
         limit = min(limit, MAX_LIMIT)
+        verdict = query.get("verdict", [""])[-1] or None
+        if verdict is not None and verdict not in VERDICTS:
+            return _json(
+                HTTPStatus.BAD_REQUEST, {"error": f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}"}
+            )
         watch = query.get("watch", [""])[-1] or None
-        return _json(HTTPStatus.OK, {"checkpoints": self.reports(limit, watch)})
+        rows = self.reports(limit, watch, verdict) if verdict else self.reports(limit, watch)
+        if watch is not None and not rows and watch not in {w.name for w in self.snapshot().watches}:
+            return _json(HTTPStatus.NOT_FOUND, {"error": f"unknown watch {watch!r}: not configured, no reports"})
+        return _json(HTTPStatus.OK, {"checkpoints": rows})
+
+    def _watches(self, _req: Request) -> Response:
+        return _json(HTTPStatus.OK, {"watches": [watch_json(w) for w in self.snapshot().watches]})
+
+    def _checkpoint_json(self, rid: str) -> Response:
+        row = self.report(int(rid))
+        if row is None:
+            return _json(HTTPStatus.NOT_FOUND, {"error": f"no report with id {rid}"})
+        return _json(HTTPStatus.OK, {"checkpoint": row})
+
+    def _checkpoint_page(self, rid: str) -> Response:
+        row = self.report(int(rid))
+        if row is None:
+            return _text(HTTPStatus.NOT_FOUND, f"no report with id {rid}\n")
+        return _html(HTTPStatus.OK, render_checkpoint_page(row))
 
     def _index(self, _req: Request) -> Response:
-        body = render_status_page(self.snapshot()).encode()
-        return HTTPStatus.OK, "text/html; charset=utf-8", body, []
+        snap = self.snapshot()
+        history = {w.name: self.reports(TIMELINE_POINTS, w.name) for w in snap.watches}
+        return _html(HTTPStatus.OK, render_status_page(snap, history=history))
 
 
-# -- the status page ----------------------------------------------------------------------------------
-
-_VERDICT_CLASS = {"pass": "pass", "warn": "warn", "fail": "fail", "error": "fail"}
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:1.5em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;font-size:.9em}
-th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.pass{background:#dff5df}.warn{background:#fff3cd}.fail{background:#f8d7da}.muted{color:#888}
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value: float | int | None) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}"
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "—"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h {minutes}m"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {s}s"
-
-
-def _watch_row(w: WatchStatus) -> str:
-    verdict = w.last_verdict
-    css = _VERDICT_CLASS.get(verdict or "", "muted")
-    cells = [
-        f"<td>{_esc(w.name)}</td>",
-        f"<td>{'yes' if w.armed else 'no'}</td>",
-        f'<td class="{css}">{_esc(verdict or "none yet")}</td>',
-        f'<td class="num">{_esc(_num(w.last_step))}</td>',
-        f"<td>{_esc(w.last_checkpoint or '—')}</td>",
-        f"<td>{_esc(_when(w.last_time))}</td>",
-        f'<td class="num">{_esc(_num(w.drift_relative_l2.get("previous")))}</td>',
-        f'<td class="num">{_esc(_num(w.drift_relative_l2.get("golden")))}</td>',
-        f'<td class="num">{_esc(_num(w.nonfinite))}</td>',
-        f'<td class="num">{_esc(w.queue_depth)}</td>',
-    ]
-    return "<tr>" + "".join(cells) + "</tr>"
-
-
-def _step(step: int | None) -> str:
-    return f" (step {step})" if step is not None else ""
-
-
-def _baseline_row(w: WatchStatus) -> str:
-    a = w.accepted
-    accepted = (
-        f"<td>{_esc(_when(a.at))}</td><td>{_esc(a.by)}</td><td>{_esc(a.checkpoint + _step(a.step))}</td>"
-        f"<td>{_esc(a.reason)}</td>"
-        if a
-        else '<td class="muted" colspan="4">never</td>'
-    )
-    baseline = w.baseline_checkpoint + _step(w.baseline_step) if w.baseline_checkpoint else "none yet"
-    published = w.published_checkpoint + _step(w.published_step) if w.published_checkpoint else "—"
-    return f"<tr><td>{_esc(w.name)}</td><td>{_esc(baseline)}</td><td>{_esc(published)}</td>{accepted}</tr>"
-
-
-def render_status_page(snap: Snapshot, now: float | None = None) -> str:
-    """The HTML of `/`; every value from the snapshot is escaped."""
-    now = time.time() if now is None else now
-    watch_rows = "\n".join(_watch_row(w) for w in snap.watches) or '<tr><td colspan="10">no watches</td></tr>'
-    worker_rows = (
-        "\n".join(
-            "<tr>"
-            f"<td>{_esc(k.device)}</td>"
-            f'<td class="{"pass" if k.up else "fail"}">{"up" if k.up else "down"}</td>'
-            f'<td class="num">{_esc(k.pid if k.pid is not None else "—")}</td>'
-            f'<td class="num">{_esc(k.restarts)}</td>'
-            f"<td>{_esc(k.job or '—')}</td>"
-            f"<td>{_esc(k.gave_up or '')}</td>"
-            "</tr>"
-            for k in snap.workers
-        )
-        or '<tr><td colspan="6">no workers</td></tr>'
-    )
-    baseline_rows = "\n".join(_baseline_row(w) for w in snap.watches) or '<tr><td colspan="7">no watches</td></tr>'
-    ready = "ready" if snap.ready else "not ready"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>ckptwatch</title><style>{_STYLE}</style></head>
-<body>
-<h1>ckptwatch</h1>
-<p>version {_esc(snap.version)} · up {_esc(_duration(now - snap.started))} · {ready} ·
-<a href="/metrics">metrics</a> · <a href="/api/v1/checkpoints">recent reports (JSON)</a></p>
-<h2>Watches</h2>
-<table>
-<tr><th>watch</th><th>armed</th><th>latest verdict</th><th>step</th><th>checkpoint</th><th>verified at</th>
-<th>drift vs previous<br>(relative L2)</th><th>drift vs golden<br>(relative L2)</th>
-<th>non-finite</th><th>queued</th></tr>
-{watch_rows}
-</table>
-<h2>Baselines</h2>
-<p>Each checkpoint is compared with its watch's baseline: the last one that passed, or one an operator
-accepted with <code>ckptwatch accept WATCH [CHECKPOINT] --reason TEXT</code>. A failed checkpoint never
-becomes one. publish_dir names the newest baseline.</p>
-<table>
-<tr><th>watch</th><th>baseline</th><th>published</th><th>last accepted at</th><th>by</th><th>checkpoint</th>
-<th>reason</th></tr>
-{baseline_rows}
-</table>
-<h2>Workers</h2>
-<table>
-<tr><th>device</th><th>state</th><th>pid</th><th>restarts</th><th>verifying</th><th>gave up</th></tr>
-{worker_rows}
-</table>
-</body></html>
-"""
+__all__ = ["StatusServer", "render_checkpoint_page", "render_status_page", "watch_json"]

@@ -29,6 +29,7 @@ from ckptwatch.daemon.model import SKIP_REASONS, STATE_ERROR_KINDS, VERDICTS, Sn
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, math.inf)
 
 REFERENCES = ("previous", "golden")
+MAX_FINDING_SERIES = 50  # ckptwatch_last_findings series per watch (check ids are a fixed vocabulary: a bound)
 
 
 class DaemonMetrics:
@@ -224,6 +225,13 @@ class SnapshotCollector(Collector):
         ),
         ("ckptwatch_nonfinite_values", "NaN and Inf values found in the latest checkpoint.", ("watch",)),
         (
+            "ckptwatch_last_findings",
+            "Findings of the latest verified checkpoint by check id and severity (fail, warn): how many tensors or "
+            "references each check failed or warned on; a check that no longer applies has no series. Check ids "
+            "only: the tensors are in the report (/api/v1/checkpoints/{id}), the log and the status page.",
+            ("watch", "check", "severity"),
+        ),
+        (
             "ckptwatch_baseline_step",
             "Training step of the watch's baseline, what the next checkpoint is compared with: the last checkpoint "
             "that passed against the baseline before it, or one an operator accepted (ckptwatch accept).",
@@ -321,6 +329,8 @@ class SnapshotCollector(Collector):
         for d in top_tensors(w.top_tensors, self._top_k):
             add("ckptwatch_tensor_drift_relative_l2", [name, d.reference, d.tensor], d.relative_l2)
         add("ckptwatch_nonfinite_values", [name], w.nonfinite)
+        for (check, severity), count in sorted(w.finding_counts.items())[:MAX_FINDING_SERIES]:
+            add("ckptwatch_last_findings", [name, check, severity], count)
         add("ckptwatch_baseline_step", [name], w.baseline_step)
         add("ckptwatch_baseline_accepted_timestamp_seconds", [name], w.accepted.at if w.accepted else None)
         add("ckptwatch_queue_depth", [name], w.queue_depth or 0)

@@ -93,6 +93,10 @@ class WatchStatus:
     drift_max_abs: dict[str, float] = field(default_factory=dict)
     top_tensors: list[TensorDrift] = field(default_factory=list)
     nonfinite: int | None = None
+    # the latest report's fail and warn findings: listed (check, tensor, message, numbers; bounded,
+    # summary.listed_findings) for the page and the API, counted by (check, severity) for /metrics
+    findings: list[dict] = field(default_factory=list)
+    finding_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     queue_depth: int = 0
     functional_agreement: dict[str, float] = field(default_factory=dict)  # model-aware checks (later)
     functional_max_abs_diff: dict[str, float] = field(default_factory=dict)

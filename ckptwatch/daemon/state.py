@@ -23,6 +23,7 @@ import threading
 import time
 
 from ckptwatch.daemon.baselines import BASELINE_SCHEMA, Acceptance, Baselines, GoodCheckpoint
+from ckptwatch.daemon.summary import summarize
 from ckptwatch.errors import CkptwatchError
 
 DATABASE = "state.sqlite3"
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS reports (
     finished REAL NOT NULL,
     duration REAL,
     report TEXT NOT NULL,
+    summary TEXT,
     UNIQUE (watch, key)
 );
 CREATE INDEX IF NOT EXISTS reports_by_watch ON reports (watch, finished);
@@ -80,6 +82,8 @@ class State(Baselines):
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             db.executescript(BASELINE_SCHEMA)
+            if "summary" not in {row[1] for row in db.execute("PRAGMA table_info(reports)")}:
+                db.execute("ALTER TABLE reports ADD COLUMN summary TEXT")  # a state from before summaries
         except BaseException:
             db.close()  # a corrupt file, a full disk: nothing stays open on it
             raise
@@ -133,9 +137,19 @@ class State(Baselines):
         finished = time.time() if finished is None else finished
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO reports (watch, path, key, step, verdict, finished, duration, report)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (watch, path, key, step, report["verdict"], finished, duration, json.dumps(report)),
+                "INSERT OR REPLACE INTO reports (watch, path, key, step, verdict, finished, duration, report, summary)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    watch,
+                    path,
+                    key,
+                    step,
+                    report["verdict"],
+                    finished,
+                    duration,
+                    json.dumps(report),
+                    json.dumps(summarize(report)),
+                ),
             )
             if self._prune("reports", self.reports_kept):
                 self._prune_fingerprints()
@@ -148,19 +162,54 @@ class State(Baselines):
             )
             self._prune("skipped", self.reports_kept)
 
-    def recent_reports(self, limit: int = 50, watch: str | None = None) -> list[dict]:
-        query = "SELECT watch, path, step, verdict, finished, report FROM reports"
-        args: tuple = ()
+    def recent_reports(self, limit: int = 50, watch: str | None = None, verdict: str | None = None) -> list[dict]:
+        """Summaries (summary.summarize: no tensors, bounded findings) of the newest reports, newest
+        first, of one watch and one verdict if given; each with its `id` for `report(id)`."""
+        query = "SELECT id, watch, path, step, verdict, finished, duration, summary FROM reports"
+        where, args = [], []
         if watch:
-            query += " WHERE watch=?"
-            args = (watch,)
+            where.append("watch=?")
+            args.append(watch)
+        if verdict:
+            where.append("verdict=?")
+            args.append(verdict)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY finished DESC, id DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(query, (*args, limit)).fetchall()
+            missing = [r[0] for r in rows if r[7] is None]  # written before summaries were stored
+            made = {}
+            for rid in missing:
+                (text,) = self._db.execute("SELECT report FROM reports WHERE id=?", (rid,)).fetchone()
+                made[rid] = summarize(json.loads(text))
         return [
-            {"watch": w, "path": p, "step": s, "verdict": v, "finished": f, "report": json.loads(r)}
-            for w, p, s, v, f, r in rows
+            {
+                "id": i,
+                "watch": w,
+                "path": p,
+                "step": s,
+                "verdict": v,
+                "finished": f,
+                "duration": d,
+                **(made[i] if summary is None else json.loads(summary)),
+            }
+            for i, w, p, s, v, f, d, summary in rows
         ]
+
+    def report(self, report_id: int) -> dict | None:
+        """One stored verification with its full report ({id, watch, path, step, verdict,
+        finished, duration, report}), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, watch, path, step, verdict, finished, duration, report FROM reports WHERE id=?",
+                (report_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        i, w, p, s, v, f, d, text = row
+        return {"id": i, "watch": w, "path": p, "step": s, "verdict": v, "finished": f, "duration": d,
+                "report": json.loads(text)}  # fmt: skip
 
     def latest(self) -> dict[str, dict]:
         """The newest report of each watch (to restore the metrics after a restart)."""

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 from ckptwatch.daemon.model import TensorDrift, WatchStatus
+from ckptwatch.daemon.summary import finding_counts, listed_findings
 from ckptwatch.formats.kinds import WEIGHT
 from ckptwatch.policy import Policy
 
@@ -88,6 +89,8 @@ def apply_report(
     status.top_tensors = top_tensors(report, top_k, compared)
     stats = [t["stats"] for t in report.get("tensors", []) if t.get("stats")]
     status.nonfinite = sum((s.get("nan") or 0) + (s.get("inf") or 0) for s in stats) if stats else None
+    status.findings = listed_findings(report)
+    status.finding_counts = finding_counts(report)
     model = report.get("model") or {}
     functional = model.get("functional") or {}
     ref = "golden" if functional.get("reference") else None  # stored golden outputs count as golden
@@ -138,20 +141,26 @@ def restore(
     return fresh
 
 
+LOGGED_FINDINGS = 20  # "check:tensor" items per log event; `failing_total` says how many there were
+
+
 def log_fields(report: dict) -> dict:
-    """What "checkpoint verified" says about a report: verdict, failing checks (with tensors),
-    warnings, overall drift and read time."""
+    """What "checkpoint verified" says about a report: verdict, failing checks (with tensors,
+    bounded; `failing_total` counts them all), the warning check ids, overall drift and read time."""
     display = {t["name"]: t.get("display") or t["name"] for t in report.get("tensors", [])}
     failing = [
         f"{f['check']}:{display.get(f['tensor'], f['tensor'])}" if f.get("tensor") else f["check"]
         for f in report["findings"]
         if f["severity"] == "fail"
     ]
+    warning_checks = sorted({f["check"] for f in report["findings"] if f["severity"] == "warn"})
     drift = report.get("drift") or {}
     return {
         "verdict": report["verdict"],
-        "failing": failing[:20],
+        "failing": failing[:LOGGED_FINDINGS],
+        "failing_total": len(failing),
         "warnings": sum(1 for f in report["findings"] if f["severity"] == "warn"),
+        "warning_checks": warning_checks[:LOGGED_FINDINGS],
         "drift_previous": (drift.get("previous") or {}).get("relative_l2"),
         "drift_golden": (drift.get("golden") or {}).get("relative_l2"),
     }

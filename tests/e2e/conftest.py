@@ -6,7 +6,7 @@ requests go over a real socket to the port it reports in "daemon started"; check
 written by TensorFlow's own writers (CheckpointManager, Checkpoint.write) in the test process.
 
     DaemonProc            one daemon: start(), wait_for(event, timeout, after=, **fields),
-                          events(), mark(), get(path), api(), metric(name, **labels),
+                          events(), mark(), get(path), api(), full_report(summary), metric(name, **labels),
                           signal(), stop(), workers()
     daemon_factory        make(watches=[...], daemon={...}, worker={...}) -> a started DaemonProc;
                           every daemon made is stopped at teardown (killed if it must be) and
@@ -332,11 +332,18 @@ class DaemonProc:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode("utf-8", "replace")
 
-    def api(self, watch: str | None = None, limit: int = 1000) -> list[dict]:
-        query = f"?limit={limit}" + (f"&watch={watch}" if watch else "")
+    def api(self, watch: str | None = None, limit: int = 1000, verdict: str | None = None) -> list[dict]:
+        """Summaries of the stored reports (newest first), from /api/v1/checkpoints."""
+        query = f"?limit={limit}" + (f"&watch={watch}" if watch else "") + (f"&verdict={verdict}" if verdict else "")
         status, body = self.get("/api/v1/checkpoints" + query)
         assert status == 200, body
         return json.loads(body)["checkpoints"]
+
+    def full_report(self, summary: dict) -> dict:
+        """The full report of a summary from api(), from /api/v1/checkpoints/{id}."""
+        status, body = self.get(f"/api/v1/checkpoints/{summary['id']}")
+        assert status == 200, body
+        return json.loads(body)["checkpoint"]["report"]
 
     def scrape(self) -> str:
         status, body = self.get("/metrics")
@@ -552,7 +559,7 @@ def report_of(d: DaemonProc, checkpoint: str) -> dict:
     """The stored report of `checkpoint`, from /api/v1/checkpoints (exactly one)."""
     rows = [r for r in d.api() if r["path"] == checkpoint]
     assert len(rows) == 1, f"{checkpoint}: {len(rows)} reports in /api/v1/checkpoints"
-    return rows[0]["report"]
+    return d.full_report(rows[0])
 
 
 def outcome(d: DaemonProc, checkpoint: str, timeout: float = 30.0, after: int = 0) -> dict:

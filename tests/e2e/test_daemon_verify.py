@@ -73,11 +73,13 @@ def test_pass_then_corrupt_visible_in_metrics_and_api(tf, daemon_factory, tmp_pa
     assert set(rows) == {good, bad}
     assert rows[good]["verdict"] == "pass" and rows[bad]["verdict"] == "fail"
     assert rows[bad]["step"] == 2
-    bad_report = rows[bad]["report"]
+    assert "report" not in rows[bad] and "tensors" not in rows[bad]["findings"][0], "lists hold summaries"
+    assert rows[bad]["counts"]["fail"] >= 1 and rows[bad]["findings"][0]["check"].startswith("integrity.")
+    bad_report = d.full_report(rows[bad])
     assert bad_report["schema"] == "ckptwatch.report/v1"
     failing = [f for f in bad_report["findings"] if f["severity"] == "fail" and f["check"].startswith("integrity.")]
     assert failing and failing[0]["tensor"] == key, bad_report["findings"]
-    assert not [f for f in rows[good]["report"]["findings"] if f["severity"] == "fail"]
+    assert not [f for f in d.full_report(rows[good])["findings"] if f["severity"] == "fail"]
 
     status, page = d.get("/")
     assert status == 200 and "run" in page and ">fail<" in page, page
@@ -162,7 +164,7 @@ def test_checkpoint_rewritten_in_place_is_compared_with_its_former_version(tf, d
         assert write() == path
         start = d.wait_for("verification started", after=mark, checkpoint=path)
         ev = outcome(d, path, after=mark)
-        report = d.api(watch="run")[0]["report"]
+        report = d.full_report(d.api(watch="run")[0])
         assert start["previous"] != path, f"version {n} is compared with itself"
         assert ev["event"] == "checkpoint verified" and ev["verdict"] in GOOD, (n, report["findings"])
         assert report["drift"]["previous"]["relative_l2"] > 0

@@ -42,14 +42,19 @@ class Daemon:
     work: threading.Lock = field(default_factory=threading.Lock)  # held while "verifying"
     report_calls: list = field(default_factory=list)
     reports_list: list = field(default_factory=list)
+    full: dict = field(default_factory=dict)  # id -> State.report row
 
     def snapshot(self) -> Snapshot:
         with self.lock:
             return self.snap
 
-    def reports(self, limit: int, watch: str | None) -> list[dict]:
-        self.report_calls.append((limit, watch))
-        return [r for r in self.reports_list if watch is None or r["watch"] == watch][:limit]
+    def reports(self, limit: int, watch: str | None, verdict: str | None = None) -> list[dict]:
+        self.report_calls.append((limit, watch) if verdict is None else (limit, watch, verdict))
+        rows = [r for r in self.reports_list if watch is None or r["watch"] == watch]
+        return [r for r in rows if verdict is None or r["verdict"] == verdict][:limit]
+
+    def report(self, report_id: int) -> dict | None:
+        return self.full.get(report_id)
 
 
 @pytest.fixture
@@ -61,7 +66,7 @@ def daemon() -> Daemon:
 def server(daemon: Daemon):
     registry = CollectorRegistry()
     metrics = DaemonMetrics(registry, daemon.snapshot, top_k=5, devices=["gpu:0"], watches=["run7"])
-    srv = StatusServer("127.0.0.1:0", registry, daemon.snapshot, daemon.reports)
+    srv = StatusServer("127.0.0.1:0", registry, daemon.snapshot, daemon.reports, report=daemon.report)
     srv.start()
     srv.metrics = metrics  # for tests that bump counters
     yield srv
@@ -244,7 +249,8 @@ def test_checkpoints_api(server: StatusServer, daemon: Daemon):
 
 
 def test_unknown_paths_are_404(server: StatusServer):
-    for path in ("/nope", "/metrics/extra", "/api/v1", "/api/v1/checkpoints/3"):
+    for path in ("/nope", "/metrics/extra", "/api/v1", "/api/v1/checkpoints/3", "/checkpoints/3", "/checkpoints/x",
+                 "/api/v1/checkpoints/0", "/api/v1/checkpoints/-1", "/checkpoints/1/extra"):  # fmt: skip
         r = get(server, path)
         assert r.status == 404, path
 
@@ -368,3 +374,136 @@ def test_promtool_check_metrics(server: StatusServer, daemon: Daemon):
     assert b"ckptwatch_tensor_drift_relative_l2" in scrape
     p = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, timeout=60, check=False)
     assert (p.returncode, p.stdout, p.stderr) == (0, b"", b""), p.stdout.decode() + p.stderr.decode()
+
+
+EVIL = '<img src=x onerror=alert(1)>"'
+
+
+def a_full_report(rid: int, path: str = "/ckpt/run7/ckpt-13") -> dict:
+    """A stored verification as State.report gives it: a failing NaN checkpoint."""
+    tensors = [
+        {"name": f"layer{j}/kernel/.ATTRIBUTES/VARIABLE_VALUE", "display": f"layer{j}/kernel", "kind": "weight",
+         "dtype": "float32", "shape": [4, 4], "bytes": 64,
+         "stats": {"nan": 16 if j == 2 else 0, "inf": 0, "min": -1.0, "max": 1.0},
+         "drift": {"previous": {"relative_l2": 0.01 * j}, "golden": None}}
+        for j in range(5)
+    ]  # fmt: skip
+    return {
+        "id": rid, "watch": "run7", "path": path, "step": 1300, "verdict": "fail", "finished": 1_700_000_000.0,
+        "duration": 2.0,
+        "report": {
+            "schema": "ckptwatch.report/v1",
+            "checkpoint": {"path": path, "format": "tf2", "step": 1300, "tensors": 5, "bytes": 320},
+            "verdict": "fail",
+            "findings": [
+                {"severity": "fail", "check": "nonfinite", "tensor": "layer2/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+                 "reference": None, "message": "16 NaN values", "value": 16, "limit": 0},
+                {"severity": "warn", "check": "drift.jump", "tensor": "layer4/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+                 "reference": "previous", "message": "moved", "value": 0.04, "limit": 0.03,
+                 "expected": {"median": 0.01, "max": 0.02}, "basis": "history"},
+            ],
+            "references": {"previous": "/ckpt/run7/ckpt-12", "golden": None},
+            "drift": {"previous": {"relative_l2": 0.02, "max_abs": 0.1, "cosine": 0.99, "changed_fraction": 1.0},
+                      "golden": None},
+            "tensors": tensors,
+            "model": {"device": "cpu", "restore": {"status": "consumed"}, "functional": None},
+            "timings": {"total_seconds": 2.0},
+        },
+    }  # fmt: skip
+
+
+def a_summary(rid: int | None, step: int, verdict: str, drift: float | None) -> dict:
+    return {
+        "id": rid, "watch": "run7", "path": f"/ckpt/run7/ckpt-{step}", "step": step, "verdict": verdict,
+        "finished": 1_700_000_000.0 + step, "duration": 1.0, "counts": {"fail": int(verdict == "fail"), "warn": 0},
+        "findings": [{"severity": "fail", "check": "nonfinite", "tensor": "layer2/kernel", "message": "NaN"}]
+        if verdict == "fail" else [],
+        "drift": {"previous": {"relative_l2": drift, "max_abs": None}, "golden": {"relative_l2": 0.5, "max_abs": None}},
+        "nonfinite": 0,
+    }  # fmt: skip
+
+
+def test_watches_api(server: StatusServer, daemon: Daemon):
+    w = a_watch()
+    w.findings = [{"severity": "fail", "check": "nonfinite", "tensor": "layer2/kernel", "message": "NaN"}]
+    w.finding_counts = {("nonfinite", "fail"): 1}
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [w, WatchStatus(name="off", path="/x")], [])
+    r = get(server, "/api/v1/watches")
+    assert r.status == 200 and r.headers["content-type"] == "application/json"
+    watches = r.json()["watches"]
+    assert [x["name"] for x in watches] == ["run7", "off"]
+    assert watches[0]["findings"][0]["tensor"] == "layer2/kernel" and watches[0]["last_verdict"] == "pass"
+    assert watches[0]["accepted"]["by"] == "alice" and watches[0]["baseline_step"] == 1100
+    assert watches[1]["armed"] is False and watches[1]["last_verdict"] is None
+
+
+def test_checkpoints_api_filters_and_unknown_watch(server: StatusServer, daemon: Daemon):
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [a_watch()], [])
+    daemon.reports_list = [a_summary(3, 30, "fail", 0.2), a_summary(2, 20, "pass", 0.01)]
+    r = get(server, "/api/v1/checkpoints?verdict=fail&watch=run7")
+    assert r.status == 200 and [c["id"] for c in r.json()["checkpoints"]] == [3]
+    assert daemon.report_calls[-1] == (50, "run7", "fail")
+    r = get(server, "/api/v1/checkpoints?verdict=bogus")
+    assert r.status == 400 and "verdict" in r.json()["error"]
+    r = get(server, "/api/v1/checkpoints?watch=nope")
+    assert r.status == 404 and "nope" in r.json()["error"]
+    r = get(server, "/api/v1/checkpoints?watch=run7&verdict=error")
+    assert r.status == 200 and r.json()["checkpoints"] == [], "a configured watch: an empty list, not 404"
+    daemon.reports_list.append({**a_summary(1, 10, "pass", 0.01), "watch": "retired"})
+    r = get(server, "/api/v1/checkpoints?watch=retired")
+    assert r.status == 200 and len(r.json()["checkpoints"]) == 1, "no longer configured, but its reports are kept"
+
+
+def test_checkpoint_json_and_page(server: StatusServer, daemon: Daemon):
+    daemon.full[7] = a_full_report(7)
+    r = get(server, "/api/v1/checkpoints/7")
+    assert r.status == 200 and r.json()["checkpoint"]["report"]["findings"][0]["check"] == "nonfinite"
+    r = get(server, "/checkpoints/7")
+    assert r.status == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    page = r.text
+    assert "<code>nonfinite</code>" in page and "<code>layer2/kernel</code>" in page
+    assert "value 16; limit 0" in page and "expected median 0.01, max 0.02; basis history" in page
+    tensors = page.split('<table class="tensors">', 1)[1]
+    order = [tensors.index(f"layer{j}/kernel") for j in (2, 4, 3, 1, 0)]
+    assert order == sorted(order), "worst first: the NaN tensor, then by drift"
+    assert "consumed" in page.split("<h2>Model-aware checks</h2>", 1)[1], "model-aware results shown"
+    assert '<a href="/api/v1/checkpoints/7">' in page and '<a href="/">' in page
+    assert get(server, "/checkpoints/8").status == 404
+
+
+def test_pages_escape_file_names(server: StatusServer, daemon: Daemon):
+    path = f"/ckpt/run7/{EVIL}"
+    daemon.full[9] = a_full_report(9, path)
+    daemon.full[9]["report"]["findings"][0]["message"] = EVIL
+    daemon.full[9]["report"]["model"] = {"restore": {"status": EVIL}}
+    page = get(server, "/checkpoints/9").text
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;&quot;" in page
+    w = a_watch()
+    w.last_checkpoint = path
+    w.findings = [{"severity": "fail", "check": EVIL, "tensor": EVIL, "message": EVIL}]
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [w], [])
+    daemon.reports_list = [{**a_summary(9, 30, "fail", 0.2), "path": path, "findings": w.findings}]
+    page = get(server, "/").text
+    assert "<img" not in page and page.count("&lt;img") >= 4
+
+
+def test_status_page_history_timeline_and_drift(server: StatusServer, daemon: Daemon):
+    w = a_watch()
+    w.last_verdict, w.last_checkpoint, w.last_step = "fail", "/ckpt/run7/ckpt-50", 50
+    w.findings = [{"severity": "fail", "check": "nonfinite", "tensor": "layer2/kernel", "message": "NaN", "limit": 0}]
+    daemon.snap = Snapshot("0.1.0", daemon.snap.started, [w], [])
+    daemon.reports_list = [a_summary(i, 10 * i, "fail" if i == 5 else "pass", 0.01 * i) for i in range(5, 0, -1)]
+    daemon.reports_list.insert(0, a_summary(None, 60, "pass", None))  # kept in memory: no id yet
+    page = get(server, "/").text
+    assert '<meta http-equiv="refresh"' in page
+    section = page.split('<section class="watch" id="watch-run7">', 1)[1].split("</section>", 1)[0]
+    assert "<code>nonfinite</code>" in section and "<code>layer2/kernel</code>" in section
+    timeline = section.split('<svg class="timeline"', 1)[1].split("</svg>", 1)[0]
+    assert timeline.count("<rect") == 6 and timeline.count('<a href="/checkpoints/') == 5
+    assert timeline.index("step 10:") < timeline.index("step 50: fail — nonfinite") < timeline.index("step 60")
+    chart = section.split('<svg class="drift-chart"', 1)[1].split("</svg>", 1)[0]
+    assert chart.count('class="drift previous"') == 5 and chart.count('class="drift golden"') == 6
+    assert "<polyline" in chart
+    assert '<a href="/checkpoints/5">' in section, "recent checkpoints link to their pages"
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', ""), "no external asset"
+    assert "<script" not in page

@@ -111,6 +111,9 @@ def test_unwritable_state_keeps_a_bounded_backlog_and_writes_it_back(tmp_path):
     assert not state.writable() and state.health().pending == 3 and errors
     assert state.last_good("run") == GoodCheckpoint("/run/ckpt-6", 6, "k6", "/fp/6"), "the baseline, from memory"
     assert [r["path"] for r in state.recent_reports(10)] == [f"/run/ckpt-{s}" for s in (6, 5, 4, 1)]
+    assert [r["id"] is None for r in state.recent_reports(10)] == [True, True, True, False], "no id until written"
+    assert [r["path"] for r in state.recent_reports(10, verdict="fail")] == []
+    assert state.report(state.recent_reports(10)[-1]["id"])["path"] == "/run/ckpt-1"
     assert state.seen("run", "k6") and state.seen("run", "k1") and not state.seen("run", "k2")
 
     clock.now += 10

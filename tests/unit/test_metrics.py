@@ -338,3 +338,22 @@ def test_remove_watch_drops_its_counters_and_histogram_only():
     m.remove_watch("never")  # nothing to remove: no error
     m.add_watch("gone")  # configured again: back at 0
     assert val(reg, "ckptwatch_verifications_total", watch="gone", verdict="fail") == 0
+
+
+def test_last_findings_by_check_and_severity_only():
+    """The latest checkpoint's failing and warning check ids as data: one series per (check,
+    severity), the count as value, never a tensor name; gone when the check no longer applies."""
+    w = watch_status()
+    w.findings = [{"severity": "fail", "check": "nonfinite", "tensor": "enc/secret_w", "message": "NaN"}]
+    w.finding_counts = {("nonfinite", "fail"): 2, ("drift.jump", "warn"): 1}
+    reg, _, _ = make(snapshot([w, WatchStatus(name="quiet", path="/ckpt/quiet", armed=True)]))
+    assert val(reg, "ckptwatch_last_findings", watch="run7", check="nonfinite", severity="fail") == 2
+    assert val(reg, "ckptwatch_last_findings", watch="run7", check="drift.jump", severity="warn") == 1
+    series = names_of(reg, "ckptwatch_last_findings")
+    assert {s["watch"] for s in series} == {"run7"}, "a watch without findings has no series"
+    assert all(set(s) == {"watch", "check", "severity"} for s in series), "check ids only: no tensor label"
+    assert "enc/secret_w" not in generate_latest(reg).decode()
+    w.finding_counts = {("drift.jump", "warn"): 1}  # the next checkpoint: no longer non-finite
+    assert val(reg, "ckptwatch_last_findings", watch="run7", check="nonfinite", severity="fail") is None
+    w.finding_counts = {(f"check{i}", "fail"): 1 for i in range(500)}
+    assert len(names_of(reg, "ckptwatch_last_findings")) == 50, "bounded per watch"

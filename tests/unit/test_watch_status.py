@@ -73,6 +73,24 @@ def test_apply_report_sets_every_figure():
     assert s.restore_unmatched == 2
 
 
+def test_apply_report_lists_and_counts_the_failing_and_warning_checks():
+    s = WatchStatus("run", "/ckpt/run")
+    report = a_report("fail")
+    report["findings"][0] |= {"value": None, "limit": 0.0}
+    report["findings"].append({"severity": "fail", "check": "nonfinite", "tensor": "m/b", "message": "NaN"})
+    apply_report(s, report, 1000.0, None, top_k=10)
+    assert s.finding_counts == {("nonfinite", "fail"): 2, ("integrity.crc", "fail"): 1, ("drift.golden", "warn"): 1}
+    assert [(f["severity"], f["check"], f["tensor"]) for f in s.findings] == [
+        ("fail", "nonfinite", "m/k"),  # the display name, as people read it
+        ("fail", "integrity.crc", None),
+        ("fail", "nonfinite", "m/b"),
+        ("warn", "drift.golden", None),
+    ], "fail first, info left out"
+    assert s.findings[0]["limit"] == 0.0 and "value" not in s.findings[0]
+    apply_report(s, a_report("pass") | {"findings": []}, 2000.0, None, top_k=10)
+    assert s.findings == [] and s.finding_counts == {}, "a later checkpoint clears them"
+
+
 def test_top_k_per_reference():
     s = WatchStatus("run", "/ckpt/run")
     apply_report(s, a_report(), 1000.0, None, top_k=1)
@@ -114,12 +132,14 @@ def test_log_fields():
     assert fields == {
         "verdict": "warn",
         "failing": ["nonfinite:m/k", "integrity.crc"],
+        "failing_total": 2,
         "warnings": 1,
+        "warning_checks": ["drift.golden"],
         "drift_previous": 0.01,
         "drift_golden": 0.4,
     }
     many = {"verdict": "fail", "findings": [{"severity": "fail", "check": f"c{i}"} for i in range(30)]}
-    assert len(log_fields(many)["failing"]) == 20
+    assert len(log_fields(many)["failing"]) == 20 and log_fields(many)["failing_total"] == 30
     assert log_fields(many)["drift_previous"] is None
 
 
