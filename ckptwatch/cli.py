@@ -540,13 +540,76 @@ def accept(
     )
 
 
+@main.command()
+@click.argument("watch_name", metavar="WATCH")
+@click.option("--reason", metavar="TEXT", help="Why the run is finished (recorded, logged by the daemon).")
+@click.option("--undo", is_flag=True, help="Watch it again (forget the retirement).")
+@click.option("--config", "config_path", metavar="FILE", help="The daemon's config: its state_dir and watches.")
+@click.option("--state-dir", metavar="DIR", help="The daemon's state directory [$CKPTWATCH_STATE_DIR or the default].")
+@click.option("--by", metavar="NAME", help="Who retires it [$SUDO_USER, else the login user].")
+def retire(
+    watch_name: str, reason: str | None, undo: bool, config_path: str | None, state_dir: str | None, by: str | None
+) -> None:
+    """Retire WATCH: a finished run that the daemon stops watching and alerting on.
+
+    Its series leave /metrics (but `ckptwatch_watch_retired{watch} 1`), so its alerts clear and
+    none fires when the run stops saving; its reports, baseline and publish_dir stay. Recorded in
+    the daemon's state like `accept`; the running daemon applies it within its poll interval.
+    `--undo` watches it again. The config key `retired = true` on the watch does the same.
+    """
+    import sqlite3
+
+    from ckptwatch.config import DaemonConfig, load_config
+    from ckptwatch.daemon.state import open_existing
+
+    if not undo and not " ".join((reason or "").split()):
+        raise UsageError("--reason is required: say why the run is finished")
+    if config_path and state_dir:
+        raise UsageError("give --config or --state-dir, not both")
+    if config_path:
+        config = load_config(config_path)
+        names = [w.name for w in config.watches]
+        if watch_name not in names:
+            raise UsageError(f"unknown watch {watch_name!r}: {config_path} has {', '.join(map(repr, names))}")
+        state_dir = config.daemon.state_dir
+    elif not state_dir:
+        state_dir = os.environ.get("CKPTWATCH_STATE_DIR") or DaemonConfig().state_dir
+    who = (by or "").strip() or _operator()
+    state = open_existing(state_dir)
+    try:
+        if undo:
+            was = state.unretire(watch_name)
+        else:
+            state.retire(watch_name, who, " ".join((reason or "").split()))
+    except sqlite3.Error as e:
+        raise CkptwatchError(f"cannot record the retirement in {state_dir}: {e}") from None
+    finally:
+        state.close()
+    if undo:
+        click.echo(
+            f"watch {watch_name} is watched again; the daemon applies it within its poll interval"
+            if was
+            else f"watch {watch_name} was not retired by command (a `retired = true` in the config stays)"
+        )
+    else:
+        click.echo(
+            f"retired watch {watch_name} (by {who}); the daemon stops watching it within its poll interval, "
+            "its history stays"
+        )
+
+
 @main.command("check-config")
 @click.argument("config_path", metavar="FILE")
 @_verbosity
 def check_config(config_path: str) -> None:
     """Validate a daemon configuration file (the same checks as at start-up, its web config included);
-    list every problem."""
+    list every problem.
+
+    A watch whose path is not a directory it can watch now (missing, a file, unreadable) is valid
+    (the daemon waits for a directory that does not exist yet) but is named on stderr: the daemon
+    will not arm it, and says so in its log, `ckptwatch_watch_armed` and /readyz."""
     from ckptwatch.config import describe, load_config
+    from ckptwatch.daemon.events import unarmed_reason
     from ckptwatch.daemon.webconfig import load_web_config
     from ckptwatch.errors import ConfigInvalid
 
@@ -565,6 +628,11 @@ def check_config(config_path: str) -> None:
             auth = f", basic auth ({len(web.users)} users)" if web.users else ""
             click.echo(f"{web.path}: ok: {'TLS' if web.tls else 'plain HTTP'}{auth}")
         click.echo(f"{config_path}: ok: {describe(config)}")
+    for w in config.watches:
+        if w.retired or os.path.isdir(w.path):
+            continue
+        reason, detail = unarmed_reason(w.path)
+        click.echo(f"{config_path}: warning: watch {w.name} would not be armed now: {reason}: {detail}", err=True)
 
 
 SHELLS = ("bash", "zsh", "fish")

@@ -36,6 +36,13 @@ def watch_status(name: str = "run7", **fields: Any) -> WatchStatus:
         "baseline_step": 1100,
         "published_checkpoint": f"/ckpt/{name}/ckpt-11",
         "published_step": 1100,
+        "thresholds": {
+            "max_global_golden_drift": 1.0,
+            "max_global_jump": 0.5,
+            "max_abs_value": 1e6,
+            "stall_intervals": 3.0,
+        },
+        "save_interval": 300.0,
         "accepted": AcceptedBaseline(
             f"/ckpt/{name}/ckpt-9", 900, "alice", "restarted from ckpt-8 on purpose", 1_699_990_000.0
         ),

@@ -341,6 +341,16 @@ class Watch(_Section):
     exclude: list[Glob] = Field(default_factory=list, description="globs on checkpoint names")
     policy: WatchPolicy | None = None
     model: ModelConfig | None = None
+    retired: bool = Field(
+        False,
+        description="a finished run: not watched, no alerts, its history kept (also `ckptwatch retire WATCH`)",
+    )
+    stall_intervals: float = Field(
+        3.0,
+        gt=1,
+        description="CkptwatchRunStoppedSaving fires when no checkpoint arrived for this many of the run's own "
+        'save intervals (exported as ckptwatch_policy_threshold{threshold="stall_intervals"})',
+    )
 
     @field_validator("golden")
     @classmethod

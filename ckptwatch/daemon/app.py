@@ -72,6 +72,9 @@ class Daemon:
         self.drain_deadline: float | None = None  # SIGTERM: monotonic time the in-flight jobs must end by
         self.drained: list[str] = []  # checkpoints whose verification finished during the drain
         self.verified_this_run = 0
+        self.unarmed: dict[str, tuple[str, str]] = {}  # watch -> (reason, detail) while not armed
+        self.retired_by_command: dict[str, dict] = {}  # `ckptwatch retire`: watch -> {by, reason, at}
+        self.reload_success, self.reload_time = True, time.time()  # the latest load of the config
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -92,10 +95,32 @@ class Daemon:
             watches = []
             for name, status in self.recorder.statuses.items():
                 s = copy.copy(status)
-                s.queue_depth = self.pipeline.depth(name)
-                s.armed = self.watcher.armed(name)
+                s.retired = self.retired(name)
+                s.queue_depth = 0 if s.retired else self.pipeline.depth(name)
+                s.armed = not s.retired and self.watcher.armed(name) and name not in self.unarmed
+                s.unarmed_reason, s.unarmed_detail = self.unarmed.get(name, (None, None))
                 watches.append(s)
-            return Snapshot(__version__, self.started, watches, self.supervisor.statuses(), self.state.health())
+            return Snapshot(
+                __version__,
+                self.started,
+                watches,
+                self.supervisor.statuses(),
+                self.state.health(),
+                reload_success=self.reload_success,
+                reload_time=self.reload_time,
+            )
+
+    def retired(self, name: str) -> bool:
+        """A finished run: `retired = true` in its config, or `ckptwatch retire` recorded in the state."""
+        try:
+            configured = self.config.watch(name).retired
+        except KeyError:
+            return False
+        return configured or name in self.retired_by_command
+
+    def _active(self) -> dict[str, str]:
+        """The watches to watch: name -> path of every configured watch that is not retired."""
+        return {w.name: w.path for w in self.config.watches if not self.retired(w.name)}
 
     def reports(self, limit: int, watch: str | None = None, verdict: str | None = None) -> list[dict]:
         """Summaries of the newest reports (HTTP threads; the state's own lock)."""
@@ -136,6 +161,11 @@ class Daemon:
             on_error=self.metrics.state_error,
         )
         self.recorder = Recorder(self.state, self.metrics, self.log, cfg)
+        self.recorder.retired = self.retired
+        self.retired_by_command = self.state.retirements()
+        for w in cfg.watches:
+            if self.retired(w.name):
+                self.metrics.remove_watch(w.name)
         swept = self.state.sweep_fingerprints()  # before any worker writes one
         if swept:
             self.log.info("fingerprints removed", count=swept, reason="nothing in the state refers to them")
@@ -158,9 +188,7 @@ class Daemon:
             self.metrics.worker_restarted,
             self.log,
         )
-        self.watcher = Watcher(
-            {w.name: w.path for w in cfg.watches}, self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval
-        )
+        self.watcher = Watcher(self._active(), self._on_touch, cfg.daemon.observer, cfg.daemon.poll_interval)
         try:
             self.http = StatusServer(
                 cfg.daemon.listen,
@@ -189,10 +217,13 @@ class Daemon:
         self.supervisor.start()
         self.watcher.start()
         for w in cfg.watches:
-            if self.watcher.armed(w.name):
+            if self.retired(w.name):
+                self.log.info("watch retired", watch=w.name, path=w.path)
+            elif self.watcher.armed(w.name):
                 self.log.info("watch armed", watch=w.name, path=w.path)
             else:
                 self.log.info("watch waiting for its directory", watch=w.name, path=w.path)
+        self._check_armed()
         host, port = self.http.address
         self.log.info(
             "daemon started",
@@ -336,6 +367,52 @@ class Daemon:
             return
         self.next_acceptances = now + self.config.daemon.poll_interval
         self.recorder.apply_acceptances()  # a state that cannot be read: none now (DurableState), retried
+        self._retirements()
+
+    def _retirements(self) -> None:
+        """Apply `ckptwatch retire` / `--undo` recorded in the state by another process."""
+        found = self.state.retirements()
+        if found == self.retired_by_command:
+            return
+        before = {w.name for w in self.config.watches if self.retired(w.name)}
+        self.retired_by_command = found
+        self._retire_changes(before)
+
+    def _retire_changes(self, before: set[str]) -> None:
+        """Stop watching the watches retired since `before` (their series go, their history stays),
+        and watch again those no longer retired."""
+        now = {w.name for w in self.config.watches if self.retired(w.name)}
+        for name in sorted(now - before):
+            self.pipeline.remove_watch(name)
+            self.metrics.remove_watch(name)
+            self.unarmed.pop(name, None)
+            self.scan_problems.pop(name, None)
+            why = self.retired_by_command.get(name) or {"by": "config", "reason": "retired = true"}
+            self.log.info("watch retired", watch=name, by=why["by"], reason=why["reason"])
+        for name in sorted(before - now):
+            if any(w.name == name for w in self.config.watches):
+                self.metrics.add_watch(name)
+                self.dirty.add(name)
+                self.log.info("watch no longer retired", watch=name)
+        if now != before:
+            self.watcher.update(self._active())
+            self._check_armed()
+
+    def _check_armed(self) -> None:
+        """Why each watch that is not retired is not armed (missing, not_a_directory, unreadable,
+        error), logged once per new reason; an armed watch whose directory cannot be scanned counts
+        as not armed too."""
+        unarmed: dict[str, tuple[str, str]] = {}
+        for name, path in self._active().items():
+            why = self.watcher.why_not_armed(name)
+            if why is None and name in self.scan_problems:
+                problem = self.scan_problems[name]
+                why = ("unreadable" if "PermissionError" in problem else "error", f"{path}: {problem}")
+            if why is not None:
+                unarmed[name] = why
+                if self.unarmed.get(name, (None,))[0] != why[0]:
+                    self.log.warning("watch not armed", watch=name, path=path, reason=why[0], detail=why[1])
+        self.unarmed = unarmed
 
     def _timeout(self) -> float:
         """Until the next poll, the next re-check of a checkpoint being written or the next
@@ -386,7 +463,10 @@ class Daemon:
         except Exception as e:  # whatever the file holds, a reload never stops the daemon
             error = str(e) if isinstance(e, CkptwatchError) else f"{type(e).__name__}: {e}"
             self.log.error("config reload failed, keeping the running config", error=error)
+            self.reload_success = False
             return
+        self.reload_success, self.reload_time = True, time.time()
+        retired_before = {w.name for w in self.config.watches if self.retired(w.name)}
         if list(new.worker.devices) != list(self.config.worker.devices):
             self.log.warning(
                 "worker devices changed: takes effect at the next restart", devices=list(new.worker.devices)
@@ -396,16 +476,20 @@ class Daemon:
             self.pipeline.remove_watch(name)
             self.metrics.remove_watch(name)
             self.scan_problems.pop(name, None)
+            self.unarmed.pop(name, None)
         self.config = new
         self.pipeline.configure(new.daemon.queue_limit, new.daemon.max_attempts)
         self.pipeline.hold = self.holder.hold if new.daemon.hold_files else None  # for checkpoints found from now on
         self.state.reports_kept = new.daemon.reports_kept
         self.state.backlog, self.state.retry_max = new.daemon.state_backlog, new.daemon.state_retry_max
         for w in new.watches:
-            self.metrics.add_watch(w.name)
-        self.watcher.update({w.name: w.path for w in new.watches})
+            if not self.retired(w.name):
+                self.metrics.add_watch(w.name)
+        self.watcher.update(self._active())
         self.recorder.configure(new)
-        self.dirty.update(w.name for w in new.watches)
+        self._retire_changes(retired_before - removed)
+        self._check_armed()
+        self.dirty.update(self._active())
         self.log.info("config reloaded", watches=[w.name for w in new.watches], source=new.source)
 
     # -- finding work ----------------------------------------------------------------------
@@ -424,7 +508,8 @@ class Daemon:
             self.next_poll = now + self.config.daemon.poll_interval  # re-read: SIGHUP may change it
             for name, armed in self.watcher.tick():
                 self.log.info("watch armed" if armed else "watch disarmed", watch=name)
-            self.dirty.update(w.name for w in self.config.watches)
+            self._check_armed()
+            self.dirty.update(self._active())
         if now >= self.next_recheck:
             self.next_recheck = now + RECHECK_INCOMPLETE
             self.dirty.update(self.pipeline.needs_recheck())
@@ -453,6 +538,8 @@ class Daemon:
         try:
             w = self.config.watch(name)
         except KeyError:
+            return
+        if self.retired(name):
             return
         found = discovery.scan(w.name, w.path, list(w.include), list(w.exclude))
         self.pipeline.rescan(name, found.candidates, exporting=bool(found.exporting))

@@ -171,6 +171,10 @@ class DurableState:
         self.unwritten_baselines: set[str] = set()
         self.unwritten_published: set[str] = set()
         self.applied: dict[int, float] = {}  # acceptances applied, not yet marked in the state
+        self._retirements: dict[str, dict] = {}  # the last retirements read (kept through an outage)
+        # a descriptor of the database file kept open for _check_file: closing one would drop every
+        # POSIX lock this process holds on the file, SQLite's included (fcntl semantics)
+        self._header_fd: int | None = None
         _make_dir(self.dir)
         with self._lock:
             self._open()
@@ -272,8 +276,7 @@ class DurableState:
         """SQLite serves a long-lived connection from its cache: a file overwritten under it is
         only noticed by a new connection (a restart). Look at the header ourselves."""
         try:
-            with open(self.database, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
+            head = self._read_header()
         except FileNotFoundError:
             self._replace_corrupt(sqlite3.DatabaseError(f"{self.database} was deleted"))
             return
@@ -282,6 +285,24 @@ class DurableState:
             return
         if head != SQLITE_MAGIC:
             self._replace_corrupt(sqlite3.DatabaseError("file is not a database (its header is not SQLite's)"))
+
+    def _read_header(self) -> bytes:
+        """The first bytes of the database file, read without ever closing a descriptor of the file
+        SQLite has open: POSIX drops all of a process's locks on a file when any descriptor of it is
+        closed, and then another process (`ckptwatch accept`, `ckptwatch retire`) closing its own
+        connection takes the database for its last user, checkpoints it and deletes the -wal and
+        -shm files under the daemon's connection, which from then on never sees another process's
+        writes. One descriptor of the file is kept open; when the path names another file (the state
+        was replaced: a new database, SQLite's connection on it), it follows that one."""
+        st = os.stat(self.database)
+        if self._header_fd is not None:
+            kept = os.fstat(self._header_fd)
+            if (kept.st_dev, kept.st_ino) != (st.st_dev, st.st_ino):
+                os.close(self._header_fd)
+                self._header_fd = None
+        if self._header_fd is None:
+            self._header_fd = os.open(self.database, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return os.pread(self._header_fd, len(SQLITE_MAGIC), 0)
 
     def _retry(self, now: float) -> None:
         try:
@@ -460,6 +481,10 @@ class DurableState:
                 with contextlib.suppress(sqlite3.Error):
                     self.store.close()
                 self.store = None
+            if self._header_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._header_fd)
+                self._header_fd = None
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -564,6 +589,13 @@ class DurableState:
         with self._lock:
             none: dict[str, Acceptance] = {}
             return self._attempt("read the acceptances", lambda s: s.last_acceptances(), none)
+
+    def retirements(self) -> dict[str, dict]:
+        """State.retirements; while the state cannot be read, the last ones read (a watch retired
+        by command stays retired through a state outage)."""
+        with self._lock:
+            self._retirements = self._attempt("read the retirements", lambda s: s.retirements(), self._retirements)
+            return dict(self._retirements)
 
     def pending_acceptances(self) -> list[Acceptance]:
         with self._lock:

@@ -58,7 +58,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ckptwatch.daemon.model import Touched
 
-__all__ = ["EVENT_FILTER", "OBSERVER_KINDS", "Handler", "OnTouch", "Watcher"]
+__all__ = ["EVENT_FILTER", "OBSERVER_KINDS", "Handler", "OnTouch", "Watcher", "unarmed_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,26 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def unarmed_reason(path: str, problem: str | None = None) -> tuple[str, str]:
+    """Why a directory at `path` is not armed: (one of model.UNARMED_REASONS, a line for people).
+    `problem`: the error of the last attempt to arm it, if any."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing", f"{path}: no such directory"
+    except PermissionError as e:
+        return "unreadable", f"{path}: {e.strerror or e}"
+    except OSError as e:
+        return "error", f"{path}: {e.strerror or e}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not_a_directory", f"{path}: not a directory (the watch path names a directory checkpoints are saved in)"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "unreadable", f"{path}: permission denied (the daemon's user cannot list it)"
+    if problem:
+        return ("unreadable" if "ermission" in problem else "error"), problem
+    return "missing", f"{path}: not watched yet"
 
 
 @dataclass
@@ -227,6 +247,16 @@ class Watcher:
         with self._lock:
             path = self._names.get(name)
             return self._dirs[path].problem if path is not None else None
+
+    def why_not_armed(self, name: str) -> tuple[str, str] | None:
+        """None if the watch is armed (or unknown), else (reason, detail) from `unarmed_reason`.
+        Looks at the directory (stat): call it from the daemon's loop, not from a scrape."""
+        with self._lock:
+            path = self._names.get(name)
+            if path is None or self._dirs[path].observed is not None:
+                return None
+            problem = self._dirs[path].problem
+        return unarmed_reason(path, problem)
 
     def update(self, watches: dict[str, str]) -> list[tuple[str, bool]]:
         """Apply a new set of watches (config reload): add new names, remove missing ones,

@@ -6,8 +6,8 @@
     /livez                200 "ok" while the daemon's main loop turns; 503 and how long it has not
                           (`stalled()`: no turn for liveness_timeout s), so Kubernetes restarts a
                           wedged daemon
-    /readyz               200 "ok" when a watch is armed, a worker is up and the state can be written,
-                          else 503 and why
+    /readyz               200 "ok" when every watch that is not retired is armed, a worker is up and
+                          the state can be written, else 503 and why (each unarmed watch: reason, path)
     /                     the status page (page.render_status_page): per watch the latest failing
                           checks and their tensors, verdicts and drift over steps, recent checkpoints
                           linking to their pages, baseline, publish_dir, acceptance; refreshes itself
@@ -198,8 +198,14 @@ class StatusServer:
         if snap.ready:
             return _text(HTTPStatus.OK, "ok\n")
         reasons = []
-        if not any(w.armed for w in snap.watches):
-            reasons.append("no watch armed" if snap.watches else "no watch configured")
+        active = snap.active_watches
+        if not any(w.armed for w in active):
+            reasons.append(
+                "no watch armed" if active else "no watch configured" if not snap.watches else "every watch retired"
+            )
+        for w in active:
+            if not w.armed and w.unarmed_reason:
+                reasons.append(f"watch {w.name} not armed: {w.unarmed_reason} ({w.unarmed_detail or w.path})")
         if not any(w.up for w in snap.workers):
             reasons.append("no worker up")
         if snap.state is not None and snap.state.problem is not None:

@@ -261,6 +261,42 @@ class SnapshotCollector(Collector):
             (),
         ),
         (
+            "ckptwatch_watch_armed",
+            "1 when the watch's directory is being watched, else 0 with the reason: missing (no such path), "
+            "not_a_directory (the path is a file), unreadable (the daemon's user cannot list it) or error; "
+            "reason is none while armed. Retired watches are left out.",
+            ("watch", "reason"),
+        ),
+        (
+            "ckptwatch_watch_retired",
+            "1 for a watch retired as a finished run (config retired = true, or ckptwatch retire): it is not "
+            "watched and exports no other series; its history stays in the state. 0 for the others.",
+            ("watch",),
+        ),
+        (
+            "ckptwatch_policy_threshold",
+            "The watch's own limits that alert rules compare with, by threshold: max_global_golden_drift (relative L2 "
+            "vs golden that fails; absent when unbounded), max_global_jump, max_abs_value, stall_intervals.",
+            ("watch", "threshold"),
+        ),
+        (
+            "ckptwatch_save_interval_seconds",
+            "The run's save cadence as the daemon learnt it: the median interval between its recent checkpoints "
+            "(absent until it has seen three).",
+            ("watch",),
+        ),
+        (
+            "ckptwatch_config_reload_success",
+            "1 when the latest load of the config (start, SIGHUP) succeeded, 0 when the latest reload failed "
+            "(the daemon runs on with the config it had).",
+            (),
+        ),
+        (
+            "ckptwatch_config_reload_timestamp_seconds",
+            "Unix time of the latest successful load of the config (start or SIGHUP reload).",
+            (),
+        ),
+        (
             "ckptwatch_functional_agreement_ratio",
             "Fraction of probe-batch outputs of the restored model that agree with the reference model.",
             ("watch", "reference"),
@@ -306,6 +342,8 @@ class SnapshotCollector(Collector):
             if device not in seen:
                 add("ckptwatch_worker_up", [device], 0)
 
+        add("ckptwatch_config_reload_success", [], 1 if snap.reload_success else 0)
+        add("ckptwatch_config_reload_timestamp_seconds", [], snap.reload_time)
         if snap.state is not None:
             add("ckptwatch_state_writable", [], 1 if snap.state.problem is None else 0)
             add("ckptwatch_state_pending_records", [], snap.state.pending)
@@ -314,6 +352,14 @@ class SnapshotCollector(Collector):
 
     def _collect_watch(self, w: WatchStatus, add: Callable[[str, list[str], float | int | None], None]) -> None:
         name = w.name
+        add("ckptwatch_watch_retired", [name], 1 if w.retired else 0)
+        if w.retired:  # a finished run: nothing to alert on
+            return
+        reason = "none" if w.armed else (w.unarmed_reason or "missing")
+        add("ckptwatch_watch_armed", [name, reason], 1 if w.armed else 0)
+        for threshold, value in sorted(w.thresholds.items()):
+            add("ckptwatch_policy_threshold", [name, threshold], value)
+        add("ckptwatch_save_interval_seconds", [name], w.save_interval)
         if w.last_verdict is not None:
             for verdict in VERDICTS:
                 add("ckptwatch_last_verdict", [name, verdict], 1 if verdict == w.last_verdict else 0)

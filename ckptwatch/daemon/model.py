@@ -10,6 +10,10 @@ if TYPE_CHECKING:
 
 VERDICTS = ("pass", "warn", "fail", "error")
 SKIP_REASONS = ("vanished", "coalesced", "incomplete", "unsupported")
+# why a watch is not armed (`ckptwatch_watch_armed{reason}`): its path does not exist, is a file (or
+# anything but a directory), cannot be read or listed by the daemon's user, or could not be watched
+# for another reason (e.g. the inotify watch limit); "armed" on the series of an armed watch
+UNARMED_REASONS = ("missing", "not_a_directory", "unreadable", "error")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class WatchStatus:
     name: str
     path: str
     armed: bool = False  # the directory exists and is being watched
+    unarmed_reason: str | None = None  # one of UNARMED_REASONS while not armed (None: not known yet)
+    unarmed_detail: str | None = None  # the path and the error, for /readyz and the log
+    retired: bool = False  # a finished run (config `retired = true` or `ckptwatch retire`): not watched
+    thresholds: dict[str, float] = field(default_factory=dict)  # name -> value the alert rules compare with
+    save_interval: float | None = None  # median seconds between the run's recent checkpoints (learnt)
     last_verdict: str | None = None
     last_checkpoint: str | None = None
     last_step: int | None = None
@@ -140,8 +149,17 @@ class Snapshot:
     watches: list[WatchStatus]
     workers: list[WorkerStatus]
     state: StateHealth | None = None  # None: not known (no state behind this snapshot)
+    reload_success: bool = True  # whether the latest load of the config (start, SIGHUP) succeeded
+    reload_time: float | None = None  # unix time of the latest successful load
+
+    @property
+    def active_watches(self) -> list[WatchStatus]:
+        """The watches that are not retired."""
+        return [w for w in self.watches if not w.retired]
 
     @property
     def ready(self) -> bool:
+        """Every watch that is not retired armed (and one at least), a worker up, the state writable."""
         state_ok = self.state is None or self.state.problem is None
-        return any(w.armed for w in self.watches) and any(w.up for w in self.workers) and state_ok
+        active = self.active_watches
+        return bool(active) and all(w.armed for w in active) and any(w.up for w in self.workers) and state_ok

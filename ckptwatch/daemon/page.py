@@ -288,7 +288,7 @@ def _overview_row(w: WatchStatus) -> str:
     failing = sorted({str(f.get("check")) for f in w.findings if f.get("severity") == "fail"})
     cells = [
         f'<td><a href="#{_anchor(w.name)}">{esc(w.name)}</a></td>',
-        f'<td class="{"" if w.armed else "fail"}">{"yes" if w.armed else "no"}</td>',
+        f'<td class="{"" if w.armed or w.retired else "fail"}">{esc(_armed_short(w))}</td>',
         _verdict_cell(w.last_verdict),
         f'<td class="num">{esc(num(w.last_step))}</td>',
         f'<td class="path">{esc(w.last_checkpoint or "—")}</td>',
@@ -347,7 +347,7 @@ def _watch_section(w: WatchStatus, history: Sequence[Mapping[str, Any]]) -> str:
         if latest is not None and latest.get("path") == w.last_checkpoint
         else ""
     )
-    armed = "armed" if w.armed else "<strong>not armed</strong> (the directory is missing or cannot be watched)"
+    armed = _armed_long(w)
     baseline = esc(w.baseline_checkpoint + _step(w.baseline_step)) if w.baseline_checkpoint else "none yet"
     published = esc(w.published_checkpoint + _step(w.published_step)) if w.published_checkpoint else "nothing"
     a = w.accepted
@@ -537,3 +537,20 @@ verified {esc(when(row.get("finished")))} in {esc(num(row.get("duration")))} s</
 {tensor_rows or '<tr><td colspan="10" class="muted">no tensors read</td></tr>'}
 </table>"""
     return _page(f"ckptwatch: {row.get('watch')} {row.get('path')}", body)
+
+
+def _armed_short(w: WatchStatus) -> str:
+    """The status table's "armed" cell: yes, retired, or no and why (ckptwatch_watch_armed's reason)."""
+    if w.retired:
+        return "retired"
+    return "yes" if w.armed else f"no: {w.unarmed_reason or 'missing'}"
+
+
+def _armed_long(w: WatchStatus) -> str:
+    """The watch section's line (HTML): armed, retired, or not armed with the reason and the path."""
+    if w.retired:
+        return "retired (a finished run: not watched, no alerts; `ckptwatch retire --undo` watches it again)"
+    if w.armed:
+        return "armed"
+    why = esc(w.unarmed_detail or "the directory is missing or cannot be watched")
+    return f"<strong>not armed: {esc(w.unarmed_reason or 'missing')}</strong> ({why})"

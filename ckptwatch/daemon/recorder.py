@@ -14,6 +14,9 @@ neither updates a status nor brings the watch's series back into /metrics.
 
 from __future__ import annotations
 
+import itertools
+import statistics
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,24 @@ from ckptwatch.daemon.pipeline import Done, Event, GaveUp, Pending, Queued, Retr
 from ckptwatch.daemon.publish import publish
 from ckptwatch.daemon.state import Acceptance, GoodCheckpoint, State
 
+SAVES_KEPT = 8  # intervals between recent checkpoints the save cadence is the median of
+
+
+def written_at(key: str, default: float) -> float:
+    """When a checkpoint was written: the mtime in its identity key (`path|mtime_ns|size`), else `default`."""
+    try:
+        return int(key.rsplit("|", 2)[1]) / 1e9
+    except (IndexError, ValueError):
+        return default
+
+
+def save_interval(times: deque[float]) -> float | None:
+    """The run's save cadence: the median of the intervals between its recent checkpoints (None
+    until there are two; a checkpoint rewritten within a second of another does not count)."""
+    ordered = sorted(times)
+    gaps = [b - a for a, b in itertools.pairwise(ordered) if b - a >= 1.0]
+    return statistics.median(gaps) if len(gaps) >= 2 else None
+
 
 class Recorder:
     """`recorder(event)` records one pipeline event; `statuses` are the configured watches'."""
@@ -34,6 +55,8 @@ class Recorder:
         self.state, self.metrics, self.log = state, metrics, log
         self.statuses: dict[str, WatchStatus] = {}
         self.history_problem: str | None = None  # why the last change to a run's history failed
+        self.retired: Callable[[str], bool] = lambda watch: False  # set by the daemon
+        self.saves: dict[str, deque[float]] = {}  # watch -> times of its recent checkpoints (save cadence)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -50,6 +73,18 @@ class Recorder:
             self.compared,
         )
         accepted = self.state.last_acceptances()
+        latest = self.state.latest()
+        for w in config.watches:
+            status = self.statuses[w.name]
+            status.thresholds = watch_status.thresholds(w)
+            if status.last_seen_time is None and w.name in latest:  # a restart: the newest one verified
+                status.last_seen_time = latest[w.name]["finished"]
+            if w.name not in self.saves:
+                recent = self.state.recent_reports(SAVES_KEPT + 1, w.name)
+                self.saves[w.name] = deque(sorted(r["finished"] for r in recent), maxlen=SAVES_KEPT + 1)
+                status.save_interval = save_interval(self.saves[w.name])
+        for name in set(self.saves) - set(self.statuses):
+            del self.saves[name]
         for name, status in self.statuses.items():
             baseline, published = self.state.last_good(name), self.state.published(name)
             status.baseline_checkpoint = baseline.path if baseline else None
@@ -67,9 +102,12 @@ class Recorder:
         elif isinstance(event, Queued):
             if configured:
                 self.statuses[c.watch].last_seen_time = event.at
+                saves = self.saves.setdefault(c.watch, deque(maxlen=SAVES_KEPT + 1))
+                saves.append(written_at(c.key, event.at))
+                self.statuses[c.watch].save_interval = save_interval(saves)
         elif isinstance(event, Skipped):
             self.state.record_skip(c.watch, c.path, c.key, event.reason)
-            if configured:
+            if configured and not self.retired(c.watch):
                 self.metrics.checkpoint_skipped(c.watch, event.reason)
             where = {"watch": c.watch, "checkpoint": c.path, "step": c.step}
             self.log.info("checkpoint skipped", **where, reason=event.reason, detail=event.detail)
@@ -91,7 +129,8 @@ class Recorder:
             top_k = self.config.daemon.top_k_tensors
             compared = self.compared.get(c.watch, watch_status.weights_only)
             watch_status.apply_report(self.statuses[c.watch], report, done.finished, done.seconds, top_k, compared)
-            self.metrics.verification_finished(c.watch, report["verdict"], done.seconds)
+            if not self.retired(c.watch):
+                self.metrics.verification_finished(c.watch, report["verdict"], done.seconds)
         self.log.info(
             "checkpoint verified",
             watch=c.watch,

@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT
 );
+CREATE TABLE IF NOT EXISTS retirements (
+    watch TEXT PRIMARY KEY,
+    retired_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS last_good (
     watch TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -210,6 +216,27 @@ class State(Baselines):
         i, w, p, s, v, f, d, text = row
         return {"id": i, "watch": w, "path": p, "step": s, "verdict": v, "finished": f, "duration": d,
                 "report": json.loads(text)}  # fmt: skip
+
+    # -- retired watches (`ckptwatch retire`, from another process like `accept`) -------------
+
+    def retire(self, watch: str, by: str, reason: str, at: float | None = None) -> None:
+        """Record that `watch` is a finished run: the daemon stops watching it and exporting its series."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO retirements (watch, retired_by, reason, at) VALUES (?, ?, ?, ?)",
+                (watch, by, reason, time.time() if at is None else at),
+            )
+
+    def unretire(self, watch: str) -> bool:
+        """Forget a retirement; True if there was one."""
+        with self._lock:
+            return self._db.execute("DELETE FROM retirements WHERE watch=?", (watch,)).rowcount > 0
+
+    def retirements(self) -> dict[str, dict]:
+        """watch -> {by, reason, at} of every watch retired by command."""
+        with self._lock:
+            rows = self._db.execute("SELECT watch, retired_by, reason, at FROM retirements").fetchall()
+        return {w: {"by": b, "reason": r, "at": a} for w, b, r, a in rows}
 
     def latest(self) -> dict[str, dict]:
         """The newest report of each watch (to restore the metrics after a restart)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ckptwatch.daemon.model import TensorDrift, WatchStatus
 from ckptwatch.daemon.summary import finding_counts, listed_findings
@@ -139,6 +140,22 @@ def restore(
             status.last_pass_time = passed.get(name)
         fresh[name] = status
     return fresh
+
+
+def thresholds(watch: Any) -> dict[str, float]:
+    """The limits of a configured watch (config.Watch) that alert rules compare the metrics with
+    (`ckptwatch_policy_threshold{threshold}`), so that a rule and the watch's policy agree: the whole
+    checkpoint's relative L2 vs golden that fails (when bounded), the relative L2 vs previous that
+    warns without history, the largest |weight| that passes, and the number of the run's own save
+    intervals without a checkpoint after which it counts as stopped."""
+    policy = watch.policy_model()
+    out = {"max_abs_value": policy.max_abs_value, "stall_intervals": watch.stall_intervals}
+    if policy.profile == "training":
+        out["max_global_jump"] = policy.max_global_jump
+        bound = policy.global_golden_bound()
+        if bound is not None and watch.golden is not None:
+            out["max_global_golden_drift"] = bound
+    return out
 
 
 LOGGED_FINDINGS = 20  # "check:tensor" items per log event; `failing_total` says how many there were

@@ -2,7 +2,12 @@
 
 * the plain rules file and the PrometheusRule carry the same groups, byte for byte (no drift);
 * `promtool check rules` accepts both; `promtool test rules` passes every unit test file;
-* every alert has `for:`, a severity, a summary and a runbook-ish description naming its subject;
+* every alert has `for:`, a severity, a summary and a runbook-ish description naming its subject,
+  and a `runbook_url` naming its runbook, a file in deploy/prometheus/runbooks/;
+* one cause pages once: with the data a NaN checkpoint leaves, exactly one critical alert fires
+  (tests/one_page_per_cause.yml, checked here to name every critical alert);
+* the Alertmanager example passes `amtool check-config`, routes critical alerts to the pager and
+  inhibits what follows from a daemon that is down;
 * every alert has promtool tests that see it firing and not firing, and those tests notice when
   the alert never fires or always fires (mutation runs of promtool on altered copies);
 * the dashboard is valid JSON of the agreed shape, and every metric a rule or panel names is one
@@ -23,7 +28,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ckptwatch.daemon.metrics import DaemonMetrics
-from ckptwatch.daemon.model import Snapshot, WorkerStatus
+from ckptwatch.daemon.model import Snapshot, StateHealth, WorkerStatus
 from tests.factories import watch_status
 from tests.tools import MODEL_AWARE, require_tool
 
@@ -33,9 +38,17 @@ RULES = PROM_DIR / "ckptwatch.rules.yml"
 PROMETHEUS_RULE = PROM_DIR / "prometheusrule.yaml"
 RULE_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
 DASHBOARD = ROOT / "deploy" / "grafana" / "ckptwatch.json"
+RUNBOOKS = PROM_DIR / "runbooks"
+ALERTMANAGER = PROM_DIR / "alertmanager.example.yml"
 
 # alerts about a daemon or its workers (no `watch` label in their series); all others are per watch
-NOT_PER_WATCH = {"CkptwatchWorkerDown": "device", "CkptwatchWorkerRestarting": "device", "CkptwatchDown": "instance"}
+NOT_PER_WATCH = {
+    "CkptwatchWorkerDown": "device",
+    "CkptwatchWorkerRestarting": "device",
+    "CkptwatchDown": "instance",
+    "CkptwatchConfigReloadFailed": "instance",
+    "CkptwatchStateNotWritable": "instance",
+}
 
 
 def promtool() -> str:
@@ -78,7 +91,7 @@ def exported_metric_names() -> set[str]:
     """Every sample name a daemon with one of everything exports (a real registry, scraped)."""
     watch = watch_status("w")
     reg = CollectorRegistry()
-    snap = Snapshot("0", 0.0, [watch], [WorkerStatus("cpu", up=True)])
+    snap = Snapshot("0", 0.0, [watch], [WorkerStatus("cpu", up=True)], StateHealth(), reload_time=1.0)
     metrics = DaemonMetrics(reg, lambda: snap, devices=["cpu"], watches=["w"])
     metrics.verification_finished("w", "pass", 1.0)
     text = generate_latest(reg).decode()
@@ -151,6 +164,68 @@ def test_every_alert_has_for_severity_and_annotations():
             assert "{{ $labels." + subject + " }}" in text, f"{name}: annotations must name $labels.{subject}"
         assert "Runbook:" in description.group(1), f"{name}: the description says what to do"
         assert len(description.group(1).split()) > 40, f"{name}: a description worth reading at 3 a.m."
+
+
+def test_every_alert_links_its_runbook_in_the_repository():
+    blocks = alert_blocks(RULES.read_text())
+    books = {p.stem for p in RUNBOOKS.glob("*.md")}
+    assert books == set(blocks), "one runbook per alert, named after it (and none for an alert that is gone)"
+    for name, body in blocks.items():
+        url = re.search(r"^          runbook_url: '(.+)'$", body, re.M)
+        assert url, f"{name}: a runbook_url annotation"
+        assert url.group(1) == (
+            '{{ or $externalLabels.runbook_base_url "deploy/prometheus/runbooks" }}/' + name + ".md"
+        ), f"{name}: runbook_url names deploy/prometheus/runbooks/{name}.md"
+        text = (RUNBOOKS / f"{name}.md").read_text()
+        assert text.startswith(f"# {name}\n"), name
+        severity = re.search(r"^          severity: (\w+)$", body, re.M).group(1)
+        assert f"Severity: **{severity}**" in text, f"{name}: the runbook states the rule's severity"
+        for section in ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation"):
+            assert section in text, f"{name}: runbook section {section}"
+
+
+def test_one_nan_checkpoint_test_names_every_critical_alert():
+    """tests/one_page_per_cause.yml asserts, for every critical alert, what it does while a NaN
+    checkpoint is the newest: a new critical alert must be added there (and stay quiet, or be the one)."""
+    blocks = alert_blocks(RULES.read_text())
+    critical = {n for n, b in blocks.items() if re.search(r"^          severity: critical$", b, re.M)}
+    text = (PROM_DIR / "tests" / "one_page_per_cause.yml").read_text()
+    named = set(re.findall(r"^    alertname: (\S+)$", text, re.M))
+    per_watch = critical - set(NOT_PER_WATCH)
+    assert per_watch - named == set(), "critical per-watch alerts the NaN scenario does not check"
+    firing = set(re.findall(r"^    alertname: (\S+)\n    exp_alerts:\n    - exp_labels:", text, re.M))
+    assert firing == {"CkptwatchNonFiniteWeights"}, "exactly one alert pages for a NaN checkpoint"
+
+
+def amtool() -> str:
+    return require_tool("amtool", "Debian package `prometheus-alertmanager`; `make tools` installs it")
+
+
+def test_alertmanager_example_is_valid_and_inhibits():
+    p = subprocess.run(
+        [amtool(), "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "inhibit rules" in p.stdout, p.stdout
+    text = ALERTMANAGER.read_text()
+    alerts = set(alert_blocks(RULES.read_text()))
+    for name in re.findall(r"\bCkptwatch[A-Za-z]+", text):
+        assert name in alerts, f"the Alertmanager example names an alert the rules do not have: {name}"
+
+    def route(*labels: str) -> str:
+        r = subprocess.run(
+            [amtool(), "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout.strip()
+
+    assert route("alertname=CkptwatchNonFiniteWeights", "severity=critical") == "ml-oncall-pager"
+    assert route("alertname=CkptwatchRunStoppedSaving", "severity=warning") == "ml-platform-tickets"
+    assert route("alertname=SomethingElse", "severity=critical") == "default"
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests():
@@ -253,6 +328,14 @@ def test_dashboard_shape():
 def test_rules_and_dashboard_name_only_metrics_the_daemon_exports():
     exported = exported_metric_names()
     assert exported >= MODEL_AWARE and "ckptwatch_last_pass_timestamp_seconds" in exported
+    assert {
+        "ckptwatch_watch_armed",
+        "ckptwatch_watch_retired",
+        "ckptwatch_policy_threshold",
+        "ckptwatch_save_interval_seconds",
+        "ckptwatch_config_reload_success",
+        "ckptwatch_config_reload_timestamp_seconds",
+    } <= exported
     dash = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard_panels(dash["panels"]) for t in p.get("targets", [])]
     used = metric_names_in(RULES.read_text()) | {name for expr in exprs for name in metric_names_in(expr)}
