@@ -89,7 +89,7 @@ def alert_blocks(text: str) -> dict[str, str]:
 
 def exported_metric_names() -> set[str]:
     """Every sample name a daemon with one of everything exports (a real registry, scraped)."""
-    watch = watch_status("w")
+    watch = watch_status("w", finding_counts={("nonfinite", "fail"): 1})
     reg = CollectorRegistry()
     snap = Snapshot("0", 0.0, [watch], [WorkerStatus("cpu", up=True)], StateHealth(), reload_time=1.0)
     metrics = DaemonMetrics(reg, lambda: snap, devices=["cpu"], watches=["w"])
@@ -282,11 +282,16 @@ def test_dashboard_shape():
     assert dash["schemaVersion"] >= 36
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    watch = variables["watch"]
-    assert watch["type"] == "query" and watch["multi"] is True and watch["includeAll"] is True
-    assert watch["definition"] == "label_values(ckptwatch_last_verdict, watch)"
-    assert watch["query"]["query"] == watch["definition"]
-    assert watch["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    chained = {  # job, then the instances of those jobs, then their watches (two daemons' same-named watches apart)
+        "job": "label_values(ckptwatch_build_info, job)",
+        "instance": 'label_values(ckptwatch_build_info{job=~"$job"}, instance)',
+        "watch": 'label_values(ckptwatch_last_verdict{job=~"$job", instance=~"$instance"}, watch)',
+    }
+    for name, definition in chained.items():
+        v = variables[name]
+        assert v["type"] == "query" and v["multi"] is True and v["includeAll"] is True, name
+        assert v["definition"] == definition and v["query"]["query"] == definition, name
+        assert v["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
 
     panels = dashboard_panels(dash["panels"])
     ids = [p["id"] for p in panels]
