@@ -6,6 +6,7 @@ limits and learnt save cadence are exported for the alert rules, and a finished 
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def test_misconfigured_watches_are_not_armed_say_why_once_and_fail_readyz(daemon
     assert f"watch file not armed: not_a_directory ({afile}" in body, body
     assert f"watch missing not armed: missing ({missing}" in body, body
     assert d.get("/healthz")[0] == 200
+    status, body = d.get("/api/v1/watches")  # and the API
+    watches = {w["name"]: w for w in json.loads(body)["watches"]}
+    assert (watches["file"]["armed"], watches["file"]["unarmed_reason"]) == (False, "not_a_directory"), body
+    assert watches["good"]["armed"] is True and watches["good"]["unarmed_reason"] is None, body
     status, page = d.get("/")  # the status page says it too
     assert status == 200 and "not armed: not_a_directory" in page and ">no: missing<" in page, page
 
