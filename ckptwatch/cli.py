@@ -606,8 +606,8 @@ def check_config(config_path: str) -> None:
     list every problem.
 
     A watch whose path is not a directory it can watch now (missing, a file, unreadable) is valid
-    (the daemon waits for a directory that does not exist yet) but is named on stderr: the daemon
-    will not arm it, and says so in its log, `ckptwatch_watch_armed` and /readyz."""
+    (the daemon waits for a directory that does not exist yet) but is named on stderr (not with
+    -q): the daemon will not arm it, and says so in its log, `ckptwatch_watch_armed` and /readyz."""
     from ckptwatch.config import describe, load_config
     from ckptwatch.daemon.events import unarmed_reason
     from ckptwatch.daemon.webconfig import load_web_config
@@ -629,7 +629,7 @@ def check_config(config_path: str) -> None:
             click.echo(f"{web.path}: ok: {'TLS' if web.tls else 'plain HTTP'}{auth}")
         click.echo(f"{config_path}: ok: {describe(config)}")
     for w in config.watches:
-        if w.retired or os.path.isdir(w.path):
+        if w.retired or os.path.isdir(w.path) or _level() < 0:  # -q: errors only
             continue
         reason, detail = unarmed_reason(w.path)
         click.echo(f"{config_path}: warning: watch {w.name} would not be armed now: {reason}: {detail}", err=True)
