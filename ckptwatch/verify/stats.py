@@ -8,9 +8,22 @@ which raw power sums would not.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+
+_KERNELS = None  # ckptwatch.verify.kernels, once loaded
+
+
+def _load_kernels():
+    """numba loads on first use: the daemon's main process never does (and an import statement
+    per chunk costs more than the statistics of a small tensor)."""
+    global _KERNELS
+    from ckptwatch.verify import kernels
+
+    _KERNELS = kernels
+    return kernels
 
 
 @dataclass(frozen=True)
@@ -32,7 +45,11 @@ class TensorStats:
         return self.nan + self.inf
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "count": self.count, "mean": self.mean, "std": self.std, "min": self.min, "max": self.max,
+            "l2": self.l2, "zero_fraction": self.zero_fraction, "skewness": self.skewness,
+            "kurtosis": self.kurtosis, "nan": self.nan, "inf": self.inf,
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> TensorStats:
@@ -49,8 +66,7 @@ class StatsAccumulator:
         self.zeros = self.nan = self.inf = 0
 
     def update(self, chunk: np.ndarray) -> None:
-        from ckptwatch.verify import kernels  # numba loads on first use: the daemon's main process never does
-
+        kernels = _KERNELS or _load_kernels()
         x = kernels.as_float(chunk)
         if x.size == 0:
             return
