@@ -46,7 +46,9 @@ def _sizes(count: int, rng) -> list[int]:
 
 def prefixes(out: str) -> dict[str, dict[str, str]]:
     return {
-        kind: {role: os.path.join(out, kind, role, f"ckpt-{step}") for role, step in (("previous", 1), ("candidate", 2))}
+        kind: {
+            role: os.path.join(out, kind, role, f"ckpt-{step}") for role, step in (("previous", 1), ("candidate", 2))
+        }
         for kind in SHAPES
     }
 

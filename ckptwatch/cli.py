@@ -208,7 +208,7 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
                 "checkpoint": d["checkpoint"],
                 "findings": d["findings"],
                 "tensors": [
-                    {k: t[k] for k in ("name", "display", "kind", "dtype", "shape", "bytes", "stats")}
+                    {k: t[k] for k in ("name", "display_name", "display", "kind", "dtype", "shape", "bytes", "stats")}
                     for t in d["tensors"]
                 ],
             }

@@ -32,6 +32,7 @@ from ckptwatch.formats.base import (
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.files import NotRegularFile, check_regular, open_regular
+from ckptwatch.formats.known import bundle_names
 from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
@@ -125,9 +126,11 @@ class BundleSource:
             )
             return
         infos = []
+        chosen: dict[str, tuple[str, ...]] = {}
         for info in self._infos:
             if info.name in paths and info.kind != META:
                 path, optimizer_only = preferred_path(paths[info.name])
+                chosen[info.name] = path
                 kind = info.kind
                 if kind == OPTIMIZER and not optimizer_only:
                     kind = WEIGHT
@@ -135,7 +138,8 @@ class BundleSource:
                     kind = OPTIMIZER
                 info = replace(info, kind=kind, display="/".join(path) or info.display)
             infos.append(info)
-        self._infos = infos
+        known = bundle_names(paths, chosen)
+        self._infos = [replace(i, known=known[i.name]) if known.get(i.name) else i for i in infos]
 
     def object_graph(self) -> list | None:
         """The TrackableObjectGraph's nodes (object_graph.GraphNode), or None for a

@@ -102,8 +102,8 @@ def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
     their end-of-tensor checks (checksums).
     """
     if len(streams) == 1:  # nothing to align (inspect, fingerprint, verify without references)
-        for chunk in streams[0]:
-            yield [chunk]
+        for only in streams[0]:
+            yield [only]
         return
     current = [np.empty(0)] * len(streams)
     pos = [0] * len(streams)
@@ -152,7 +152,7 @@ class Engine:
     # -- one tensor --------------------------------------------------------------
 
     def _tensor(self, cand: CheckpointSource, info: TensorInfo, refs: list[_Ref]) -> _TensorOutcome:
-        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes)
+        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known)
         out = _TensorOutcome(result)
         if self.options.progress:
             self.options.progress(info.name)

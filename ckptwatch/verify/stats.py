@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 _KERNELS = None  # ckptwatch.verify.kernels, once loaded
 
 
