@@ -33,9 +33,8 @@ def named(tf, keras, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     out = {}
     for kind in ("functional", "sequential"):
         model = _model(keras, kind == "sequential")
-        out[f"{kind}.ckpt"] = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
-            str(d / kind / "ckpt-1")
-        )
+        ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        out[f"{kind}.ckpt"] = ckpt.write(str(d / kind / "ckpt-1"))
         out[f"{kind}.keras"] = str(d / f"{kind}.keras")
         model.save(out[f"{kind}.keras"])
         logits = model.get_layer("logits").kernel
@@ -44,9 +43,7 @@ def named(tf, keras, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
         logits.assign(bad)
         out[f"{kind}.nan.keras"] = str(d / f"{kind}-nan.keras")
         model.save(out[f"{kind}.nan.keras"])
-        out[f"{kind}.nan.ckpt"] = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
-            str(d / f"{kind}-nan" / "ckpt-2")
-        )
+        out[f"{kind}.nan.ckpt"] = ckpt.write(str(d / f"{kind}-nan" / "ckpt-2"))
     return out
 
 
