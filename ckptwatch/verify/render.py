@@ -73,9 +73,9 @@ def findings_block(report: Report) -> str:
         t = by_name.get(f.tensor) if f.tensor else None
         path = shorten(t.display if t else f.tensor or "-", 48)
         name = [shorten(t.display_name if t else f.tensor or "-", 40)] if named else []
-        rows.append([f.severity, f.check, *name, path, f.reference or "-", f.message])
+        rows.append([f.severity, f.check, path, *name, f.reference or "-", f.message])
     more = len(report.findings) - MAX_FINDINGS
-    text = table(["SEVERITY", "CHECK", *(["NAME"] if named else []), "TENSOR", "REF", "MESSAGE"], rows)
+    text = table(["SEVERITY", "CHECK", "TENSOR", *(["NAME"] if named else []), "REF", "MESSAGE"], rows)
     return text + (f"\n... and {more} more findings (use --json for all)" if more > 0 else "")
 
 
@@ -114,7 +114,7 @@ def _tensor_rows(
         nonfinite = str(s.nonfinite) if s else "-"
         drift_cells = [num(t.drift[r].relative_l2) if r in t.drift else "-" for r in roles]
         rows.append(
-            [*([shorten(t.display_name, 40)] if named else []), shorten(t.display, 56), t.kind,
+            [shorten(t.display, 56), *([shorten(t.display_name, 40)] if named else []), t.kind,
              "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
              num(s.mean if s else None), num(s.std if s else None), nonfinite, failing.get(t.name, "")]
         )  # fmt: skip
@@ -133,8 +133,8 @@ def worst_tensors(report: Report, limit: int = MAX_TENSORS) -> str:
     shown = tensors[:limit]
     named = with_names(shown)
     headers = [
-        *(["NAME"] if named else []),
         "TENSOR",
+        *(["NAME"] if named else []),
         "KIND",
         "SHAPE",
         "DTYPE",
@@ -207,7 +207,7 @@ def render_inspect(report: Report) -> str:
     for t in report.tensors:
         s = t.stats
         rows.append(
-            [*([shorten(t.display_name, 40)] if named else []), shorten(t.display, 60), t.kind, t.dtype,
+            [shorten(t.display, 60), *([shorten(t.display_name, 40)] if named else []), t.kind, t.dtype,
              "x".join(map(str, t.shape)) or "scalar", human_bytes(t.nbytes),
              *(num(getattr(s, k)) if s else "-" for k in ("mean", "std", "min", "max")),
              str(s.nonfinite) if s else "-"]
@@ -217,8 +217,8 @@ def render_inspect(report: Report) -> str:
         "",
         table(
             [
-                *(["NAME"] if named else []),
                 "TENSOR",
+                *(["NAME"] if named else []),
                 "KIND",
                 "DTYPE",
                 "SHAPE",
@@ -242,7 +242,7 @@ def render_inspect(report: Report) -> str:
 def render_diff(diff: dict) -> str:
     named = any(t.get("display_name", t["display"]) != t["display"] for t in diff["tensors"])
     rows = [
-        [*([shorten(t.get("display_name", t["display"]), 40)] if named else []), shorten(t["display"], 60),
+        [shorten(t["display"], 60), *([shorten(t.get("display_name", t["display"]), 40)] if named else []),
          "x".join(map(str, t["shape"])) or "scalar", num(t.get("relative_l2")),
          num(t.get("max_abs")), num(t.get("cosine"), 6), pct(t.get("changed_fraction"))]
         for t in diff["tensors"]
@@ -255,7 +255,7 @@ def render_diff(diff: dict) -> str:
         f"cosine {num(d.get('cosine'), 6)}, changed {pct(d.get('changed_fraction'))}",
         "",
     ]
-    headers = [*(["NAME"] if named else []), "TENSOR", "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"]
+    headers = ["TENSOR", *(["NAME"] if named else []), "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"]
     body = table(headers, rows, {k + named for k in (2, 3, 4, 5)})
     notes = [
         f"{f['severity']:5} {f['check']:22} {f.get('display_name') or f['tensor'] or '-'}  {f['message']}"

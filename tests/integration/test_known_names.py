@@ -56,7 +56,7 @@ def test_keras_archive_tensors_carry_the_layer_names(run_cli, named, kind: str) 
         assert {"norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"} <= shown
     for t in doc["tensors"]:
         assert t["name"].startswith(("layers/", "optimizer/"))  # the exact key stays beside it
-    rows = parse_table(run_cli("inspect", named[f"{kind}.keras"]).stdout, "NAME")
+    rows = parse_table(run_cli("inspect", named[f"{kind}.keras"]).stdout, "TENSOR")
     assert {"hidden/kernel", "logits/bias"} <= {row["NAME"] for row in rows}
 
 
