@@ -1,6 +1,7 @@
 """Per-tensor overhead: verify 1 GB held in 10,000 tensors against 1 GB held in 10 (the anchor).
 
     .venv/bin/python bench/many_tensors.py [--out DIR] [--repeat N] [--force] [--profile FILE]
+                                           [--compare CHECKOUT]
 
 Writes (once; `--force` rewrites) with TensorFlow, under OUT (default bench/out/many/):
 
@@ -13,7 +14,9 @@ so that the machine's load (it is shared) hits both alike, it times `verify_path
 (one checkpoint) and `verify_paths(candidate, previous)` (two: drift), `--repeat` times each, and
 writing a fingerprint of each candidate; prints the medians in GB/s of the candidate's bytes and
 the fingerprint's size as a share of the checkpoint. Files are read from the page cache after the
-first repeat (the figure is the verifier's cost, not the disk's).
+first repeat (the figure is the verifier's cost, not the disk's). `--compare CHECKOUT` also
+measures another checkout of ckptwatch (e.g. the main branch's worktree) on the same files, in a
+child process, alternating with this one.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+# the code measured: this checkout, or (for --compare's child) the one CKPTWATCH_BENCH_CODE names
+sys.path.insert(0, os.environ.get("CKPTWATCH_BENCH_CODE") or os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(HERE, "out", "many")
 TOTAL_BYTES = 1_000_000_000
 SHAPES = {"many": 10_000, "few": 10}
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--profile", metavar="FILE", help="cProfile one verify of the 10,000-tensor candidate into FILE")
+    ap.add_argument("--compare", metavar="CHECKOUT", help="also measure the ckptwatch in this directory")
+    ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     generate(args.out, args.force)
     if args.generate_only:
@@ -143,15 +150,40 @@ def main(argv: list[str] | None = None) -> int:
         verify_checkpoint(VerifyRequest(cand))  # warm the page cache and numba
         cProfile.runctx("verify_checkpoint(VerifyRequest(cand))", globals(), locals(), args.profile)
         return 0
-    result = measure(args.out, args.repeat)
-    print(json.dumps(result, indent=2))
-    for kind, row in result.items():
-        print(
-            f"{kind:5} {SHAPES[kind]:>6} tensors {row['bytes'] / 1e9:.2f} GB: verify {row['verify_gb_s']:.2f} GB/s, "
-            f"with --previous {row['verify_previous_gb_s']:.2f} GB/s, fingerprint {row['fingerprint_gb_s']:.2f} GB/s, "
-            f"{row['fingerprint_bytes'] / 1e6:.2f} MB ({100 * row['fingerprint_share']:.2f}%)"
-        )
+    if args.json_only:
+        print(json.dumps(measure(args.out, args.repeat)))
+        return 0
+    results: dict[str, list[dict]] = {}
+    codes = {"this": None, **({"compare": os.path.abspath(args.compare)} if args.compare else {})}
+    for _ in range(args.repeat):  # one repeat of each code in turn: load on the machine hits both alike
+        for label, code in codes.items():
+            if code is None:
+                results.setdefault(label, []).append(measure(args.out, 1))
+            else:
+                env = {**os.environ, "CKPTWATCH_BENCH_CODE": code}
+                child = [sys.executable, __file__, "--out", args.out, "--repeat", "1", "--json-only"]
+                done = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+                results.setdefault(label, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+    summary = {label: _medians(runs) for label, runs in results.items()}
+    print(json.dumps(summary, indent=2))
+    for label, result in summary.items():
+        where = "this checkout" if label == "this" else codes[label]
+        print(f"{where} (medians of {args.repeat}):")
+        for kind, row in result.items():
+            print(
+                f"  {kind:5} {SHAPES[kind]:>6} tensors {row['bytes'] / 1e9:.2f} GB: "
+                f"verify {row['verify_gb_s']:.2f} GB/s, with --previous {row['verify_previous_gb_s']:.2f} GB/s, "
+                f"fingerprint {row['fingerprint_gb_s']:.2f} GB/s, "
+                f"{row['fingerprint_bytes'] / 1e6:.2f} MB ({100 * row['fingerprint_share']:.2f}%)"
+            )
     return 0
+
+
+def _medians(runs: list[dict]) -> dict:
+    out: dict = {}
+    for kind in runs[0]:
+        out[kind] = {key: statistics.median(r[kind][key] for r in runs) for key in runs[0][kind]}
+    return out
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
     """
     if len(streams) == 1:  # nothing to align (inspect, fingerprint, verify without references)
         for only in streams[0]:
-            yield [only]
+            if len(only):
+                yield [only]
         return
     current = [np.empty(0)] * len(streams)
     pos = [0] * len(streams)

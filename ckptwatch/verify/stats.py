@@ -107,7 +107,8 @@ class StatsAccumulator:
         total = n + self.nan + self.inf
         if n == 0:  # empty: zeros; all NaN/Inf: no finite value to describe, so NaN (never "mean 0")
             v = 0.0 if total == 0 else math.nan
-            return TensorStats(total, v, v, v, v, v, v, v, v, self.nan, self.inf)
+            zero_fraction = self.zeros / total if total else 0.0
+            return TensorStats(total, v, v, v, v, v, zero_fraction, v, v, self.nan, self.inf)
         m2 = max(self.m2, 0.0)
         var = m2 / n
         # A spread far below float64 resolution of the mean is rounding noise, not
