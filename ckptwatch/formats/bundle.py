@@ -125,21 +125,21 @@ class BundleSource:
                 problem or IntegrityProblem("integrity.index", f"unreadable object graph: {e}", OBJECT_GRAPH_KEY)
             )
             return
+        chosen = {i.name: preferred_path(paths[i.name]) for i in self._infos if i.name in paths and i.kind != META}
+        known = bundle_names(paths, {name: path for name, (path, _) in chosen.items()})
         infos = []
-        chosen: dict[str, tuple[str, ...]] = {}
         for info in self._infos:
-            if info.name in paths and info.kind != META:
-                path, optimizer_only = preferred_path(paths[info.name])
-                chosen[info.name] = path
+            if info.name in chosen:
+                path, optimizer_only = chosen[info.name]
                 kind = info.kind
                 if kind == OPTIMIZER and not optimizer_only:
                     kind = WEIGHT
                 elif kind == WEIGHT and optimizer_only:
                     kind = OPTIMIZER
-                info = replace(info, kind=kind, display="/".join(path) or info.display)
+                display = "/".join(path) or info.display
+                info = replace(info, kind=kind, display=display, known=known.get(info.name, ""))
             infos.append(info)
-        known = bundle_names(paths, chosen)
-        self._infos = [replace(i, known=known[i.name]) if known.get(i.name) else i for i in infos]
+        self._infos = infos
 
     def object_graph(self) -> list | None:
         """The TrackableObjectGraph's nodes (object_graph.GraphNode), or None for a
