@@ -208,7 +208,7 @@ def inspect(path: str, as_json: bool, threads: int | None, timeout: float | None
                 "checkpoint": d["checkpoint"],
                 "findings": d["findings"],
                 "tensors": [
-                    {k: t[k] for k in ("name", "display", "kind", "dtype", "shape", "bytes", "stats")}
+                    {k: t[k] for k in ("name", "display_name", "display", "kind", "dtype", "shape", "bytes", "stats")}
                     for t in d["tensors"]
                 ],
             }
@@ -378,21 +378,30 @@ def _verify(request):
 @click.argument("a")
 @click.argument("b")
 @click.option("--top", type=click.IntRange(1), default=None, help="Only the N tensors that drifted most.")
+@click.option(
+    "--include-optimizer", is_flag=True, help="Count optimizer state in the overall drift too (as verify's flag)."
+)
 @click.option("--json", "as_json", is_flag=True, help="ckptwatch.diff/v1 JSON.")
 @_threads
 @_timeout
 @_verbosity
-def diff(a: str, b: str, top: int | None, as_json: bool, threads: int | None, timeout: float | None) -> None:
-    """Per-tensor drift of checkpoint A against B, worst first."""
+def diff(
+    a: str, b: str, top: int | None, include_optimizer: bool, as_json: bool, threads: int | None, timeout: float | None
+) -> None:
+    """Per-tensor drift of checkpoint A against B, worst first; exit 1 when A or B is corrupt.
+
+    The overall figures are those of `verify A --previous B`: weights only, unless
+    --include-optimizer (optimizer state and its iteration counter)."""
     _isolated(a, as_json, threads, timeout, report=False)
     from ckptwatch.verify.diff import diff_paths
     from ckptwatch.verify.render import render_diff
 
-    result = diff_paths(a, b, top, _options(threads))
+    result = diff_paths(a, b, top, _options(threads), include_optimizer=include_optimizer)
     if as_json:
         _emit_json(result)
     else:
         _show(render_diff(result))
+    sys.exit(EXIT_FAIL if result["corrupt"] else EXIT_OK)
 
 
 @main.command()

@@ -152,7 +152,7 @@ class Baselines:
         for folder, _, files in os.walk(os.path.join(self.dir, "fingerprints")):
             for name in files:
                 path = os.path.join(folder, name)
-                if name.endswith(".fp.json.gz") and os.path.realpath(path) not in known:
+                if name.endswith((".fp", ".fp.json.gz")) and os.path.realpath(path) not in known:  # v2, v1
                     with contextlib.suppress(OSError):
                         os.remove(path)
                         removed += 1

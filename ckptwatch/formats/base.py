@@ -64,7 +64,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     nbytes: int  # bytes on disk (0 if unknown)
     kind: str = WEIGHT
-    display: str = ""  # a friendlier name for people; defaults to `name`
+    display: str = ""  # the object path (keys matched across checkpoints by it); defaults to `name`
+    known: str = ""  # the Keras layer and variable where the file says them (formats.known); else ""
 
     @property
     def size(self) -> int:
@@ -80,6 +81,11 @@ class TensorInfo:
     @property
     def label(self) -> str:
         return self.display or self.name
+
+    @property
+    def display_name(self) -> str:
+        """The name to show people: the layer and variable, else the object path."""
+        return self.known or self.display or self.name
 
 
 @dataclass(frozen=True)

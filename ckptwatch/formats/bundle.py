@@ -9,12 +9,12 @@ checking the CRC32C when the last chunk has been read.
 
 from __future__ import annotations
 
-import io
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import cast
+from typing import BinaryIO
 
 import crc32c
 import numpy as np
@@ -32,6 +32,7 @@ from ckptwatch.formats.base import (
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.files import NotRegularFile, check_regular, open_regular
+from ckptwatch.formats.known import bundle_names
 from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
@@ -61,6 +62,10 @@ class BundleSource:
         self.problems: list[IntegrityProblem] = []
         self._entries: dict[str, BundleEntry] = {}
         self._infos: list[TensorInfo] = []
+        # Data shards opened once (on first read) and read with pread, shared by the engine's
+        # threads: no open/stat per tensor. shard id -> (file, its size when opened).
+        self._shards: dict[int, tuple[BinaryIO, int]] = {}
+        self._shards_lock = threading.Lock()
         index_path = prefix + INDEX_SUFFIX
         try:
             check_regular(index_path)  # a FIFO or device: NotRegularFile, a finding
@@ -120,16 +125,19 @@ class BundleSource:
                 problem or IntegrityProblem("integrity.index", f"unreadable object graph: {e}", OBJECT_GRAPH_KEY)
             )
             return
+        chosen = {i.name: preferred_path(paths[i.name]) for i in self._infos if i.name in paths and i.kind != META}
+        known = bundle_names(paths, {name: path for name, (path, _) in chosen.items()})
         infos = []
         for info in self._infos:
-            if info.name in paths and info.kind != META:
-                path, optimizer_only = preferred_path(paths[info.name])
+            if info.name in chosen:
+                path, optimizer_only = chosen[info.name]
                 kind = info.kind
                 if kind == OPTIMIZER and not optimizer_only:
                     kind = WEIGHT
                 elif kind == WEIGHT and optimizer_only:
                     kind = OPTIMIZER
-                info = replace(info, kind=kind, display="/".join(path) or info.display)
+                display = "/".join(path) or info.display
+                info = replace(info, kind=kind, display=display, known=known.get(info.name, ""))
             infos.append(info)
         self._infos = infos
 
@@ -235,7 +243,7 @@ class BundleSource:
                 raise IntegrityError("integrity.sliced", "slices could not be matched to the index", name)
             yield from stream_sliced(self.path, self.num_shards, name, entry, parts, dtype, chunk_elements)
             return
-        file_size = _shard_size(path, name)
+        fd, file_size = self._shard(entry.shard_id, name)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size:
             raise IntegrityError(
                 "integrity.truncated",
@@ -257,31 +265,54 @@ class BundleSource:
                     f"shape {list(entry.shape)} needs {expected} bytes, index says {entry.size}",
                     name,
                 )
-        yield from self._stream(path, entry, dtype, chunk_elements, name)
+        chunk_bytes = max(1, chunk_elements) * dtype.itemsize
+        if entry.size <= chunk_bytes:  # one chunk (most tensors): one pread, no buffer to manage
+            data = os.pread(fd, entry.size, entry.offset)
+            if len(data) != entry.size:
+                raise _ended_early(path, name)
+            check_entry_crc(entry, crc32c.crc32c(data), name, where=os.path.basename(path))
+            if entry.size:
+                yield np.frombuffer(data, dtype=dtype)
+            return
+        yield from self._stream(fd, path, entry, dtype, chunk_bytes, name)
 
     def _stream(
-        self, path: str, entry: BundleEntry, dtype: np.dtype, chunk_elements: int, name: str
+        self, fd: int, path: str, entry: BundleEntry, dtype: np.dtype, chunk_bytes: int, name: str
     ) -> Iterator[np.ndarray]:
-        chunk_bytes = max(1, chunk_elements) * dtype.itemsize
         buf = bytearray(min(chunk_bytes, max(entry.size, 1)))
         view = memoryview(buf)
-        crc, left = 0, entry.size
-        with open_regular(path, name, buffering=0) as f:
-            raw = cast(io.FileIO, f)  # unbuffered: readinto straight into our buffer
-            raw.seek(entry.offset)
-            while left > 0:
-                want = min(left, len(buf))
-                got = raw.readinto(view[:want])
-                if got != want:
-                    raise IntegrityError(
-                        "integrity.truncated",
-                        f"{os.path.basename(path)} ended early (read less bytes than requested)",
-                        name,
-                    )
-                crc = crc32c.crc32c(view[:want], crc)
-                left -= want
-                yield np.frombuffer(buf, dtype=dtype, count=want // dtype.itemsize)
+        crc, left, pos = 0, entry.size, entry.offset
+        while left > 0:
+            want = min(left, len(buf))
+            got = os.preadv(fd, [view[:want]], pos)
+            if got != want:
+                raise _ended_early(path, name)
+            crc = crc32c.crc32c(view[:want], crc)
+            left -= want
+            pos += want
+            yield np.frombuffer(buf, dtype=dtype, count=want // dtype.itemsize)
         check_entry_crc(entry, crc, name, where=os.path.basename(path))
+
+    def _shard(self, shard_id: int, name: str) -> tuple[int, int]:
+        """The descriptor and size of a data shard, opened on first use (a regular file, else
+        NotRegularFile; missing: integrity.shard_missing naming `name`)."""
+        held = self._shards.get(shard_id)
+        if held is None:
+            with self._shards_lock:
+                held = self._shards.get(shard_id)
+                if held is None:
+                    path = shard_path(self.path, shard_id, self.num_shards)
+                    try:
+                        f = open_regular(path, name, buffering=0)
+                    except NotRegularFile:
+                        raise
+                    except FileNotFoundError:
+                        raise IntegrityError(
+                            "integrity.shard_missing", f"{os.path.basename(path)} is missing", name
+                        ) from None
+                    held = (f, os.fstat(f.fileno()).st_size)
+                    self._shards[shard_id] = held
+        return held[0].fileno(), held[1]
 
     def read_string_bytes(self, name: str, limit: int = 256 << 20) -> bytes:
         """The raw bytes of a string tensor, after checking its checksum.
@@ -291,12 +322,10 @@ class BundleSource:
         """
         entry = self._entries[name]
         path = shard_path(self.path, entry.shard_id, self.num_shards)
-        file_size = _shard_size(path, name)
+        fd, file_size = self._shard(entry.shard_id, name)
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size or entry.size > limit:
             raise IntegrityError("integrity.truncated", f"string entry lies outside {os.path.basename(path)}", name)
-        with open_regular(path, name) as f:
-            f.seek(entry.offset)
-            raw = f.read(entry.size)
+        raw = os.pread(fd, entry.size, entry.offset)
         count = 1
         for d in entry.shape:
             count *= d
@@ -318,17 +347,16 @@ class BundleSource:
         return raw
 
     def close(self) -> None:
-        pass
+        with self._shards_lock:
+            shards, self._shards = self._shards, {}
+        for f, _ in shards.values():
+            f.close()
 
 
-def _shard_size(path: str, name: str) -> int:
-    """The size of a data shard that must be a regular file (else an IntegrityError naming `name`)."""
-    try:
-        return check_regular(path, name).st_size
-    except NotRegularFile:
-        raise
-    except OSError:
-        raise IntegrityError("integrity.shard_missing", f"{os.path.basename(path)} is missing", name) from None
+def _ended_early(path: str, name: str) -> IntegrityError:
+    return IntegrityError(
+        "integrity.truncated", f"{os.path.basename(path)} ended early (read less bytes than requested)", name
+    )
 
 
 def string_lengths(raw: bytes, count: int) -> tuple[np.ndarray, int]:

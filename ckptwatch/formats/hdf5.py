@@ -33,6 +33,7 @@ from ckptwatch.formats.base import (
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
 from ckptwatch.formats.files import check_regular, open_regular
 from ckptwatch.formats.hdf5_attrs import AttributeClaims
+from ckptwatch.formats.known import legacy_h5_name
 from ckptwatch.formats.names import display_name, kind_of, step_from_path
 
 CHECK = "integrity.h5"
@@ -241,6 +242,7 @@ class Hdf5Source:
                 nbytes=int(nbytes),
                 kind=kind_of(name) if numeric else META,
                 display=display_name(name),
+                known=legacy_h5_name(name),
             )
         )
         self._views[name] = view

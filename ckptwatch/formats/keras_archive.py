@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.files import open_regular
 from ckptwatch.formats.hdf5 import Hdf5Source, open_hdf5
+from ckptwatch.formats.known import keras_archive_names
 from ckptwatch.formats.names import step_from_path
 from ckptwatch.formats.zipmember import MemberError, member_chunks
 
@@ -57,7 +59,9 @@ class KerasArchiveSource:
         self._size = os.stat(path).st_size
 
     def tensors(self) -> list[TensorInfo]:
-        return self._weights.tensors()
+        infos = self._weights.tensors()
+        names = keras_archive_names(self.config, [i.name for i in infos])
+        return [replace(i, known=names[i.name]) if i.name in names else i for i in infos]
 
     def read(self, name: str, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
         return self._weights.read(name, chunk_elements)

@@ -42,6 +42,8 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle prefix inside a SavedModel
 SAVED_MODEL_FINGERPRINT = "fingerprint.pb"  # TF2 writes it right after saved_model.pb
 FINGERPRINT_SCHEMA = "ckptwatch.fingerprint/v1"  # ckptwatch's own; written and read by ckptwatch.verify.fingerprint
+FINGERPRINT_SCHEMA_V2 = "ckptwatch.fingerprint/v2"  # the compact binary form, after FINGERPRINT_MAGIC
+FINGERPRINT_MAGIC = b"\x89CKWFP\r\n\x1a\n"
 
 # Artefacts of a save in progress, never checkpoints themselves:
 #   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
@@ -291,6 +293,8 @@ def looks_like_fingerprint(path: str) -> bool:
     try:
         with open_regular(path) as f:
             head = f.read(4096)
+            if head.startswith(FINGERPRINT_MAGIC):
+                return True
             if head[:2] == GZIP_MAGIC:
                 f.seek(0)
                 with gzip.GzipFile(fileobj=f, mode="rb") as z:

@@ -10,6 +10,7 @@ classify it correctly.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -45,6 +46,18 @@ class GraphNode:
 def parse_nodes(graph: bytes) -> list[GraphNode]:
     """The nodes of a serialized TrackableObjectGraph; node 0 is the root. A field of the
     wrong wire type raises TableError (never a huge allocation or a TypeError)."""
+    return [_copy(n) for n in _parsed(bytes(graph))]
+
+
+def _copy(node: GraphNode) -> GraphNode:
+    return GraphNode(list(node.children), list(node.attributes), list(node.slots))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(graph: bytes) -> tuple[GraphNode, ...]:
+    """parse_nodes, once per distinct graph: the checkpoints of a run (a candidate and its
+    previous, every save the daemon sees) store the same graph, and a model of 10,000
+    variables takes a tenth of a second to parse."""
     nodes: list[GraphNode] = []
     for number, _, value in fields(memoryview(graph)):
         if number != 1:
@@ -65,7 +78,7 @@ def parse_nodes(graph: bytes) -> list[GraphNode]:
         for child, _ in node.children:
             if not 0 <= child < len(nodes):
                 raise TableError(f"object graph refers to node {child} of {len(nodes)}")
-    return nodes
+    return tuple(nodes)
 
 
 def _message(value: int | memoryview) -> dict[int, int | memoryview]:
@@ -84,7 +97,12 @@ def _text(message: dict[int, int | memoryview], number: int) -> str:
 def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
     """checkpoint key -> the object paths (tuples of edge names) that reach it,
     shortest first. Slot variables get a path ending in `[slot <name>]`."""
-    nodes = [(n.children, [key for _, key in n.attributes], n.slots) for n in parse_nodes(graph)]
+    return {key: list(paths) for key, paths in _key_paths(bytes(graph)).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
+    nodes = [(n.children, [key for _, key in n.attributes], n.slots) for n in _parsed(graph)]
     if not nodes:
         return {}
     paths: dict[int, list[tuple[str, ...]]] = {0: [()]}

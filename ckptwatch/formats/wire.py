@@ -73,11 +73,19 @@ def fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     int for varint and fixed-width fields, a memoryview of the bytes for length-delimited ones."""
     pos, end = 0, len(buf)
     while pos < end:
-        tag, pos = read_varint(buf, pos, end)
+        tag = buf[pos]  # one-byte varints (tags below 16, small values) decoded inline: the common case
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos, end)
         number, wire = tag >> 3, tag & 7
         value: int | memoryview
         if wire == 0:
-            value, pos = read_varint(buf, pos, end)
+            if pos < end and buf[pos] < 0x80:
+                value = buf[pos]
+                pos += 1
+            else:
+                value, pos = read_varint(buf, pos, end)
         elif wire == 1:
             if pos + 8 > end:
                 raise TableError("fixed64 field runs past the entry")

@@ -19,6 +19,7 @@ its rank (kernels, vectors). The layer is the name without its last component.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -45,11 +46,16 @@ _STEP_COUNTERS = ("global_step", "iterations", "iter")
 def group_of(display: str, shape: tuple[int, ...]) -> str:
     """The kind of variable, from its name (else its rank): what a tensor with little
     history of its own borrows from."""
-    leaf = display.rsplit("/", 1)[-1].removesuffix(":0").split(" ")[0].lower()
+    return _group_of(display.rsplit("/", 1)[-1], len(shape) >= 2)
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_of(last: str, matrix: bool) -> str:  # checkpoints repeat a few leaf names thousands of times
+    leaf = last.removesuffix(":0").split(" ")[0].lower()
     for group, pattern in _GROUPS:
         if pattern.search(leaf):
             return group
-    return "kernels" if len(shape) >= 2 else "vectors"
+    return "kernels" if matrix else "vectors"
 
 
 def layer_of(display: str) -> str:

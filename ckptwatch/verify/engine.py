@@ -101,6 +101,11 @@ def aligned(streams: list[Iterator[np.ndarray]]) -> Iterator[list[np.ndarray]]:
     reuse their buffer), and every stream is driven to its end, so readers run
     their end-of-tensor checks (checksums).
     """
+    if len(streams) == 1:  # nothing to align (inspect, fingerprint, verify without references)
+        for only in streams[0]:
+            if len(only):
+                yield [only]
+        return
     current = [np.empty(0)] * len(streams)
     pos = [0] * len(streams)
     while True:
@@ -148,7 +153,7 @@ class Engine:
     # -- one tensor --------------------------------------------------------------
 
     def _tensor(self, cand: CheckpointSource, info: TensorInfo, refs: list[_Ref]) -> _TensorOutcome:
-        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes)
+        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known)
         out = _TensorOutcome(result)
         if self.options.progress:
             self.options.progress(info.name)
@@ -274,7 +279,8 @@ class Engine:
         threads = max(1, self.options.threads)
         if threads > 1 and len(infos) > 1:
             with ThreadPoolExecutor(threads, thread_name_prefix="ckptwatch-verify") as pool:
-                outcomes = list(pool.map(lambda i: self._tensor(cand, i, refs), infos))
+                batches = pool.map(lambda batch: [self._tensor(cand, i, refs) for i in batch], _batches(infos, threads))
+                outcomes = [o for batch in batches for o in batch]
         else:
             outcomes = [self._tensor(cand, i, refs) for i in infos]
         t_read = time.perf_counter()
@@ -318,6 +324,27 @@ class Engine:
         record_history(report, policy, results, previous_stats, steps, self.options.history, previous is not None)
         prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
         return report, prints
+
+
+BATCH_BYTES = 16 << 20  # tensors handed to a thread together: one task per ~16 MB, not one per tensor
+
+
+def _batches(infos: list[TensorInfo], threads: int) -> list[list[TensorInfo]]:
+    """Consecutive tensors grouped into tasks of about BATCH_BYTES (a large tensor alone), and
+    at least 4 tasks per thread while there are tensors, so the threads stay evenly loaded."""
+    limit = max(1, min(BATCH_BYTES, sum(i.nbytes for i in infos) // (4 * threads)))
+    out: list[list[TensorInfo]] = []
+    batch: list[TensorInfo] = []
+    size = 0
+    for info in infos:
+        if batch and size + info.nbytes > limit:
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(info)
+        size += info.nbytes
+    if batch:
+        out.append(batch)
+    return out
 
 
 # -- path-level entry points (what the CLI and the worker call) ----------------------------

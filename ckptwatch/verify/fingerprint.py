@@ -5,7 +5,15 @@ checkpoint it verifies), accepted wherever a reference is (engine.open_reference
 it): CheckpointManager may delete the previous checkpoint, and golden checkpoints are
 often not mounted. Never a candidate: it holds no tensor data. ckptwatch.formats only
 detects one (formats.layout.looks_like_fingerprint), it does not open it.
-JSON (gzip when the name ends in .gz); samples are base64 little-endian floats.
+Two encodings, both read:
+  v2 (written by default): FINGERPRINT_MAGIC; a zlib stream holding a JSON header (the
+     checkpoint, and per tensor its metadata and sample stride); a zlib stream of the statistics
+     (11 little-endian float64 a tensor); each stream preceded by its length (uint32); then the
+     first 128 bits of each blake3 digest (16 bytes a tensor), then the samples
+     (float32, float64 for 64-bit dtypes), each thinned to `stride` so they take at most
+     1/SAMPLE_SHARE of the tensor's bytes (sketch.stored_stride).
+  v1 (a name ending in .json or .json.gz; everything written before): JSON, gzip'd when the
+     name ends in .gz; samples of min(n, 1024) values, base64 little-endian floats.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ import numpy as np
 
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.files import NotRegularFile, open_regular
+from ckptwatch.formats.layout import FINGERPRINT_MAGIC, FINGERPRINT_SCHEMA_V2, looks_like_fingerprint
 from ckptwatch.formats.layout import FINGERPRINT_SCHEMA as SCHEMA
-from ckptwatch.formats.layout import looks_like_fingerprint
-from ckptwatch.verify.sketch import SAMPLE_SIZE, TensorSketch
+from ckptwatch.verify.sketch import SAMPLE_SIZE, TensorSketch, stored_stride
 from ckptwatch.verify.stats import TensorStats
 
-__all__ = ["SCHEMA", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
+__all__ = ["SCHEMA", "SCHEMA_V2", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
+SCHEMA_V2 = FINGERPRINT_SCHEMA_V2
+_STATS = tuple(TensorStats.__dataclass_fields__)  # the 11 figures, in the order v2 stores them
+_DIGEST = 16  # the first 128 bits of each blake3 digest: equality, not security, is what it is for
 
 MAX_FINGERPRINT_BYTES = 256 << 20
 MAX_INFLATION = 50  # a real fingerprint (floats, base64 samples) compresses ~2-5x; a bomb, 1000x
@@ -50,7 +61,23 @@ def _decode_sample(d: dict) -> np.ndarray:
 def write_fingerprint(
     path: str, checkpoint: dict, entries: list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]
 ) -> int:
-    """Write atomically (temp file + rename); return the size in bytes."""
+    """Write atomically (temp file + rename); return the size in bytes. v1 JSON when the
+    name ends in .json or .json.gz, else v2 (module docstring)."""
+    json_v1 = path.endswith((".json", ".json.gz"))
+    data = _v1(checkpoint, entries, path.endswith(".gz")) if json_v1 else _v2(checkpoint, entries)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: no half-written file left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return len(data)
+
+
+def _v1(checkpoint: dict, entries: list, gz: bool) -> bytes:
     doc = {
         "schema": SCHEMA,
         "checkpoint": checkpoint,
@@ -58,6 +85,7 @@ def write_fingerprint(
             {
                 "name": info.name,
                 "display": info.display,
+                **({"display_name": info.known} if info.known else {}),
                 "kind": info.kind,
                 "dtype": info.dtype,
                 "shape": list(info.shape),
@@ -70,18 +98,37 @@ def write_fingerprint(
         ],
     }
     data = json.dumps(doc, separators=(",", ":")).encode()
-    if path.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:  # a full disk: no half-written file left behind
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    return len(data)
+    return gzip.compress(data, mtime=0) if gz else data
+
+
+def _v2(checkpoint: dict, entries: list) -> bytes:
+    tensors, stats_rows, digests, samples = [], [], [], []
+    for info, stats, sketch in entries:
+        t: dict = {"name": info.name, "kind": info.kind, "dtype": info.dtype, "shape": list(info.shape)}
+        t["bytes"] = info.nbytes
+        if info.display and info.display != info.name:
+            t["display"] = info.display
+        if info.known:
+            t["display_name"] = info.known
+        if stats is not None:
+            t["stats"] = 1
+            stats_rows.append([float(getattr(stats, k)) for k in _STATS])
+        if sketch is not None:
+            stride = stored_stride(sketch.count, info.nbytes)
+            stride = max(stride, sketch.stride)
+            kept = sketch.sample[:: stride // sketch.stride]
+            t["stride"], t["sample"] = stride, int(kept.size)
+            small = info.dtype in _SMALL_FLOATS
+            if not small:
+                t["sample64"] = 1
+            digests.append(bytes.fromhex(sketch.hash.removeprefix("blake3:"))[:_DIGEST])
+            samples.append(kept.astype("<f4" if small else "<f8").tobytes())
+        tensors.append(t)
+    header = json.dumps({"schema": SCHEMA_V2, "checkpoint": checkpoint, "tensors": tensors}, separators=(",", ":"))
+    packed = zlib.compress(header.encode(), 6)  # names and shapes compress well; floats and digests do not
+    stats = zlib.compress(np.asarray(stats_rows, dtype="<f8").tobytes() if stats_rows else b"", 6)
+    body = [FINGERPRINT_MAGIC, len(packed).to_bytes(4, "little"), packed, len(stats).to_bytes(4, "little"), stats]
+    return b"".join(body + digests + samples)
 
 
 def _typed(value, types, what: str):
@@ -102,7 +149,8 @@ def _tensor_info(t: dict) -> TensorInfo:
         key: _typed(t[key] if key != "display" else t.get(key, ""), str, f"{name}: {key}")
         for key in ("dtype", "kind", "display")
     }
-    return TensorInfo(name, fields["dtype"], shape, t["bytes"], fields["kind"], fields["display"])
+    known = _typed(t.get("display_name", ""), str, f"{name}: display_name")
+    return TensorInfo(name, fields["dtype"], shape, t["bytes"], fields["kind"], fields["display"], known)
 
 
 def _tensor_stats(d: dict) -> TensorStats:
@@ -116,6 +164,18 @@ def _tensor_stats(d: dict) -> TensorStats:
                 raise ValueError(f"stats.{key} is negative")
             values[key] = value if integral else float(value)
     return TensorStats.from_dict(values)
+
+
+def _inflate(payload: bytes) -> bytes:
+    """A v2 header inflated with the same counted limits as a gzip'd v1 document."""
+    limit = min(MAX_FINGERPRINT_BYTES, MAX_INFLATION * len(payload) + (1 << 20))
+    z = zlib.decompressobj()
+    data = z.decompress(payload, limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"inflates to more than {limit} bytes: a decompression bomb, not a fingerprint")
+    if not z.eof:
+        raise ValueError("compressed payload is truncated")
+    return data
 
 
 def _read_document(path: str) -> bytes:
@@ -147,7 +207,12 @@ class FingerprintSource:
         self.path = path
         self.problems: list[IntegrityProblem] = []
         try:
-            doc = json.loads(_read_document(path))
+            raw = _read_document(path)
+            if raw.startswith(FINGERPRINT_MAGIC):
+                self._read_v2(raw[len(FINGERPRINT_MAGIC) :])
+                self.step = self.checkpoint.get("step")
+                return
+            doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             if doc.get("schema") != SCHEMA:
@@ -173,6 +238,70 @@ class FingerprintSource:
         except (OSError, ValueError, KeyError, TypeError, IndexError, OverflowError, EOFError, zlib.error) as e:
             raise IntegrityError("integrity.fingerprint", f"{path}: not a readable fingerprint ({e})") from None
         self.step = self.checkpoint.get("step")
+
+    def _read_v2(self, payload: bytes) -> None:
+        """The v2 payload after the magic; every count and size checked against the bytes."""
+        if len(payload) < 4:
+            raise ValueError("truncated header")
+        size = int.from_bytes(payload[:4], "little")
+        if 4 + size > len(payload):
+            raise ValueError("header runs past the end")
+        doc = _typed(json.loads(_inflate(payload[4 : 4 + size])), dict, "header")
+        pos = 4 + size
+        if pos + 4 > len(payload):
+            raise ValueError("truncated statistics")
+        packed_stats = int.from_bytes(payload[pos : pos + 4], "little")
+        if pos + 4 + packed_stats > len(payload):
+            raise ValueError("statistics run past the end")
+        stats_bytes = _inflate(payload[pos + 4 : pos + 4 + packed_stats])
+        data = payload[pos + 4 + packed_stats :]
+        if doc.get("schema") != SCHEMA_V2:
+            raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA_V2!r}")
+        self.checkpoint = _typed(doc.get("checkpoint") or {}, dict, "checkpoint")
+        _typed(self.checkpoint.get("step"), (int, type(None)), "checkpoint.step")
+        _typed(self.checkpoint.get("bytes") or 0, int, "checkpoint.bytes")
+        entries = _typed(doc["tensors"], list, "tensors")
+        self._infos, self._stats, self._sketches = [], {}, {}
+        plans = []
+        for t in entries:
+            info = _tensor_info(_typed(t, dict, "a tensor"))
+            self._infos.append(info)
+            stride = _typed(t.get("stride", 1), int, f"{info.name}: stride")
+            m = _typed(t.get("sample", 0), int, f"{info.name}: sample")
+            if "sample" in t and (
+                stride < 1 or stride & (stride - 1) or m != -(-min(info.size, SAMPLE_SIZE) // stride)
+            ):
+                raise ValueError(f"{info.name}: a sample of {m} values at stride {stride} for {info.size} elements")
+            plans.append((info, bool(t.get("stats")), "sample" in t, stride, m, 8 if t.get("sample64") else 4))
+        n_stats = sum(1 for p in plans if p[1])
+        if len(stats_bytes) != n_stats * len(_STATS) * 8:
+            raise ValueError(f"statistics of {len(stats_bytes)} bytes for {n_stats} tensors")
+        stats = np.frombuffer(stats_bytes, dtype="<f8").reshape(-1, len(_STATS))
+        pos = 0
+        n_sketch = sum(1 for p in plans if p[2])
+        digests_at, pos = pos, pos + n_sketch * _DIGEST
+        need = pos + sum(p[4] * p[5] for p in plans if p[2])
+        if need != len(data):
+            raise ValueError(f"payload holds {len(data)} bytes, its header describes {need}")
+        row = k = 0
+        for info, has_stats, has_sketch, stride, m, width in plans:
+            if has_stats:
+                values = dict(zip(_STATS, stats[row].tolist(), strict=True))
+                row += 1
+                self._stats[info.name] = _tensor_stats(
+                    {
+                        key: (int(v) if key in ("count", "nan", "inf") and v == int(v) else v)
+                        for key, v in values.items()
+                    }
+                )
+            if has_sketch:
+                digest = data[digests_at + k * _DIGEST : digests_at + (k + 1) * _DIGEST].hex()
+                k += 1
+                sample = np.frombuffer(data, dtype="<f8" if width == 8 else "<f4", count=m, offset=pos)
+                pos += m * width
+                self._sketches[info.name] = TensorSketch(
+                    f"blake3:{digest}", sample.astype(np.float64), info.size, stride
+                )
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)

@@ -58,22 +58,24 @@ def checkpoint_line(report: Report) -> str:
     return f"{c.get('path')}  ({what})"
 
 
+def with_names(tensors: list[TensorResult]) -> bool:
+    """Whether a NAME column (the Keras layer and variable) says more than the TENSOR column."""
+    return any(t.known and t.known != t.display for t in tensors)
+
+
 def findings_block(report: Report) -> str:
     if not report.findings:
         return "no findings"
-    display = {t.name: t.display for t in report.tensors}
-    rows = [
-        [
-            f.severity,
-            f.check,
-            shorten(display.get(f.tensor, f.tensor) if f.tensor else "-", 48),
-            f.reference or "-",
-            f.message,
-        ]
-        for f in report.findings[:MAX_FINDINGS]
-    ]
+    by_name = {t.name: t for t in report.tensors}
+    named = with_names([by_name[f.tensor] for f in report.findings[:MAX_FINDINGS] if f.tensor in by_name])
+    rows = []
+    for f in report.findings[:MAX_FINDINGS]:
+        t = by_name.get(f.tensor) if f.tensor else None
+        path = shorten(t.display if t else f.tensor or "-", 48)
+        name = [shorten(t.display_name if t else f.tensor or "-", 40)] if named else []
+        rows.append([f.severity, f.check, path, *name, f.reference or "-", f.message])
     more = len(report.findings) - MAX_FINDINGS
-    text = table(["SEVERITY", "CHECK", "TENSOR", "REF", "MESSAGE"], rows)
+    text = table(["SEVERITY", "CHECK", "TENSOR", *(["NAME"] if named else []), "REF", "MESSAGE"], rows)
     return text + (f"\n... and {more} more findings (use --json for all)" if more > 0 else "")
 
 
@@ -103,14 +105,17 @@ def drift_block(report: Report) -> str:
     return table(["REFERENCE", "REL L2", "MAX ABS", "COSINE", "CHANGED", "PATH"], rows, right={1, 2, 3, 4})
 
 
-def _tensor_rows(tensors: list[TensorResult], roles: list[str], failing: dict[str, str]) -> list[list[str]]:
+def _tensor_rows(
+    tensors: list[TensorResult], roles: list[str], failing: dict[str, str], named: bool = False
+) -> list[list[str]]:
     rows = []
     for t in tensors:
         s = t.stats
         nonfinite = str(s.nonfinite) if s else "-"
         drift_cells = [num(t.drift[r].relative_l2) if r in t.drift else "-" for r in roles]
         rows.append(
-            [shorten(t.display, 56), t.kind, "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
+            [shorten(t.display, 56), *([shorten(t.display_name, 40)] if named else []), t.kind,
+             "x".join(map(str, t.shape)) or "scalar", t.dtype, *drift_cells,
              num(s.mean if s else None), num(s.std if s else None), nonfinite, failing.get(t.name, "")]
         )  # fmt: skip
     return rows
@@ -125,8 +130,11 @@ def worst_tensors(report: Report, limit: int = MAX_TENSORS) -> str:
             failing.setdefault(f.tensor, f.check)
     tensors = [t for t in report.tensors if t.stats is not None or t.name in failing]
     tensors.sort(key=lambda t: (t.name not in failing, t.kind != "weight", -t.worst_drift()))
+    shown = tensors[:limit]
+    named = with_names(shown)
     headers = [
         "TENSOR",
+        *(["NAME"] if named else []),
         "KIND",
         "SHAPE",
         "DTYPE",
@@ -136,8 +144,8 @@ def worst_tensors(report: Report, limit: int = MAX_TENSORS) -> str:
         "NONFINITE",
         "FAILED",
     ]
-    rows = _tensor_rows(tensors[:limit], roles, failing)
-    right = set(range(4, len(headers) - 1))
+    rows = _tensor_rows(shown, roles, failing, named)
+    right = set(range(4 + named, len(headers) - 1))
     more = len(tensors) - limit
     return table(headers, rows, right) + (f"\n... {more} more tensors (use --json)" if more > 0 else "")
 
@@ -195,10 +203,12 @@ def model_block(model: dict) -> str:
 
 def render_inspect(report: Report) -> str:
     rows = []
+    named = with_names(report.tensors)
     for t in report.tensors:
         s = t.stats
         rows.append(
-            [shorten(t.display, 60), t.kind, t.dtype, "x".join(map(str, t.shape)) or "scalar", human_bytes(t.nbytes),
+            [shorten(t.display, 60), *([shorten(t.display_name, 40)] if named else []), t.kind, t.dtype,
+             "x".join(map(str, t.shape)) or "scalar", human_bytes(t.nbytes),
              *(num(getattr(s, k)) if s else "-" for k in ("mean", "std", "min", "max")),
              str(s.nonfinite) if s else "-"]
         )  # fmt: skip
@@ -206,9 +216,21 @@ def render_inspect(report: Report) -> str:
         f"checkpoint  {checkpoint_line(report)}",
         "",
         table(
-            ["TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES", "MEAN", "STD", "MIN", "MAX", "NONFINITE"],
+            [
+                "TENSOR",
+                *(["NAME"] if named else []),
+                "KIND",
+                "DTYPE",
+                "SHAPE",
+                "BYTES",
+                "MEAN",
+                "STD",
+                "MIN",
+                "MAX",
+                "NONFINITE",
+            ],
             rows,
-            {4, 5, 6, 7, 8, 9},
+            {k + named for k in (4, 5, 6, 7, 8, 9)},
         ),
     ]
     problems = [f for f in report.findings if f.severity != "info"]
@@ -218,8 +240,10 @@ def render_inspect(report: Report) -> str:
 
 
 def render_diff(diff: dict) -> str:
+    named = any(t.get("display_name", t["display"]) != t["display"] for t in diff["tensors"])
     rows = [
-        [shorten(t["display"], 60), "x".join(map(str, t["shape"])) or "scalar", num(t.get("relative_l2")),
+        [shorten(t["display"], 60), *([shorten(t.get("display_name", t["display"]), 40)] if named else []),
+         "x".join(map(str, t["shape"])) or "scalar", num(t.get("relative_l2")),
          num(t.get("max_abs")), num(t.get("cosine"), 6), pct(t.get("changed_fraction"))]
         for t in diff["tensors"]
     ]  # fmt: skip
@@ -231,8 +255,10 @@ def render_diff(diff: dict) -> str:
         f"cosine {num(d.get('cosine'), 6)}, changed {pct(d.get('changed_fraction'))}",
         "",
     ]
-    body = table(["TENSOR", "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"], rows, {2, 3, 4, 5})
+    headers = ["TENSOR", *(["NAME"] if named else []), "SHAPE", "REL L2", "MAX ABS", "COSINE", "CHANGED"]
+    body = table(headers, rows, {k + named for k in (2, 3, 4, 5)})
     notes = [
-        f"{f['severity']:5} {f['check']:22} {f['tensor'] or '-'}  {f['message']}" for f in diff.get("findings", [])
+        f"{f['severity']:5} {f['check']:22} {f.get('display_name') or f['tensor'] or '-'}  {f['message']}"
+        for f in diff.get("findings", [])
     ]
     return "\n".join(head + [body] + (["", *notes] if notes else []))

@@ -125,7 +125,9 @@ def _estimated(item: _Item, previous: _Item | None, policy: Policy, history: His
     kinds = policy.compared_kinds()
     for info in cand.tensors():
         stats, sketch = cand.stats(info.name), cand.sketch(info.name)
-        result = TensorResult(info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, stats)
+        result = TensorResult(
+            info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, stats, known=info.known
+        )
         ref_stats, ref_sketch = prev.stats(info.name), prev.sketch(info.name)
         if stats and sketch and ref_stats and ref_sketch and ref_stats.count == stats.count:
             sums, _ = estimate_sums(stats, sketch, ref_stats, ref_sketch, 0.0, 0.0)

@@ -72,10 +72,16 @@ class TensorResult:
     stats: TensorStats | None = None
     drift: dict[str, Drift] = field(default_factory=dict)
     error: Finding | None = None  # integrity failure while reading it
+    known: str = ""  # the Keras layer and variable, where the file says them (TensorInfo.known)
+
+    @property
+    def display_name(self) -> str:
+        return self.known or self.display or self.name
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "display_name": self.display_name,
             "display": self.display,
             "kind": self.kind,
             "dtype": self.dtype,
@@ -134,7 +140,7 @@ class Report:
                 "created": self.created,
                 "checkpoint": self.checkpoint,
                 "verdict": self.verdict,
-                "findings": [f.to_dict() for f in self.findings],
+                "findings": named_findings(self.findings, self.tensors),
                 "references": self.references,
                 "drift": {role: (d.to_dict() if d else None) for role, d in self.drift.items()},
                 "tensors": [t.to_dict() for t in self.tensors],
@@ -143,6 +149,19 @@ class Report:
                 **({"history": self.history} if self.history is not None else {}),
             }
         )
+
+
+def named_findings(findings: list[Finding], tensors: list[TensorResult]) -> list[dict]:
+    """Findings as JSON, each naming its tensor for people too (`display_name` beside the
+    exact key in `tensor`)."""
+    names = {t.name: t.display_name for t in tensors}
+    out = []
+    for f in findings:
+        doc = f.to_dict()
+        if f.tensor is not None:
+            doc["display_name"] = names.get(f.tensor, f.tensor)
+        out.append(doc)
+    return out
 
 
 def unverified_report(path: str, finding: Finding, step: int | None = None, verdict: str = "") -> Report:

@@ -49,15 +49,43 @@ def sample_positions(n: int, m: int = SAMPLE_SIZE) -> np.ndarray:
     return start + np.minimum((u * width).astype(np.int64), width - 1)
 
 
+# A fingerprint keeps every `stride`-th of those values (a stride that is a power of two), so
+# that its samples take at most 1/SAMPLE_SHARE of the tensor's bytes: one stratum in `stride`,
+# still spread over the whole tensor. A sketch built while reading keeps all of them, and is
+# thinned to a stored sketch's stride when compared with it.
+SAMPLE_SHARE = 256
+MIN_SAMPLE = 8
+
+
+def stored_stride(count: int, nbytes: int) -> int:
+    """The stride a fingerprint stores a tensor's sample at: samples (4 bytes each) within
+    1/SAMPLE_SHARE of the tensor's bytes, but never fewer than MIN_SAMPLE values (nor all
+    of a tiny tensor's: a stride of 1 keeps a tensor of up to MIN_SAMPLE values whole)."""
+    m = min(count, SAMPLE_SIZE)
+    budget = max(MIN_SAMPLE, nbytes // (4 * SAMPLE_SHARE))
+    stride = 1
+    while -(-m // stride) > budget and stride < SAMPLE_SIZE:
+        stride *= 2
+    return stride
+
+
 @dataclass
 class TensorSketch:
     hash: str  # "blake3:<hex>" of the bytes in storage order
-    sample: np.ndarray  # float64 values at sample_positions(count)
+    sample: np.ndarray  # float64 values at sample_positions(count)[::stride]
     count: int
+    stride: int = 1
 
     @property
     def complete(self) -> bool:
-        return self.sample.size == self.count
+        return self.stride == 1 and self.sample.size == self.count
+
+    def thinned(self, stride: int) -> TensorSketch:
+        """The sketch a fingerprint stores with `stride` (this one's stride divides it)."""
+        if stride == self.stride:
+            return self
+        step = stride // self.stride
+        return TensorSketch(self.hash, self.sample[::step], self.count, stride)
 
 
 class SketchBuilder:
@@ -85,14 +113,31 @@ class SketchBuilder:
         return TensorSketch("blake3:" + self.hasher.hexdigest(), self.values, self.count)
 
 
+MIN_DIGEST_HEX = 32  # a v2 fingerprint keeps 128 bits of each blake3 digest
+
+
+def same_content(a: str, b: str) -> bool:
+    """Equal content hashes; a stored digest may be cut to its first 128 bits."""
+    if a == b:
+        return True
+    algo_a, _, hex_a = a.partition(":")
+    algo_b, _, hex_b = b.partition(":")
+    n = min(len(hex_a), len(hex_b))
+    return algo_a == algo_b and n >= MIN_DIGEST_HEX and hex_a[:n] == hex_b[:n]
+
+
 def estimate_sums(
     cand: TensorStats, cand_sketch: TensorSketch, ref: TensorStats, ref_sketch: TensorSketch, atol: float, rtol: float
 ) -> tuple[PairSums, bool]:
     """Drift sums estimated from two sketches; (sums, estimated). Equal hashes are exact."""
     cand_sq, ref_sq = cand.l2 * cand.l2, ref.l2 * ref.l2  # inf past 1e154, where ** raises OverflowError
-    if cand_sketch.hash == ref_sketch.hash:
+    if same_content(cand_sketch.hash, ref_sketch.hash):
         return PairSums(0.0, cand_sq, cand_sq, ref_sq, 0.0, 0, 0, cand.count), False
+    stride = max(cand_sketch.stride, ref_sketch.stride)
+    cand_sketch, ref_sketch = cand_sketch.thinned(stride), ref_sketch.thinned(stride)
     c, r = cand_sketch.sample, ref_sketch.sample
+    if c.size != r.size:
+        raise ValueError(f"samples of {c.size} and {r.size} values cannot be compared")
     ok = np.isfinite(c) & np.isfinite(r)
     d = c[ok] - r[ok]
     m = max(int(c.size), 1)

@@ -8,9 +8,21 @@ which raw power sums would not.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+_KERNELS = None  # ckptwatch.verify.kernels, once loaded
+
+
+def _load_kernels():
+    """numba loads on first use: the daemon's main process never does (and an import statement
+    per chunk costs more than the statistics of a small tensor)."""
+    global _KERNELS
+    from ckptwatch.verify import kernels
+
+    _KERNELS = kernels
+    return kernels
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,11 @@ class TensorStats:
         return self.nan + self.inf
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "count": self.count, "mean": self.mean, "std": self.std, "min": self.min, "max": self.max,
+            "l2": self.l2, "zero_fraction": self.zero_fraction, "skewness": self.skewness,
+            "kurtosis": self.kurtosis, "nan": self.nan, "inf": self.inf,
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> TensorStats:
@@ -49,8 +65,7 @@ class StatsAccumulator:
         self.zeros = self.nan = self.inf = 0
 
     def update(self, chunk: np.ndarray) -> None:
-        from ckptwatch.verify import kernels  # numba loads on first use: the daemon's main process never does
-
+        kernels = _KERNELS or _load_kernels()
         x = kernels.as_float(chunk)
         if x.size == 0:
             return
@@ -90,8 +105,10 @@ class StatsAccumulator:
     def result(self) -> TensorStats:
         n = self.n
         total = n + self.nan + self.inf
-        if n == 0:
-            return TensorStats(total, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.nan, self.inf)
+        if n == 0:  # empty: zeros; all NaN/Inf: no finite value to describe, so NaN (never "mean 0")
+            v = 0.0 if total == 0 else math.nan
+            zero_fraction = self.zeros / total if total else 0.0
+            return TensorStats(total, v, v, v, v, v, zero_fraction, v, v, self.nan, self.inf)
         m2 = max(self.m2, 0.0)
         var = m2 / n
         # A spread far below float64 resolution of the mean is rounding noise, not

@@ -15,6 +15,7 @@ REPORT_KEYS = {"schema", "tool", "created", "checkpoint", "verdict", "findings",
 OPTIONAL_REPORT_KEYS = {"references", "history"}
 FINDING_KEYS = {"severity", "check", "tensor", "reference", "message"}
 DRIFT_FINDING_KEYS = {"value", "limit", "expected", "basis"}  # what it saw, held it to, and where that came from
+NAMED_FINDING_KEYS = {"display_name"}  # beside `tensor`, when a finding names one (issue 15)
 CHECK_PREFIXES = ("integrity.", "nonfinite", "structure.", "drift.", "restore.", "functional.")
 STRUCTURE_CHECKS = {f"structure.{c}" for c in ("missing", "unexpected", "shape", "dtype", "renamed")}
 DRIFT_KEYS = {"relative_l2", "max_abs", "cosine", "changed_fraction"}
@@ -127,7 +128,8 @@ def check_report_contract(doc: dict) -> None:
     assert set(doc["checkpoint"]) == {"path", "format", "step", "tensors", "bytes"}
     assert doc["verdict"] in ("pass", "warn", "fail", "error")
     for f in doc["findings"]:
-        assert FINDING_KEYS <= set(f) <= FINDING_KEYS | DRIFT_FINDING_KEYS, set(f)
+        assert FINDING_KEYS <= set(f) <= FINDING_KEYS | DRIFT_FINDING_KEYS | NAMED_FINDING_KEYS, set(f)
+        assert ("display_name" in f) == (f["tensor"] is not None), f
         if f["check"].startswith("drift."):
             assert set(f) >= DRIFT_FINDING_KEYS, f
         assert f["severity"] in ("fail", "warn", "info")

@@ -509,6 +509,7 @@ def test_the_time_limit_names_the_phase(capfd, lines: list[str], phase: str, ten
             "message": f"timed out after 2 s while {phase}",
             "tensor": tensor,
             "reference": None,
+            **({"display_name": tensor} if tensor else {}),  # beside the key, when there is one (issue 15)
         }
     ]
     hint = "(--timeout or CKPTWATCH_TIMEOUT raises the limit)"
