@@ -461,8 +461,9 @@ def test_a_hung_reader_is_an_error_naming_the_tensor(tmp_path: Path, command: st
     assert parent.returncode == 2, err
     assert time.monotonic() - t0 < 40
     assert err.strip().startswith(f"ckptwatch: error: {prefix}: timed out after 10 s while reading w")
-    if command == "diff":  # no verdict to give: the one line alone
-        assert out == "" and err.count("\n") == 1, (out, err)
+    if command == "diff":  # no verdict to give: the one line, and with --json the error object
+        assert err.count("\n") == 1, err
+        assert json.loads(out) == {"schema": "ckptwatch.error/v1", "error": err.strip().split(": ", 2)[2], "exit": 2}
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
         return
     if command == "fingerprint":
