@@ -95,15 +95,22 @@ def flip_bits(path: str | Path, offset: int, mask: int = 0x01) -> None:
         f.write(bytes([b[0] ^ mask]))
 
 
-def child_reading_a_shard(parent_pid: int):
-    """The child process of `parent_pid` that has a checkpoint data shard open (the CLI's
-    isolated reader), or None yet."""
+def child_reading_a_shard(parent_pid: int, read_bytes: int = 4 << 20):
+    """The child process of `parent_pid` that is reading a checkpoint data shard (the CLI's
+    isolated reader), or None yet: it has the shard open and has read `read_bytes` more since
+    (readers open every shard at the start, before the first tensor is announced)."""
     import psutil
 
     for child in psutil.Process(parent_pid).children():
         try:
-            if any(".data-" in f.path for f in child.open_files()):
-                return child
+            if not any(".data-" in f.path for f in child.open_files()):
+                continue
+            start = child.io_counters().read_chars
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if child.io_counters().read_chars - start >= read_bytes:
+                    return child
+                time.sleep(0.001)
         except psutil.Error:
             pass
     return None
