@@ -37,7 +37,7 @@ from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
 from ckptwatch.formats.sliced import Part, SliceMismatch, resolve_slices, stream_sliced
-from ckptwatch.formats.table import TableError
+from ckptwatch.formats.table import TableError, unmask_crc
 from ckptwatch.formats.wire import DTYPE_NAMES, BundleEntry, check_entry_crc, read_index
 
 __all__ = ["DTYPE_NAMES", "OBJECT_GRAPH_KEY", "BundleEntry", "BundleSource", "shard_path"]
@@ -49,6 +49,8 @@ STEP_KEYS = (
     "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",  # Keras 3
     "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
 )
+RUN_BYTES = 1 << 20  # read_runs: small tensors read together, up to this many bytes a pread
+_RUN_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8")}  # float32, float64: what read_runs reads
 MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 
@@ -66,6 +68,7 @@ class BundleSource:
         # threads: no open/stat per tensor. shard id -> (file, its size when opened).
         self._shards: dict[int, tuple[BinaryIO, int]] = {}
         self._shards_lock = threading.Lock()
+        self._local = threading.local()  # read_runs' buffer, one per thread
         index_path = prefix + INDEX_SUFFIX
         try:
             check_regular(index_path)  # a FIFO or device: NotRegularFile, a finding
@@ -275,6 +278,87 @@ class BundleSource:
                 yield np.frombuffer(data, dtype=dtype)
             return
         yield from self._stream(fd, path, entry, dtype, chunk_bytes, name)
+
+    def storage_key(self, name: str) -> tuple[int, int]:
+        """Where a tensor's bytes lie (shard, offset): reading in this order reads each shard
+        front to back, and lets read_runs find tensors stored back to back (keys sort as
+        strings, "v10" before "v2", which is not the order TF wrote them in)."""
+        entry = self._entries.get(name)
+        return (entry.shard_id, entry.offset) if entry is not None else (-1, -1)
+
+    def read_runs(
+        self, names: list[str], chunk_elements: int = CHUNK_ELEMENTS, run_bytes: int = RUN_BYTES
+    ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int]]]]:
+        """Many small tensors at once, for the engine's fast path: float32/float64 tensors of one
+        chunk or less that lie back to back in one shard are read with one pread per run (up to
+        `run_bytes`) into a buffer of this thread's, and their checksums checked. Yields, per run,
+        the run's values and, per tensor, (its position in `names`, first element, end element);
+        a run's values are only valid until the next is asked for (the buffer is reused). The
+        tensors it leaves out (any other kind, a shape or size that does not add up, a checksum
+        that does not match, a read that failed) are left to `read`, which says what is wrong,
+        exactly as for any tensor."""
+        pending: list[tuple[int, BundleEntry]] = []
+        run_dtype: np.dtype | None = None
+        run_fd = run_end = -1
+
+        def flush() -> tuple[np.ndarray, list[tuple[int, int, int]]] | None:
+            if not pending:
+                return None
+            first = pending[0][1].offset
+            total = run_end - first
+            buf = getattr(self._local, "buf", None)
+            if buf is None or len(buf) < total:
+                buf = self._local.buf = bytearray(max(total, run_bytes))
+            view = memoryview(buf)[:total]
+            try:
+                got = os.preadv(run_fd, [view], first)
+            except OSError:
+                got = -1
+            if got != total:
+                return None
+            assert run_dtype is not None
+            size = run_dtype.itemsize
+            members = []
+            for i, entry in pending:
+                a = entry.offset - first
+                b = a + entry.size
+                if entry.crc32c is None or unmask_crc(entry.crc32c) == crc32c.crc32c(view[a:b]):
+                    members.append((i, a // size, b // size))
+            return (np.frombuffer(buf, dtype=run_dtype, count=total // size), members) if members else None
+
+        chunk_limit = max(1, chunk_elements)
+        for i, name in enumerate(names):
+            entry = self._entries.get(name)
+            dtype = _RUN_DTYPES.get(entry.dtype) if entry is not None and not self.big_endian else None
+            if entry is None or dtype is None or entry.sliced or entry.size <= 0 or entry.offset < 0:
+                continue
+            try:
+                fd, file_size = self._shard(entry.shard_id, name)
+                ok = (
+                    entry.offset + entry.size <= file_size
+                    and entry.size <= chunk_limit * dtype.itemsize
+                    and checked_size(entry.shape, dtype.itemsize, file_size) == entry.size
+                )
+            except (IntegrityError, OSError, ValueError):
+                ok = False
+            if not ok:
+                continue
+            if (
+                fd != run_fd
+                or entry.offset != run_end
+                or dtype != run_dtype
+                or (pending and run_end - pending[0][1].offset + entry.size > run_bytes)
+            ):
+                run = flush()
+                if run is not None:
+                    yield run
+                pending = []
+                run_fd, run_dtype = fd, dtype
+            pending.append((i, entry))
+            run_end = entry.offset + entry.size
+        run = flush()
+        if run is not None:
+            yield run
 
     def _stream(
         self, fd: int, path: str, entry: BundleEntry, dtype: np.dtype, chunk_bytes: int, name: str

@@ -13,6 +13,7 @@ Everything here is pure computation over readers: no TensorFlow, no processes.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from ckptwatch.verify.history import History
 from ckptwatch.verify.report import ROLES, Finding, Report, TensorResult, unverified_report
 from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
-from ckptwatch.verify.stats import StatsAccumulator, TensorStats
+from ckptwatch.verify.stats import StatsAccumulator, TensorStats, stats_kernels
 
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 Progress = Callable[[str], None]
@@ -201,6 +202,51 @@ class Engine:
             out.result.drift[role] = sums.drift(mean_diff, std_diff)
         return out
 
+    def _batch(self, cand: CheckpointSource, infos: list[TensorInfo], refs: list[_Ref]) -> list[_TensorOutcome]:
+        """The outcomes of consecutive tensors. Small tensors compared with nothing (no reference
+        pairs them, no sketch wanted) go through the reader's `read_runs` where it has one: one
+        read per run of tensors and one kernel call for their statistics, the same numbers as
+        `_tensor`'s. Any tensor that path leaves (a non-finite value, a checksum that does not
+        match, another dtype) goes through `_tensor`, which says what is wrong."""
+        read_runs = getattr(cand, "read_runs", None)
+        if read_runs is None or self._wants_sketch or len(infos) < 2:
+            return [self._tensor(cand, i, refs) for i in infos]
+        outcomes: list[_TensorOutcome | None] = [None] * len(infos)
+        simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in refs)]
+        progress = self.options.progress
+        runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements)
+        kernels = stats_kernels()
+        for x, members in runs:
+            starts = np.array([a for _, a, _ in members], dtype=np.int64)
+            ends = np.array([b for _, _, b in members], dtype=np.int64)
+            # one kernel call per tensor, on its own slice: the very loop `_tensor` runs (a kernel
+            # looping over the segments inlines it, and LLVM then rounds the sums differently)
+            moments = kernels.moments_finite
+            sums = [moments(x[a:b]) for _, a, b in members]
+            bounds = np.empty(2 * len(members), dtype=np.int64)
+            bounds[0::2], bounds[1::2] = starts, ends
+            bounds = bounds[:-1] if ends[-1] == x.size else bounds
+            mins = np.minimum.reduceat(x, bounds)[0::2].tolist()
+            maxs = np.maximum.reduceat(x, bounds)[0::2].tolist()
+            for (j, a, b), (s, zeros, m2, m3, m4), mn, mx in zip(members, sums, mins, maxs, strict=True):
+                if not math.isfinite(s + m4):
+                    continue  # NaN/Inf (or x^4 overflowed): _tensor counts them exactly
+                if mn == 0.0 or mx == 0.0:  # a signed zero: the sign numpy's own min/max give
+                    mn, mx = float(x[a:b].min()), float(x[a:b].max())
+                k = simple[j]
+                info = infos[k]
+                if progress:
+                    progress(info.name)
+                result = TensorResult(
+                    info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known
+                )
+                result.stats = StatsAccumulator.of_chunk(b - a, s, zeros, m2, m3, m4, mn, mx).result()
+                outcomes[k] = _TensorOutcome(result)
+        for k, info in enumerate(infos):
+            if outcomes[k] is None:
+                outcomes[k] = self._tensor(cand, info, refs)
+        return outcomes  # type: ignore[return-value]
+
     def _stream(self, cand: CheckpointSource, info: TensorInfo, live: list[_Ref], s: dict, out: _TensorOutcome) -> None:
         ch = self.options.chunk_elements
         streams = [_tagged(0, cand.read(info.name, ch), info.name)]
@@ -277,12 +323,20 @@ class Engine:
             begin(cand.path, [(i.name, i.nbytes) for i in infos])
         t_open = time.perf_counter()
         threads = max(1, self.options.threads)
-        if threads > 1 and len(infos) > 1:
+        storage_key = getattr(cand, "storage_key", None)  # read in the order the bytes lie, report in key order
+        order = list(range(len(infos)))
+        if storage_key is not None:
+            order.sort(key=lambda k: storage_key(infos[k].name))
+        work = [infos[k] for k in order]
+        if threads > 1 and len(work) > 1:
             with ThreadPoolExecutor(threads, thread_name_prefix="ckptwatch-verify") as pool:
-                batches = pool.map(lambda batch: [self._tensor(cand, i, refs) for i in batch], _batches(infos, threads))
-                outcomes = [o for batch in batches for o in batch]
+                batches = pool.map(lambda batch: self._batch(cand, batch, refs), _batches(work, threads))
+                done = [o for batch in batches for o in batch]
         else:
-            outcomes = [self._tensor(cand, i, refs) for i in infos]
+            done = self._batch(cand, work, refs)
+        outcomes: list[_TensorOutcome] = [done[0]] * len(infos) if done else []
+        for k, o in zip(order, done, strict=True):
+            outcomes[k] = o
         t_read = time.perf_counter()
         end = getattr(self.options.progress, "close", None)
         if end is not None:

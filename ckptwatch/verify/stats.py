@@ -25,6 +25,11 @@ def _load_kernels():
     return kernels
 
 
+def stats_kernels():
+    """ckptwatch.verify.kernels, loaded on first use."""
+    return _KERNELS or _load_kernels()
+
+
 @dataclass(frozen=True)
 class TensorStats:
     count: int  # elements (finite and non-finite)
@@ -82,6 +87,16 @@ class StatsAccumulator:
         self._merge(n, s / n, m2, m3, m4)
         self.min, self.max = min(self.min, mn), max(self.max, mx)
         self.zeros += zeros
+
+    @classmethod
+    def of_chunk(cls, n: int, s: float, zeros: int, m2: float, m3: float, m4: float, mn: float, mx: float):
+        """The accumulator `update` leaves after one chunk of `n` finite values whose
+        moments_finite were (s, zeros, m2, m3, m4) and whose min and max are mn, mx."""
+        acc = cls()
+        acc._merge(n, s / n, m2, m3, m4)
+        acc.min, acc.max = mn, mx
+        acc.zeros = zeros
+        return acc
 
     def _merge(self, nb: int, mean_b: float, m2b: float, m3b: float, m4b: float) -> None:
         na = self.n
