@@ -21,6 +21,8 @@ _SLOT_RE = re.compile(r"^(?P<var>.*)/\.OPTIMIZER_SLOT/(?P<opt>[^/]+)/(?P<slot>[^
 _OPTIMIZER_PREFIXES = ("optimizer/", "optimizer_weights/", "training/", "optimizer_state/")
 _METRIC_MARKERS = ("keras_api/metrics/", "metrics/")
 _COUNTER_NAMES = {"save_counter", "global_step", "iter", "iterations"}
+_METRIC_ROOTED = tuple("/" + m for m in _METRIC_MARKERS)
+_TF1_SLOT_RE = re.compile(r"/(Adam|Adam_\d|Momentum|RMSProp|RMSProp_\d|Adagrad|Ftrl|Ftrl_\d)$")
 
 
 def kind_of(name: str) -> str:
@@ -30,16 +32,14 @@ def kind_of(name: str) -> str:
     base = name.removesuffix(_ATTRIBUTE_SUFFIX)
     if ".OPTIMIZER_SLOT/" in base or base.startswith(_OPTIMIZER_PREFIXES) or "/optimizer/" in f"/{base}/":
         return OPTIMIZER
-    if any(m in f"/{base}" for m in ("/" + m for m in _METRIC_MARKERS)):
+    rooted = "/" + base
+    if any(m in rooted for m in _METRIC_ROOTED):
         return METRIC
     leaf = base.rsplit("/", 1)[-1].removesuffix(":0")
     if leaf in _COUNTER_NAMES and base.count("/") <= 1:
         return COUNTER
     # TF1 Adam/Momentum slots live next to the variable: dense/kernel/Adam, .../Adam_1
-    if re.search(r"/(Adam|Adam_\d|Momentum|RMSProp|RMSProp_\d|Adagrad|Ftrl|Ftrl_\d)$", base) or leaf in (
-        "beta1_power",
-        "beta2_power",
-    ):
+    if _TF1_SLOT_RE.search(base) or leaf in ("beta1_power", "beta2_power"):
         return OPTIMIZER
     return WEIGHT
 
