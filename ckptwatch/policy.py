@@ -163,8 +163,8 @@ class Policy(_Strict):
             "max_golden_drift": self.max_golden_drift,
             "atol": self.atol,
             "rtol": self.rtol,
-            "frozen": _matches(self.frozen, name, display),
-            "exclude": _matches(self.exclude, name, display),
+            "frozen": bool(self.frozen) and _matches(self.frozen, name, display),
+            "exclude": bool(self.exclude) and _matches(self.exclude, name, display),
         }
         for o in self.overrides:
             if _matches([o.pattern], name, display):

@@ -35,7 +35,7 @@ from ckptwatch.verify.history import History
 from ckptwatch.verify.report import ROLES, Finding, Report, TensorResult, unverified_report
 from ckptwatch.verify.rules import evaluate
 from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
-from ckptwatch.verify.stats import StatsAccumulator, TensorStats, stats_kernels
+from ckptwatch.verify.stats import StatsAccumulator, TensorStats, chunk_stats, stats_kernels
 
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 Progress = Callable[[str], None]
@@ -240,7 +240,7 @@ class Engine:
                 result = TensorResult(
                     info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known
                 )
-                result.stats = StatsAccumulator.of_chunk(b - a, s, zeros, m2, m3, m4, mn, mx).result()
+                result.stats = chunk_stats(b - a, s, zeros, m2, m3, m4, mn, mx)
                 outcomes[k] = _TensorOutcome(result)
         for k, info in enumerate(infos):
             if outcomes[k] is None:

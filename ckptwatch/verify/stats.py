@@ -88,16 +88,6 @@ class StatsAccumulator:
         self.min, self.max = min(self.min, mn), max(self.max, mx)
         self.zeros += zeros
 
-    @classmethod
-    def of_chunk(cls, n: int, s: float, zeros: int, m2: float, m3: float, m4: float, mn: float, mx: float):
-        """The accumulator `update` leaves after one chunk of `n` finite values whose
-        moments_finite were (s, zeros, m2, m3, m4) and whose min and max are mn, mx."""
-        acc = cls()
-        acc._merge(n, s / n, m2, m3, m4)
-        acc.min, acc.max = mn, mx
-        acc.zeros = zeros
-        return acc
-
     def _merge(self, nb: int, mean_b: float, m2b: float, m3b: float, m4b: float) -> None:
         na = self.n
         if na == 0:
@@ -118,32 +108,45 @@ class StatsAccumulator:
         self.n = n
 
     def result(self) -> TensorStats:
-        n = self.n
-        total = n + self.nan + self.inf
-        if n == 0:  # empty: zeros; all NaN/Inf: no finite value to describe, so NaN (never "mean 0")
-            v = 0.0 if total == 0 else math.nan
-            zero_fraction = self.zeros / total if total else 0.0
-            return TensorStats(total, v, v, v, v, v, zero_fraction, v, v, self.nan, self.inf)
-        m2 = max(self.m2, 0.0)
-        var = m2 / n
-        # A spread far below float64 resolution of the mean is rounding noise, not
-        # shape; a spread so small that m2**1.5 underflows has no usable shape either.
-        denom3, denom4 = m2**1.5, m2 * m2
-        flat = var <= (abs(self.mean) * 1e-12) ** 2 or denom3 == 0.0 or denom4 == 0.0
-        skew = 0.0 if flat else math.sqrt(n) * self.m3 / denom3
-        kurt = 0.0 if flat else n * self.m4 / denom4 - 3.0
-        if not (math.isfinite(skew) and math.isfinite(kurt)):
-            skew = kurt = 0.0
-        return TensorStats(
-            count=total,
-            mean=self.mean,
-            std=math.sqrt(var),
-            min=self.min,
-            max=self.max,
-            l2=math.sqrt(m2 + n * self.mean * self.mean),
-            zero_fraction=self.zeros / total,
-            skewness=skew,
-            kurtosis=kurt,
-            nan=self.nan,
-            inf=self.inf,
+        return _finished(
+            self.n, self.nan, self.inf, self.mean, self.m2, self.m3, self.m4, self.min, self.max, self.zeros
         )
+
+
+def chunk_stats(n: int, s: float, zeros: int, m2: float, m3: float, m4: float, mn: float, mx: float) -> TensorStats:
+    """What a StatsAccumulator fed one chunk of `n` (> 0) finite values, whose moments_finite
+    were (s, zeros, m2, m3, m4) and whose min and max are mn, mx, gives: the same arithmetic."""
+    return _finished(n, 0, 0, s / n, m2, m3, m4, mn, mx, zeros)
+
+
+def _finished(
+    n: int, nan: int, inf: int, mean: float, m2: float, m3: float, m4: float, mn: float, mx: float, zeros: int
+) -> TensorStats:
+    total = n + nan + inf
+    if n == 0:  # empty: zeros; all NaN/Inf: no finite value to describe, so NaN (never "mean 0")
+        v = 0.0 if total == 0 else math.nan
+        zero_fraction = zeros / total if total else 0.0
+        return TensorStats(total, v, v, v, v, v, zero_fraction, v, v, nan, inf)
+    m2 = max(m2, 0.0)
+    var = m2 / n
+    # A spread far below float64 resolution of the mean is rounding noise, not
+    # shape; a spread so small that m2**1.5 underflows has no usable shape either.
+    denom3, denom4 = m2**1.5, m2 * m2
+    flat = var <= (abs(mean) * 1e-12) ** 2 or denom3 == 0.0 or denom4 == 0.0
+    skew = 0.0 if flat else math.sqrt(n) * m3 / denom3
+    kurt = 0.0 if flat else n * m4 / denom4 - 3.0
+    if not (math.isfinite(skew) and math.isfinite(kurt)):
+        skew = kurt = 0.0
+    return TensorStats(
+        count=total,
+        mean=mean,
+        std=math.sqrt(var),
+        min=mn,
+        max=mx,
+        l2=math.sqrt(m2 + n * mean * mean),
+        zero_fraction=zeros / total,
+        skewness=skew,
+        kurtosis=kurt,
+        nan=nan,
+        inf=inf,
+    )
