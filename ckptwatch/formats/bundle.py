@@ -95,7 +95,7 @@ class BundleSource:
         for name, entry in index.entries:
             self._add(name, entry)
         self._parts: dict[str, list[Part]] = {}
-        for name, entry in list(self._entries.items()):
+        for name, entry in [(n, e) for n, e in self._entries.items() if e.slices]:
             if entry.sliced:
                 self._resolve_slices(name, entry, index.slices.get(name, []))
 
@@ -161,7 +161,7 @@ class BundleSource:
         kind = kind_of(name)
         if dtype_name not in NUMERIC_DTYPES:
             kind = META
-        elif any(d < 0 for d in entry.shape):
+        elif entry.shape and min(entry.shape) < 0:
             self.problems.append(
                 IntegrityProblem("integrity.index", f"negative dimension in shape {list(entry.shape)}", name)
             )

@@ -117,9 +117,14 @@ def _block_entries(block: memoryview, what: str) -> Iterator[tuple[bytes, memory
         raise TableError(f"{what} block has a bad restart array")
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = read_varint(block, pos, limit)
-        unshared, pos = read_varint(block, pos, limit)
-        value_len, pos = read_varint(block, pos, limit)
+        # the three lengths, each one byte when below 128 (almost always): decoded inline
+        if pos + 3 <= limit and block[pos] < 0x80 and block[pos + 1] < 0x80 and block[pos + 2] < 0x80:
+            shared, unshared, value_len = block[pos], block[pos + 1], block[pos + 2]
+            pos += 3
+        else:
+            shared, pos = read_varint(block, pos, limit)
+            unshared, pos = read_varint(block, pos, limit)
+            value_len, pos = read_varint(block, pos, limit)
         if shared > len(key) or pos + unshared + value_len > limit:
             raise TableError(f"{what} block: entry at {pos} runs past the block")
         key = key[:shared] + bytes(block[pos : pos + unshared])

@@ -217,13 +217,12 @@ class Engine:
         simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in refs)]
         progress = self.options.progress
         runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements)
-        kernels = stats_kernels()
+        moments = stats_kernels().moments_finite
         for x, members in runs:
             starts = np.array([a for _, a, _ in members], dtype=np.int64)
             ends = np.array([b for _, _, b in members], dtype=np.int64)
             # one kernel call per tensor, on its own slice: the very loop `_tensor` runs (a kernel
             # looping over the segments inlines it, and LLVM then rounds the sums differently)
-            moments = kernels.moments_finite
             sums = [moments(x[a:b]) for _, a, b in members]
             bounds = np.empty(2 * len(members), dtype=np.int64)
             bounds[0::2], bounds[1::2] = starts, ends
