@@ -50,7 +50,7 @@ STEP_KEYS = (
     "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
 )
 RUN_BYTES = 1 << 20  # read_runs: small tensors read together, up to this many bytes a pread
-_RUN_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8")}  # float32, float64: what read_runs reads
+_RUN_DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}  # float32, float64: what read_runs reads
 MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 

@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ckptwatch.formats.base import IntegrityError
 from ckptwatch.formats.files import open_regular
@@ -150,7 +150,7 @@ def parse_entry(buf: memoryview) -> BundleEntry:
     What TF writes (one-byte tags, no slices, a shape of plain dims) is decoded in one loop
     without a generator; anything else, or anything that does not add up, goes to the general
     decoder (`_parse_entry`), which says what is wrong."""
-    v = [0, (), 0, 0, 0, None]  # dtype, shape, shard_id, offset, size, crc32c
+    v: list[Any] = [0, (), 0, 0, 0, None]  # dtype, shape, shard_id, offset, size, crc32c
     pos, end = 0, len(buf)
     while pos < end:
         tag = buf[pos]
