@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -289,7 +289,11 @@ class BundleSource:
         return (entry.shard_id, entry.offset) if entry is not None else (-1, -1)
 
     def read_runs(
-        self, names: list[str], chunk_elements: int = CHUNK_ELEMENTS, run_bytes: int = RUN_BYTES
+        self,
+        names: list[str],
+        chunk_elements: int = CHUNK_ELEMENTS,
+        run_bytes: int = RUN_BYTES,
+        announce: Callable[[str], None] | None = None,
     ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int]]]]:
         """Many small tensors at once, for the engine's fast path: float32/float64 tensors of one
         chunk or less that lie back to back in one shard are read with one pread per run (up to
@@ -298,7 +302,8 @@ class BundleSource:
         a run's values are only valid until the next is asked for (the buffer is reused). The
         tensors it leaves out (any other kind, a shape or size that does not add up, a checksum
         that does not match, a read that failed) are left to `read`, which says what is wrong,
-        exactly as for any tensor."""
+        exactly as for any tensor. `announce` gets each tensor's name before its run is read (the
+        CLI's reading child names the tensors it was reading if native code kills it)."""
         pending: list[tuple[int, BundleEntry]] = []
         run_dtype: np.dtype | None = None
         run_fd = run_end = -1
@@ -312,6 +317,9 @@ class BundleSource:
             if buf is None or len(buf) < total:
                 buf = self._local.buf = bytearray(max(total, run_bytes))
             view = memoryview(buf)[:total]
+            if announce is not None:
+                for i, _ in pending:
+                    announce(names[i])
             try:
                 got = os.preadv(run_fd, [view], first)
             except OSError:

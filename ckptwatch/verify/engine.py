@@ -216,7 +216,7 @@ class Engine:
         outcomes: list[_TensorOutcome | None] = [None] * len(infos)
         simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in refs)]
         progress = self.options.progress
-        runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements)
+        runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements, announce=progress)
         moments = stats_kernels().moments_finite
         for x, members in runs:
             starts = np.array([a for _, a, _ in members], dtype=np.int64)
@@ -236,8 +236,6 @@ class Engine:
                     mn, mx = float(x[a:b].min()), float(x[a:b].max())
                 k = simple[j]
                 info = infos[k]
-                if progress:
-                    progress(info.name)
                 result = TensorResult(
                     info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known
                 )

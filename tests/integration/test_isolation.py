@@ -30,7 +30,8 @@ def big_checkpoint(tmp_path_factory):
 
 def _wait_for_child_reading(parent: subprocess.Popen, timeout: float = 60.0) -> psutil.Process:
     return wait_until(
-        lambda: child_reading_a_shard(parent.pid),
+        # 32 MiB of the 384 it reads (candidate and previous): past loading numba's cached kernels
+        lambda: child_reading_a_shard(parent.pid, read_bytes=32 << 20),
         timeout,
         "the verify child opening a data shard",
         interval=0.002,
