@@ -498,6 +498,22 @@ def _operator() -> str:
     return "unknown"
 
 
+def _state_dir_of(watch_name: str, config_path: str | None, state_dir: str | None) -> str:
+    """The daemon's state directory for `accept` / `retire`: the config's (which must have the
+    watch), else --state-dir, else $CKPTWATCH_STATE_DIR, else the default."""
+    from ckptwatch.config import DaemonConfig, load_config
+
+    if config_path and state_dir:
+        raise UsageError("give --config or --state-dir, not both")
+    if config_path:
+        config = load_config(config_path)
+        names = [w.name for w in config.watches]
+        if watch_name not in names:
+            raise UsageError(f"unknown watch {watch_name!r}: {config_path} has {', '.join(map(repr, names))}")
+        return config.daemon.state_dir
+    return state_dir or os.environ.get("CKPTWATCH_STATE_DIR") or DaemonConfig().state_dir
+
+
 @main.command()
 @click.argument("watch_name", metavar="WATCH")
 @click.argument("checkpoint", required=False)
@@ -518,21 +534,11 @@ def accept(
     """
     import sqlite3
 
-    from ckptwatch.config import DaemonConfig, load_config
     from ckptwatch.daemon.state import open_existing
 
     if not " ".join(reason.split()):
         raise UsageError("--reason is empty: say why this checkpoint is the new baseline")
-    if config_path and state_dir:
-        raise UsageError("give --config or --state-dir, not both")
-    if config_path:
-        config = load_config(config_path)
-        names = [w.name for w in config.watches]
-        if watch_name not in names:
-            raise UsageError(f"unknown watch {watch_name!r}: {config_path} has {', '.join(map(repr, names))}")
-        state_dir = config.daemon.state_dir
-    elif not state_dir:
-        state_dir = os.environ.get("CKPTWATCH_STATE_DIR") or DaemonConfig().state_dir
+    state_dir = _state_dir_of(watch_name, config_path, state_dir)
     who = (by or "").strip() or _operator()
     state = open_existing(state_dir)
     try:
@@ -568,21 +574,11 @@ def retire(
     """
     import sqlite3
 
-    from ckptwatch.config import DaemonConfig, load_config
     from ckptwatch.daemon.state import open_existing
 
     if not undo and not " ".join((reason or "").split()):
         raise UsageError("--reason is required: say why the run is finished")
-    if config_path and state_dir:
-        raise UsageError("give --config or --state-dir, not both")
-    if config_path:
-        config = load_config(config_path)
-        names = [w.name for w in config.watches]
-        if watch_name not in names:
-            raise UsageError(f"unknown watch {watch_name!r}: {config_path} has {', '.join(map(repr, names))}")
-        state_dir = config.daemon.state_dir
-    elif not state_dir:
-        state_dir = os.environ.get("CKPTWATCH_STATE_DIR") or DaemonConfig().state_dir
+    state_dir = _state_dir_of(watch_name, config_path, state_dir)
     who = (by or "").strip() or _operator()
     state = open_existing(state_dir)
     try:

@@ -3,6 +3,7 @@
 watch_status(name, **fields)   a WatchStatus with every figure set (as after a model-aware
                                verification with a previous and a golden, and an accepted
                                baseline); `fields` override
+RecordingLog()                 a structlog-like logger that keeps (level, event, fields)
 """
 
 from __future__ import annotations
@@ -48,3 +49,16 @@ def watch_status(name: str = "run7", **fields: Any) -> WatchStatus:
         ),
     }
     return WatchStatus(name=name, **{**values, **fields})
+
+
+class RecordingLog:
+    """structlog's interface for a component under test; keeps (level, event, fields)."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str):
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+    def events(self, name: str) -> list[dict]:
+        return [fields for _, event, fields in self.lines if event == name]

@@ -16,17 +16,7 @@ from pathlib import Path
 from ckptwatch.daemon.baselines import GoodCheckpoint
 from ckptwatch.daemon.durable import DurableState
 from ckptwatch.daemon.state import State
-
-
-class Log:
-    def __init__(self):
-        self.lines: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **fields: self.lines.append((level, event, fields))
-
-    def events(self, name: str) -> list[dict]:
-        return [fields for _, event, fields in self.lines if event == name]
+from tests.factories import RecordingLog as Log
 
 
 class Clock:

@@ -17,19 +17,7 @@ from ckptwatch.daemon.model import Candidate, Snapshot
 from ckptwatch.daemon.pipeline import Done
 from ckptwatch.daemon.recorder import Recorder
 from ckptwatch.daemon.state import State
-
-
-class Log:
-    """structlog's interface; keeps (level, event, fields)."""
-
-    def __init__(self):
-        self.lines: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level: str):
-        return lambda event, **fields: self.lines.append((level, event, fields))
-
-    def events(self, name: str) -> list[dict]:
-        return [fields for _, event, fields in self.lines if event == name]
+from tests.factories import RecordingLog as Log
 
 
 class World:
