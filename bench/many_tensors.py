@@ -1,6 +1,7 @@
 """Per-tensor overhead: verify 1 GB held in 10,000 tensors against 1 GB held in 10 (the anchor).
 
-    .venv/bin/python bench/many_tensors.py [--out DIR] [--repeat N] [--force] [--profile FILE]
+    .venv/bin/python bench/many_tensors.py [--out DIR] [--repeat N] [--force]
+                                           [--profile FILE [--profile-case CASE]]
                                            [--compare CHECKOUT]
 
 Writes (once; `--force` rewrites) with TensorFlow, under OUT (default bench/out/many/):
@@ -10,13 +11,15 @@ Writes (once; `--force` rewrites) with TensorFlow, under OUT (default bench/out/
     few/{previous,candidate}/ckpt-N    the same 1.0 GB in 10 variables (the anchor: large tensors)
 
 `candidate` is `previous` plus noise of 1e-3 of each variable's std. Then, alternating the two
-so that the machine's load (it is shared) hits both alike, it times `verify_paths(candidate)`
-(one checkpoint) and `verify_paths(candidate, previous)` (two: drift), `--repeat` times each, and
-writing a fingerprint of each candidate; prints the medians in GB/s of the candidate's bytes and
-the fingerprint's size as a share of the checkpoint. Files are read from the page cache after the
-first repeat (the figure is the verifier's cost, not the disk's). `--compare CHECKOUT` also
-measures another checkout of ckptwatch (e.g. the main branch's worktree) on the same files, in a
-child process, alternating with this one.
+so that the machine's load (it is shared) hits both alike, it times, `--repeat` times each:
+`verify_paths(candidate)` (one checkpoint), `verify_paths(candidate, previous)` (two: drift),
+writing a fingerprint of each candidate, and what the daemon's worker runs for each checkpoint
+(against the previous checkpoint, writing its fingerprint and the run's history: "daemon").
+It prints the medians in GB/s of the candidate's bytes and the fingerprint's size as a share of
+the checkpoint. Files are read from the page cache after the first repeat (the figure is the
+verifier's cost, not the disk's). `--compare CHECKOUT` also measures another checkout of
+ckptwatch (e.g. the main branch's worktree) on the same files, in a child process, alternating
+with this one.
 """
 
 from __future__ import annotations
@@ -97,6 +100,27 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+LABELS = ("verify", "verify_previous", "fingerprint", "daemon")
+
+
+def _daemon_request(cand: str, prev: str, tmp: str, kind: str):
+    """What the daemon's worker runs for each checkpoint: the candidate against the previous
+    checkpoint, with the run's history, writing the candidate's fingerprint and the history
+    extended by it (ckptwatch.daemon.jobs)."""
+    from ckptwatch.verify.request import VerifyRequest
+
+    return VerifyRequest(
+        cand,
+        prev,
+        previous_fingerprint=None,
+        history=None,
+        history_required=False,
+        history_out=os.path.join(tmp, f"{kind}.history.json"),
+        fingerprint_out=os.path.join(tmp, f"{kind}.daemon.fp"),
+        discovered=True,
+    )
+
+
 def measure(out: str, repeat: int) -> dict:
     from ckptwatch.verify.request import VerifyRequest
     from ckptwatch.verify.verification import verify_checkpoint
@@ -113,13 +137,15 @@ def measure(out: str, repeat: int) -> dict:
                 fp = os.path.join(tmp, f"{kind}.fp")
                 three = _time(lambda c=cand, f=fp: verify_checkpoint(VerifyRequest(c, fingerprint_out=f)))
                 sizes[kind] = os.path.getsize(fp)
-                for label, t in (("verify", one), ("verify_previous", two), ("fingerprint", three)):
+                daemon = _daemon_request(cand, prev, tmp, kind)
+                four = _time(lambda r=daemon: verify_checkpoint(r))
+                for label, t in zip(LABELS, (one, two, three, four), strict=True):
                     times.setdefault(f"{kind}.{label}", []).append(t)
     result = {}
     for kind, p in paths.items():
         nbytes = bundle_bytes(p["candidate"])
         row = {"bytes": nbytes, "fingerprint_bytes": sizes[kind], "fingerprint_share": sizes[kind] / nbytes}
-        for label in ("verify", "verify_previous", "fingerprint"):
+        for label in LABELS:
             ts = times[f"{kind}.{label}"]
             row[f"{label}_seconds"] = statistics.median(ts)
             row[f"{label}_gb_s"] = nbytes / statistics.median(ts) / 1e9
@@ -134,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--profile", metavar="FILE", help="cProfile one verify of the 10,000-tensor candidate into FILE")
+    ap.add_argument("--profile-case", choices=LABELS, default="verify", help="what --profile runs (default: verify)")
     ap.add_argument("--compare", metavar="CHECKOUT", help="also measure the ckptwatch in this directory")
     ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -146,9 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         from ckptwatch.verify.request import VerifyRequest
         from ckptwatch.verify.verification import verify_checkpoint
 
-        cand = prefixes(args.out)["many"]["candidate"]
-        verify_checkpoint(VerifyRequest(cand))  # warm the page cache and numba
-        cProfile.runctx("verify_checkpoint(VerifyRequest(cand))", globals(), locals(), args.profile)
+        many = prefixes(args.out)["many"]
+        cand, prev = many["candidate"], many["previous"]
+        tmp = tempfile.mkdtemp()
+        request = {
+            "verify": VerifyRequest(cand),
+            "verify_previous": VerifyRequest(cand, prev),
+            "fingerprint": VerifyRequest(cand, fingerprint_out=os.path.join(tmp, "many.fp")),
+            "daemon": _daemon_request(cand, prev, tmp, "many"),
+        }[args.profile_case]
+        verify_checkpoint(request)  # warm the page cache and numba
+        cProfile.runctx("verify_checkpoint(request)", globals(), locals(), args.profile)
         return 0
     if args.json_only:
         print(json.dumps(measure(args.out, args.repeat)))
@@ -173,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {kind:5} {SHAPES[kind]:>6} tensors {row['bytes'] / 1e9:.2f} GB: "
                 f"verify {row['verify_gb_s']:.2f} GB/s, with --previous {row['verify_previous_gb_s']:.2f} GB/s, "
-                f"fingerprint {row['fingerprint_gb_s']:.2f} GB/s, "
+                f"fingerprint {row['fingerprint_gb_s']:.2f} GB/s, as the daemon {row['daemon_gb_s']:.2f} GB/s, "
                 f"{row['fingerprint_bytes'] / 1e6:.2f} MB ({100 * row['fingerprint_share']:.2f}%)"
             )
     return 0
