@@ -43,7 +43,10 @@ SAVED_MODEL_VARIABLES = os.path.join("variables", "variables")  # the bundle pre
 SAVED_MODEL_FINGERPRINT = "fingerprint.pb"  # TF2 writes it right after saved_model.pb
 FINGERPRINT_SCHEMA = "ckptwatch.fingerprint/v1"  # ckptwatch's own; written and read by ckptwatch.verify.fingerprint
 FINGERPRINT_SCHEMA_V2 = "ckptwatch.fingerprint/v2"  # the compact binary form, after FINGERPRINT_MAGIC
-FINGERPRINT_MAGIC = b"\x89CKWFP\r\n\x1a\n"
+FINGERPRINT_MAGIC = b"\x89CKWFP\r\n\x1a\n"  # v2
+FINGERPRINT_SCHEMA_V3 = "ckptwatch.fingerprint/v3"  # columnar binary form, after FINGERPRINT_MAGIC_V3
+FINGERPRINT_MAGIC_V3 = b"\x89CKWF3\r\n\x1a\n"
+FINGERPRINT_MAGICS = (FINGERPRINT_MAGIC, FINGERPRINT_MAGIC_V3)  # the binary forms
 
 # Artefacts of a save in progress, never checkpoints themselves:
 #   <prefix>_temp/ (and the older <prefix>_temp_<uuid>/), *.tempstate<random> (TF's atomic
@@ -293,7 +296,7 @@ def looks_like_fingerprint(path: str) -> bool:
     try:
         with open_regular(path) as f:
             head = f.read(4096)
-            if head.startswith(FINGERPRINT_MAGIC):
+            if head.startswith(FINGERPRINT_MAGICS):
                 return True
             if head[:2] == GZIP_MAGIC:
                 f.seek(0)

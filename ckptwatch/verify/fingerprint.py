@@ -30,19 +30,27 @@ import numpy as np
 
 from ckptwatch.formats.base import CHUNK_ELEMENTS, IntegrityError, IntegrityProblem, TensorInfo
 from ckptwatch.formats.files import NotRegularFile, open_regular
-from ckptwatch.formats.layout import FINGERPRINT_MAGIC, FINGERPRINT_SCHEMA_V2, looks_like_fingerprint
+from ckptwatch.formats.layout import (
+    FINGERPRINT_MAGIC,
+    FINGERPRINT_MAGIC_V3,
+    FINGERPRINT_SCHEMA_V2,
+    FINGERPRINT_SCHEMA_V3,
+    looks_like_fingerprint,
+)
 from ckptwatch.formats.layout import FINGERPRINT_SCHEMA as SCHEMA
+from ckptwatch.verify import fingerprint_v3
 from ckptwatch.verify.sketch import SAMPLE_SIZE, TensorSketch, stored_stride
 from ckptwatch.verify.stats import TensorStats
 
-__all__ = ["SCHEMA", "SCHEMA_V2", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
+__all__ = ["SCHEMA", "SCHEMA_V2", "SCHEMA_V3", "FingerprintSource", "looks_like_fingerprint", "write_fingerprint"]
 SCHEMA_V2 = FINGERPRINT_SCHEMA_V2
+SCHEMA_V3 = FINGERPRINT_SCHEMA_V3
 _STATS = tuple(TensorStats.__dataclass_fields__)  # the 11 figures, in the order v2 stores them
 _DIGEST = 16  # the first 128 bits of each blake3 digest: equality, not security, is what it is for
 
 MAX_FINGERPRINT_BYTES = 256 << 20
 MAX_INFLATION = 50  # a real fingerprint (floats, base64 samples) compresses ~2-5x; a bomb, 1000x
-_SMALL_FLOATS = {"float32", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "bool"}
+_SMALL_FLOATS = fingerprint_v3.SMALL_FLOATS  # samples v1 and v2 store as float32 (the others as float64)
 
 
 def _encode_sample(values: np.ndarray, dtype: str) -> dict:
@@ -59,12 +67,15 @@ def _decode_sample(d: dict) -> np.ndarray:
 
 
 def write_fingerprint(
-    path: str, checkpoint: dict, entries: list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]]
+    path: str,
+    checkpoint: dict,
+    entries: list[tuple[TensorInfo, TensorStats | None, TensorSketch | None]],
+    version: int = 3,
 ) -> int:
     """Write atomically (temp file + rename); return the size in bytes. v1 JSON when the
-    name ends in .json or .json.gz, else v2 (module docstring)."""
+    name ends in .json or .json.gz, else binary `version` (3; 2 on request: module docstring)."""
     json_v1 = path.endswith((".json", ".json.gz"))
-    data = _v1(checkpoint, entries, path.endswith(".gz")) if json_v1 else _v2(checkpoint, entries)
+    data = _v1(checkpoint, entries, path.endswith(".gz")) if json_v1 else encode(checkpoint, entries, version)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -75,6 +86,49 @@ def write_fingerprint(
             os.remove(tmp)
         raise
     return len(data)
+
+
+WRITTEN_VERSIONS = (2, 3)  # what `encode` writes (v1 is the JSON of a name ending in .json)
+
+
+def encode(checkpoint: dict, entries: list, version: int = 3) -> bytes:
+    """The bytes of a binary fingerprint in format `version`."""
+    if version == 3:
+        return fingerprint_v3.encode(FINGERPRINT_MAGIC_V3, checkpoint, entries)
+    if version == 2:
+        return _v2(checkpoint, entries)
+    raise ValueError(f"no fingerprint format v{version}")
+
+
+def describe(data: bytes) -> dict:
+    """Bytes by component of a binary fingerprint: {format, framing, header, stats, digests, samples}."""
+    if data.startswith(FINGERPRINT_MAGIC):
+        payload = data[len(FINGERPRINT_MAGIC) :]
+        size = int.from_bytes(payload[:4], "little")
+        packed_stats = int.from_bytes(payload[4 + size : 8 + size], "little")
+        doc = json.loads(_inflate(payload[4 : 4 + size]))
+        digests = _DIGEST * sum(1 for t in doc["tensors"] if "sample" in t)
+        rest = len(payload) - 8 - size - packed_stats
+        return {
+            "format": "v2",
+            "framing": len(FINGERPRINT_MAGIC) + 8,
+            "header": size,
+            "stats": packed_stats,
+            "digests": digests,
+            "samples": rest - digests,
+        }
+    if data.startswith(FINGERPRINT_MAGIC_V3):
+        cur = fingerprint_v3.Cursor(data[len(FINGERPRINT_MAGIC_V3) :], "fingerprint")
+        sizes = {}
+        for part in ("header", "stats"):
+            sizes[part] = int.from_bytes(cur.take(4), "little")
+            cur.take(sizes[part])
+        decoded = fingerprint_v3.decode(data[len(FINGERPRINT_MAGIC_V3) :], MAX_FINGERPRINT_BYTES)
+        sizes["digests"] = fingerprint_v3.DIGEST * len(decoded.sketches)
+        cur.take(sizes["digests"])
+        framing = len(FINGERPRINT_MAGIC_V3) + 12
+        return {"format": "v3", "framing": framing, **sizes, "samples": len(data) - framing - sum(sizes.values())}
+    raise ValueError("not a binary fingerprint")
 
 
 def _v1(checkpoint: dict, entries: list, gz: bool) -> bytes:
@@ -208,6 +262,13 @@ class FingerprintSource:
         self.problems: list[IntegrityProblem] = []
         try:
             raw = _read_document(path)
+            if raw.startswith(FINGERPRINT_MAGIC_V3):
+                limit = min(MAX_FINGERPRINT_BYTES, MAX_INFLATION * len(raw) + (1 << 20))
+                decoded = fingerprint_v3.decode(raw[len(FINGERPRINT_MAGIC_V3) :], limit)
+                self.checkpoint = decoded.checkpoint
+                self._infos, self._stats, self._sketches = decoded.infos, decoded.stats, decoded.sketches
+                self.step = self.checkpoint.get("step")
+                return
             if raw.startswith(FINGERPRINT_MAGIC):
                 self._read_v2(raw[len(FINGERPRINT_MAGIC) :])
                 self.step = self.checkpoint.get("step")
