@@ -290,7 +290,7 @@ def fingerprint_file(state_dir: str, watch: str, checkpoint_path: str) -> str:
     """A new name for the fingerprint of a checkpoint of `watch` under `state_dir`/fingerprints."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(checkpoint_path.rstrip("/")))
     folder = os.path.join(state_dir, "fingerprints", re.sub(r"[^A-Za-z0-9_.-]", "_", watch))
-    return os.path.join(folder, f"{safe}.{time.time_ns()}.fp")  # v2 (binary); older .fp.json.gz still read
+    return os.path.join(folder, f"{safe}.{time.time_ns()}.fp")  # binary (v3); older v2 and .fp.json.gz still read
 
 
 def open_existing(state_dir: str) -> State:
