@@ -321,3 +321,52 @@ def keras_structure(rng: random.Random, data: bytes) -> tuple[str, bytes]:
         if rng.random() < 0.05:
             dst.writestr(rng.choice(["extra.bin", "assets/x"]), zlib.compress(b"\0" * 1000))
     return "keras-" + what, out.getvalue()
+
+
+# -- binary fingerprints (v3) ------------------------------------------------------------------
+
+
+def _fp_sections(data: bytes, magic_len: int) -> list[tuple[str, bytes]] | None:
+    """A v3 fingerprint as [(kind, bytes)]: the magic, the zlib'd header and statistics (inflated),
+    the digests and top bytes of samples, the rest raw; None when it does not split."""
+    pos, parts = magic_len, [("raw", data[:magic_len])]
+    try:
+        for _ in range(2):
+            n = int.from_bytes(data[pos : pos + 4], "little")
+            parts.append(("zlib", zlib.decompress(data[pos + 4 : pos + 4 + n])))
+            pos += 4 + n
+        header = parts[1][1]
+        head = int.from_bytes(header[:4], "little")
+        tensors = json.loads(header[4 : 4 + head])["tensors"]
+        flags = header[4 + head : 4 + head + tensors]
+        k = sum(1 for f in flags if f & 2)
+        parts.append(("raw", data[pos : pos + 16 * k]))
+        pos += 16 * k
+        n = int.from_bytes(data[pos : pos + 4], "little")
+        parts.append(("zlib", zlib.decompress(data[pos + 4 : pos + 4 + n])))
+        parts.append(("raw", data[pos + 4 + n :]))
+    except (ValueError, KeyError, TypeError, zlib.error):
+        return None
+    return parts
+
+
+def binary_fingerprint(rng: random.Random, data: bytes) -> tuple[str, bytes]:
+    """Mutate inside one section of a v3 fingerprint (its zlib'd columns inflated, mutated and
+    deflated again, so the reader sees the damage rather than a zlib error)."""
+    parts = _fp_sections(data, 10)
+    if parts is None:
+        return bytes_mutation(rng, data)
+    i = rng.randrange(1, len(parts))
+    kind, body = parts[i]
+    if not body:
+        return bytes_mutation(rng, data)
+    what, body = bytes_mutation(rng, body)
+    parts[i] = (kind, body)
+    out = []
+    for kind, body in parts:
+        if kind == "zlib":
+            packed = zlib.compress(body)
+            out += [len(packed).to_bytes(4, "little"), packed]
+        else:
+            out.append(body)
+    return f"section{i}-{what}", b"".join(out)

@@ -4,8 +4,9 @@
 
 Layout: bundle/ (a CheckpointManager directory: `checkpoint`, ckpt-1, ckpt-2; a Keras model with
 its optimizer), module/ (a tf.Module bundle with int, bool and string variables), m.weights.h5,
-m.h5 (legacy), m.keras, savedmodel/ (tf.saved_model.save), fp.json and fp.json.gz (fingerprints of
-bundle/ckpt-2, written by `ckptwatch fingerprint`), config.toml.
+m.h5 (legacy), m.keras, savedmodel/ (tf.saved_model.save), fp.json, fp.json.gz and fp.fp (v1 and v3
+fingerprints of bundle/ckpt-2, written by `ckptwatch fingerprint`), fp.v2.fp (the same in v2),
+config.toml.
 """
 
 from __future__ import annotations
@@ -87,7 +88,24 @@ def _tf_seeds(out: str) -> None:
 def generate(out: str) -> None:
     os.makedirs(out, exist_ok=True)
     _tf_seeds(out)
-    for name in ("fp.json", "fp.json.gz"):
+    fingerprint_seeds(out)
+    with open(os.path.join(out, "config.toml"), "w") as f:
+        f.write(CONFIG)
+    os.makedirs(os.path.join(out, "state"), exist_ok=True)
+    with open(os.path.join(out, "DONE"), "w") as f:
+        f.write("ok\n")
+
+
+FINGERPRINTS = ("fp.json", "fp.json.gz", "fp.fp", "fp.v2.fp")
+
+
+def fingerprint_seeds(out: str) -> None:
+    """The fingerprints of bundle/ckpt-2: v1 JSON (plain, gzip'd) and v3 written by `ckptwatch
+    fingerprint`, and fp.v2.fp: fp.fp written again in the v2 encoding (what ckptwatch wrote
+    before v3)."""
+    from ckptwatch.verify import fingerprint
+
+    for name in ("fp.json", "fp.json.gz", "fp.fp"):
         subprocess.run(
             [
                 sys.executable,
@@ -101,19 +119,21 @@ def generate(out: str) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    with open(os.path.join(out, "config.toml"), "w") as f:
-        f.write(CONFIG)
-    os.makedirs(os.path.join(out, "state"), exist_ok=True)
-    with open(os.path.join(out, "DONE"), "w") as f:
-        f.write("ok\n")
+
+    source = fingerprint.FingerprintSource(os.path.join(out, "fp.fp"))
+    entries = [(i, source.stats(i.name), source.sketch(i.name)) for i in source.tensors()]
+    fingerprint.write_fingerprint(os.path.join(out, "fp.v2.fp"), source.checkpoint, entries, version=2)
 
 
 def ensure(out: str) -> str:
     """Generate the seeds into `out` unless a complete set is there (cached); returns `out`."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     if not os.path.exists(os.path.join(out, "DONE")):
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         subprocess.run([sys.executable, "-m", "bench.fuzz.seeds", os.path.abspath(out)], check=True, cwd=root, env=env)
+    elif not all(os.path.exists(os.path.join(out, name)) for name in FINGERPRINTS):  # seeds cached before v3
+        code = "import sys; from bench.fuzz.seeds import fingerprint_seeds; fingerprint_seeds(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, os.path.abspath(out)], check=True, cwd=root, env=env)
     return out
 
 

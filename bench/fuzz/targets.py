@@ -171,9 +171,14 @@ def prep_copy(name: str, structured: Callable | None = None, share: float = 0.5)
 
 def prep_fingerprint(rng: random.Random, seeds: str, case: str, other: bytes | None) -> str:
     os.symlink(os.path.join(seeds, "bundle"), os.path.join(case, "seed"))
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.25:
         return prep_copy("fp.json", mutate.json_bytes, 0.6)(rng, seeds, case, other)
-    return prep_copy("fp.json.gz", mutate.gzip_json, 0.6)(rng, seeds, case, other)
+    if r < 0.4:
+        return prep_copy("fp.json.gz", mutate.gzip_json, 0.6)(rng, seeds, case, other)
+    if r < 0.5:
+        return prep_copy("fp.v2.fp")(rng, seeds, case, other)
+    return prep_copy("fp.fp", mutate.binary_fingerprint, 0.8)(rng, seeds, case, other)
 
 
 def prep_config(rng: random.Random, seeds: str, case: str, other: bytes | None) -> str:

@@ -260,6 +260,10 @@ class FingerprintSource:
     def __init__(self, path: str):
         self.path = path
         self.problems: list[IntegrityProblem] = []
+        self.checkpoint: dict = {}
+        self._infos: list[TensorInfo] = []
+        self._stats: dict[str, TensorStats] = {}
+        self._sketches: dict[str, TensorSketch] = {}
         try:
             raw = _read_document(path)
             if raw.startswith(FINGERPRINT_MAGIC_V3):
@@ -278,7 +282,7 @@ class FingerprintSource:
                 raise ValueError("not a JSON object")
             if doc.get("schema") != SCHEMA:
                 raise ValueError(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
-            self.checkpoint: dict = _typed(doc.get("checkpoint") or {}, dict, "checkpoint")
+            self.checkpoint = _typed(doc.get("checkpoint") or {}, dict, "checkpoint")
             _typed(self.checkpoint.get("step"), (int, type(None)), "checkpoint.step")
             _typed(self.checkpoint.get("bytes") or 0, int, "checkpoint.bytes")
             self._infos, self._stats, self._sketches = [], {}, {}
@@ -360,9 +364,9 @@ class FingerprintSource:
                 k += 1
                 sample = np.frombuffer(data, dtype="<f8" if width == 8 else "<f4", count=m, offset=pos)
                 pos += m * width
-                self._sketches[info.name] = TensorSketch(
-                    f"blake3:{digest}", sample.astype(np.float64), info.size, stride
-                )
+                with np.errstate(invalid="ignore"):  # a signalling NaN widened
+                    sample = sample.astype(np.float64)
+                self._sketches[info.name] = TensorSketch(f"blake3:{digest}", sample, info.size, stride)
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)

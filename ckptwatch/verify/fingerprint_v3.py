@@ -394,6 +394,11 @@ def _section(cur: Cursor, what: str, limit: int) -> bytes:
 
 def decode(payload: bytes, header_limit: int) -> Decoded:
     """The v3 payload after the magic; every count and size checked against the bytes."""
+    with np.errstate(all="ignore"):  # a signalling NaN widened, an l2 of any bits: values, not errors
+        return _decode(payload, header_limit)
+
+
+def _decode(payload: bytes, header_limit: int) -> Decoded:
     cur = Cursor(payload, "fingerprint")
     h = Cursor(_section(cur, "header", header_limit), "header")
     doc = _typed(json.loads(h.take(int.from_bytes(h.take(4), "little"))), dict, "header")
@@ -438,8 +443,8 @@ def decode(payload: bytes, header_limit: int) -> Decoded:
         at += ranks_l[i]
         size = math.prod(shape)
         nbytes = size * _ITEMSIZE.get(dtypes_l[i], 0) + extra_l[i]
-        if nbytes < 0:
-            raise ValueError(f"{names[i]}: a negative size")
+        if nbytes < 0 or size >= 1 << 63:
+            raise ValueError(f"{names[i]}: a negative size, or 2**63 elements and more")
         display = next(d_it) if f & DISPLAY else ""
         known = next(k_it) if f & KNOWN else ""
         infos.append(TensorInfo(names[i], dtypes_l[i], shape, nbytes, kinds_l[i], display, known))

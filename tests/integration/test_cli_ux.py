@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import ckptwatch
-from ckptwatch.formats.layout import FINGERPRINT_MAGIC
+from ckptwatch.formats.layout import FINGERPRINT_MAGICS
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -188,7 +188,7 @@ def test_fingerprint_to_stdout_is_the_fingerprint(keras_run, tmp_path: Path) -> 
     r = piped("fingerprint", keras_run.previous, "-o", "-")
     assert r.returncode == 0, r.stderr
     assert not Path(ROOT, "-").exists()
-    if not r.stdout.startswith(FINGERPRINT_MAGIC):  # v2 is the compact binary form (issue 15); v1 is JSON
+    if not r.stdout.startswith(FINGERPRINT_MAGICS):  # v2 and v3 are binary (issue 15); v1 is JSON
         doc = json.loads(gzip.decompress(r.stdout) if r.stdout[:2] == b"\x1f\x8b" else r.stdout)
         assert doc["schema"].startswith("ckptwatch.fingerprint/")
     assert re.fullmatch(rb"wrote stdout: \d+ tensors, .*\n", r.stderr), r.stderr

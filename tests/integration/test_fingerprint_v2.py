@@ -1,18 +1,20 @@
-"""Compact fingerprints (issue 15): the binary v2 form stays under 1% of the checkpoint for a
-checkpoint of many small tensors, gives the verdicts the checkpoint gives, and v1 JSON
-fingerprints are still read."""
+"""Compact fingerprints (issue 15): the binary form (v3 written, v2 still read) stays under 1% of
+the checkpoint for a checkpoint of many small tensors and within data/256 + a fixed cost per
+tensor for any mix, gives the verdicts the checkpoint gives, and v1 JSON fingerprints are still
+read."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ckptwatch.formats.layout import FINGERPRINT_MAGIC, looks_like_fingerprint
+from ckptwatch.formats.layout import FINGERPRINT_MAGIC, FINGERPRINT_MAGIC_V3, looks_like_fingerprint
 from ckptwatch.verify.engine import verify_paths
-from ckptwatch.verify.fingerprint import FingerprintSource
+from ckptwatch.verify.fingerprint import FingerprintSource, write_fingerprint
 from ckptwatch.verify.sketch import SAMPLE_SHARE, SAMPLE_SIZE, same_content, stored_stride
 
 
@@ -45,7 +47,7 @@ def test_v2_fingerprint_of_many_small_tensors_is_under_one_percent(run_cli, smal
         r = run_cli("fingerprint", prefix, "-o", tmp_path / name)
         assert r.returncode == 0, r.stderr
         sizes[name] = (tmp_path / name).stat().st_size
-    assert (tmp_path / "base.fp").read_bytes().startswith(FINGERPRINT_MAGIC)
+    assert (tmp_path / "base.fp").read_bytes().startswith(FINGERPRINT_MAGIC_V3)
     assert looks_like_fingerprint(str(tmp_path / "base.fp"))
     assert sizes["base.fp"] < 0.01 * total, (sizes, total)
     assert sizes["base.json.gz"] > 0.02 * total  # v1 keeps 1,024 values a tensor: what v2 fixes
@@ -61,6 +63,11 @@ def test_v2_and_v1_fingerprints_judge_like_the_checkpoint(small_tensors, tmp_pat
         prints[name] = str(tmp_path / name)
         verify_checkpoint(VerifyRequest(base, fingerprint_out=prints[name]))
     v1, v2 = FingerprintSource(prints["base.json"]), FingerprintSource(prints["base.fp"])
+    old = FingerprintSource(prints["base.fp"])  # the same in the v2 encoding, as written before v3
+    prints["base.v2.fp"] = str(tmp_path / "base.v2.fp")
+    entries = [(t, old.stats(t.name), old.sketch(t.name)) for t in old.tensors()]
+    write_fingerprint(prints["base.v2.fp"], old.checkpoint, entries, version=2)
+    assert (tmp_path / "base.v2.fp").read_bytes().startswith(FINGERPRINT_MAGIC)
     assert [t.name for t in v1.tensors()] == [t.name for t in v2.tensors()]
     for t in v2.tensors():
         if t.numeric:
@@ -72,6 +79,14 @@ def test_v2_and_v1_fingerprints_judge_like_the_checkpoint(small_tensors, tmp_pat
         est, _ = verify_paths(small_tensors["noisy"], previous=fp)
         assert est.verdict == exact.verdict
         assert est.drift["previous"].relative_l2 == pytest.approx(exact.drift["previous"].relative_l2, rel=0.05)
+    # v3 and v2 of the same fingerprint: the same report, bit for bit
+    reports = []
+    for name in ("base.fp", "base.v2.fp"):
+        report, _ = verify_paths(small_tensors["noisy"], previous=prints[name])
+        doc = report.to_dict()
+        doc.pop("timings"), doc.pop("created")
+        reports.append(json.dumps(doc, sort_keys=True).replace(prints[name], "FINGERPRINT"))
+    assert reports[0] == reports[1]
     # a duplicate save: equal hashes make the estimate exact, and drift.unchanged fails it alike
     same, _ = verify_paths(small_tensors["copy"], previous=prints["base.fp"])
     exact_same, _ = verify_paths(small_tensors["copy"], previous=base)
@@ -95,3 +110,38 @@ def test_stored_samples_stay_within_their_share_of_the_tensor(count: int) -> Non
     kept = -(-min(count, SAMPLE_SIZE) // stride)
     assert kept * 4 <= max(8 * 4, 4 * count // SAMPLE_SHARE)  # at most 1/256 of the bytes, or 8 values
     assert kept >= min(count, 4)  # a power-of-two stride keeps at least half the minimum
+
+
+# The bound every TF-written checkpoint's fingerprint keeps: its samples (1/256 of the data, at
+# least 8 values a tensor), and a fixed cost a tensor (statistics, digest, name) and a file.
+PER_TENSOR = 80  # bytes: v3 needs 50 + a sample of 8 values (27); v2 needed 73 + 32
+PER_FILE = 4096
+
+
+@pytest.fixture(scope="module")
+def tiny_tensors(tf, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The worst case for the fixed cost: 1,500 float32 variables of 256 B, named like a model's."""
+    d = tmp_path_factory.mktemp("tiny_tensors")
+    rng = np.random.default_rng(6)
+    model = {
+        f"block_{i:04d}": {"dense": {"kernel": tf.Variable(rng.normal(size=64).astype("float32"))}} for i in range(1500)
+    }
+    return tf.train.Checkpoint(model=model).write(str(d / "ckpt-1"))
+
+
+@pytest.mark.parametrize("which", ["tiny_tensors", "small_tensors"])
+def test_a_fingerprint_is_its_samples_and_a_fixed_cost_per_tensor(request, which: str, tmp_path: Path) -> None:
+    from ckptwatch.verify.request import VerifyRequest
+    from ckptwatch.verify.verification import verify_checkpoint
+
+    fixture = request.getfixturevalue(which)
+    prefix = fixture if isinstance(fixture, str) else fixture["base"]
+    out = tmp_path / "ckpt.fp"
+    verify_checkpoint(VerifyRequest(prefix, fingerprint_out=str(out)))
+    tensors = FingerprintSource(str(out)).tensors()
+    data = sum(t.nbytes for t in tensors if t.numeric)
+    assert out.stat().st_size <= data / SAMPLE_SHARE + PER_TENSOR * len(tensors) + PER_FILE, (
+        out.stat().st_size,
+        data,
+        len(tensors),
+    )

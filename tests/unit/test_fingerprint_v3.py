@@ -4,6 +4,7 @@ engine fingerprints; v1 and v2 files still read; it is smaller than v2 per tenso
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from ckptwatch.formats.base import META, OPTIMIZER, WEIGHT, TensorInfo
 from ckptwatch.formats.layout import FINGERPRINT_MAGIC, FINGERPRINT_MAGIC_V3, looks_like_fingerprint
 from ckptwatch.verify import fingerprint as fp
+from ckptwatch.verify import fingerprint_v3 as v3
 from ckptwatch.verify.sketch import SketchBuilder
 from ckptwatch.verify.stats import StatsAccumulator, TensorStats
 
@@ -173,3 +175,19 @@ def test_statistics_whose_zero_fraction_is_not_a_count_over_the_total_stay_exact
 def test_v3_header_names_its_schema() -> None:
     data = fp.encode(CHECKPOINT, entries()[:3], 3)
     assert json.dumps(fp.SCHEMA_V3) and fp.describe(data)["format"] == "v3"
+
+
+@pytest.mark.parametrize("width", [40, 3000], ids=["matrix", "memcmp"])  # 3,000 x 6,000 bytes: pairwise
+def test_front_coding_finds_every_shared_prefix(width: int) -> None:
+    rng = np.random.default_rng(width)
+    alphabet = np.array(list("ab/é\udcff"))
+    names = sorted("".join(rng.choice(alphabet, size=int(rng.integers(0, width)))) for _ in range(6000))
+    encoded = [n.encode("utf-8", "surrogatepass") for n in names]
+    naive = [0] + [
+        next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        for a, b in itertools.pairwise(encoded)
+    ]
+    assert v3._shared_prefixes(encoded) == naive
+    cur = v3.Cursor(v3._front_coded(names), "names")
+    assert v3._front_decoded(cur, len(names), "name") == names
+    cur.done()
