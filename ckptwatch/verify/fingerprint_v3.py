@@ -64,7 +64,7 @@ _NARROW = {"float16": F16, "bfloat16": BF16, "int8": I8, "bool": U8, "uint8": U8
 _NARROW.update({k: F16 for k in _ITEMSIZE if k.startswith("float8")})  # every float8 value is a float16
 _STORE = {F32: "<f4", F64: "<f8", F16: "<f2", I8: "i1", U8: "u1"}
 MAX_STRIDE_LOG2 = 30
-MAX_NAME_BYTES = 256 << 20  # front coding could otherwise expand a small header quadratically
+MAX_NAME_BYTES = 64 << 20  # front coding could otherwise expand a small header quadratically
 
 
 # -- byte planes -------------------------------------------------------------------------------
