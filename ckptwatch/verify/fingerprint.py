@@ -5,14 +5,17 @@ checkpoint it verifies), accepted wherever a reference is (engine.open_reference
 it): CheckpointManager may delete the previous checkpoint, and golden checkpoints are
 often not mounted. Never a candidate: it holds no tensor data. ckptwatch.formats only
 detects one (formats.layout.looks_like_fingerprint), it does not open it.
-Two encodings, both read:
-  v2 (written by default): FINGERPRINT_MAGIC; a zlib stream holding a JSON header (the
+Three encodings, all read:
+  v3 (written by default): FINGERPRINT_MAGIC_V3, then the v2 content as columns
+     (ckptwatch.verify.fingerprint_v3): ~30% smaller per tensor, read 3x faster, read back bit
+     for bit as v2.
+  v2 (written with version=2): FINGERPRINT_MAGIC; a zlib stream holding a JSON header (the
      checkpoint, and per tensor its metadata and sample stride); a zlib stream of the statistics
      (11 little-endian float64 a tensor); each stream preceded by its length (uint32); then the
      first 128 bits of each blake3 digest (16 bytes a tensor), then the samples
      (float32, float64 for 64-bit dtypes), each thinned to `stride` so they take at most
      1/SAMPLE_SHARE of the tensor's bytes (sketch.stored_stride).
-  v1 (a name ending in .json or .json.gz; everything written before): JSON, gzip'd when the
+  v1 (a name ending in .json or .json.gz; everything written before v2): JSON, gzip'd when the
      name ends in .gz; samples of min(n, 1024) values, base64 little-endian floats.
 """
 
@@ -195,6 +198,25 @@ def _typed(value, types, what: str):
 
 
 def _tensor_info(t: dict) -> TensorInfo:
+    name, dtype, kind, shape, nbytes = t["name"], t["dtype"], t["kind"], t["shape"], t["bytes"]
+    display, known = t.get("display", ""), t.get("display_name", "")
+    if (  # what every fingerprint ckptwatch wrote holds: checked in one expression
+        type(name) is str
+        and type(dtype) is str
+        and type(kind) is str
+        and type(display) is str
+        and type(known) is str
+        and type(nbytes) is int
+        and nbytes >= 0
+        and type(shape) is list
+        and all(type(d) is int and d >= 0 for d in shape)
+    ):
+        return TensorInfo(name, dtype, tuple(shape), nbytes, kind, display, known)
+    return _checked_tensor_info(t)
+
+
+def _checked_tensor_info(t: dict) -> TensorInfo:
+    """_tensor_info of anything else: the first field that is wrong, named."""
     name = _typed(t["name"], str, "tensor name")
     shape = tuple(_typed(d, int, f"{name}: shape") for d in _typed(t["shape"], list, f"{name}: shape"))
     if any(d < 0 for d in shape) or _typed(t["bytes"], int, f"{name}: bytes") < 0:
@@ -218,6 +240,27 @@ def _tensor_stats(d: dict) -> TensorStats:
                 raise ValueError(f"stats.{key} is negative")
             values[key] = value if integral else float(value)
     return TensorStats.from_dict(values)
+
+
+_WHOLE = (_STATS.index("count"), _STATS.index("nan"), _STATS.index("inf"))
+
+
+def _v2_stats(stats: np.ndarray) -> list[tuple]:
+    """The rows of v2's statistics as TensorStats arguments, checked as columns: counts whole
+    and not negative (as ints), l2 not negative; what _tensor_stats gives for each row."""
+    if not len(stats):
+        return []
+    with np.errstate(invalid="ignore"):
+        whole = stats[:, _WHOLE]
+        if not np.all(np.isfinite(whole) & (whole == np.trunc(whole))):
+            raise ValueError("stats: a count is not a whole number")
+        for key in ("count", "nan", "inf", "l2"):
+            if np.any(stats[:, _STATS.index(key)] < 0):
+                raise ValueError(f"stats.{key} is negative")
+    columns = [c.tolist() for c in stats.T]
+    for j in _WHOLE:
+        columns[j] = [int(v) for v in columns[j]]
+    return list(zip(*columns, strict=True))
 
 
 def _inflate(payload: bytes) -> bytes:
@@ -348,24 +391,20 @@ class FingerprintSource:
         need = pos + sum(p[4] * p[5] for p in plans if p[2])
         if need != len(data):
             raise ValueError(f"payload holds {len(data)} bytes, its header describes {need}")
-        row = k = 0
+        rows = iter(_v2_stats(stats))
+        at = digests_at + n_sketch * _DIGEST
+        digests = data[digests_at:at].hex()
+        k = 0
         for info, has_stats, has_sketch, stride, m, width in plans:
             if has_stats:
-                values = dict(zip(_STATS, stats[row].tolist(), strict=True))
-                row += 1
-                self._stats[info.name] = _tensor_stats(
-                    {
-                        key: (int(v) if key in ("count", "nan", "inf") and v == int(v) else v)
-                        for key, v in values.items()
-                    }
-                )
+                self._stats[info.name] = TensorStats(*next(rows))
             if has_sketch:
-                digest = data[digests_at + k * _DIGEST : digests_at + (k + 1) * _DIGEST].hex()
-                k += 1
-                sample = np.frombuffer(data, dtype="<f8" if width == 8 else "<f4", count=m, offset=pos)
-                pos += m * width
+                sample = np.frombuffer(data, dtype="<f8" if width == 8 else "<f4", count=m, offset=at)
+                at += m * width
                 with np.errstate(invalid="ignore"):  # a signalling NaN widened
                     sample = sample.astype(np.float64)
+                digest = digests[2 * _DIGEST * k : 2 * _DIGEST * (k + 1)]
+                k += 1
                 self._sketches[info.name] = TensorSketch(f"blake3:{digest}", sample, info.size, stride)
 
     def tensors(self) -> list[TensorInfo]:

@@ -15,7 +15,7 @@ import pytest
 
 from ckptwatch.errors import CheckpointUnreadable
 from ckptwatch.formats.base import IntegrityError
-from ckptwatch.formats.layout import FINGERPRINT_MAGIC_V3
+from ckptwatch.formats.layout import FINGERPRINT_MAGIC, FINGERPRINT_MAGIC_V3
 from ckptwatch.verify import fingerprint as fp
 from ckptwatch.verify import fingerprint_v3 as v3
 from ckptwatch.verify.engine import verify_paths
@@ -290,3 +290,40 @@ def test_random_damage_to_a_v3_fingerprint_is_read_or_refused_never_a_crash(v3_f
             fp.FingerprintSource(str(target)).tensors()
         except IntegrityError as e:
             assert "not a readable fingerprint" in str(e)
+
+
+# -- v2 statistics, now checked as columns: the same refusals as the per-tensor checks ---------------
+
+
+def _v2_with_stats(data: bytes, change) -> bytes:
+    payload = data[len(FINGERPRINT_MAGIC) :]
+    size = int.from_bytes(payload[:4], "little")
+    at = 4 + size
+    packed = int.from_bytes(payload[at : at + 4], "little")
+    stats = np.frombuffer(zlib.decompress(payload[at + 4 : at + 4 + packed]), "<f8").reshape(-1, 11).copy()
+    change(stats)
+    again = zlib.compress(stats.tobytes())
+    return FINGERPRINT_MAGIC + payload[:at] + len(again).to_bytes(4, "little") + again + payload[at + 4 + packed :]
+
+
+V2_STATS = {  # column: 0 count, 5 l2, 9 nan, 10 inf
+    "count 2.5": (0, 2.5, "not a whole number"),
+    "count NaN": (0, float("nan"), "not a whole number"),
+    "count inf": (0, float("inf"), "not a whole number"),
+    "count negative": (0, -3.0, "stats.count is negative"),
+    "nan negative": (9, -1.0, "stats.nan is negative"),
+    "inf negative": (10, -1.0, "stats.inf is negative"),
+    "l2 negative": (5, -1.0, "stats.l2 is negative"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(V2_STATS))
+def test_v2_statistics_out_of_their_domain_are_refused(tmp_path: Path, what: str) -> None:
+    column, value, message = V2_STATS[what]
+    data = fp.encode({}, _v3_entries(), 2)
+    target = tmp_path / "bad.fp"
+    target.write_bytes(_v2_with_stats(data, lambda s: s.__setitem__((2, column), value)))
+    with pytest.raises(IntegrityError, match=message):
+        fp.FingerprintSource(str(target))
+    target.write_bytes(_v2_with_stats(data, lambda s: s.__setitem__((2, 0), -0.0)))  # a count of -0.0 is 0
+    assert fp.FingerprintSource(str(target)).stats(V3_NAMES[2]).count == 0
