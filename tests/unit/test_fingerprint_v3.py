@@ -4,6 +4,7 @@ engine fingerprints; v1 and v2 files still read; it is smaller than v2 per tenso
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -191,3 +192,14 @@ def test_front_coding_finds_every_shared_prefix(width: int) -> None:
     cur = v3.Cursor(v3._front_coded(names), "names")
     assert v3._front_decoded(cur, len(names), "name") == names
     cur.done()
+
+
+def test_a_sketch_that_does_not_fit_its_tensor_is_left_out_not_a_broken_file(tmp_path: Path) -> None:
+    """v2 wrote such a file and refused it when reading; v3 writes the tensor without a sketch."""
+    info, stats, sketch = _entry("w", np.arange(100, dtype=np.float32))
+    short = type(sketch)(sketch.hash[:20], sketch.sample, sketch.count)
+    other = _entry("v", np.arange(5000, dtype=np.float32))[2]  # another tensor's sketch
+    made = [(info, stats, other), (dataclasses.replace(info, name="x"), stats, short), _entry("y", np.ones(9))]
+    read = _read(tmp_path / "a.fp", fp.encode({}, made, 3))
+    assert read.sketch("w") is None and read.sketch("x") is None and read.stats("w") == read.stats("x") == stats
+    assert read.sketch("y") is not None
