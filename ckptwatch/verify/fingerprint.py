@@ -7,7 +7,7 @@ often not mounted. Never a candidate: it holds no tensor data. ckptwatch.formats
 detects one (formats.layout.looks_like_fingerprint), it does not open it.
 Three encodings, all read:
   v3 (written by default): FINGERPRINT_MAGIC_V3, then the v2 content as columns
-     (ckptwatch.verify.fingerprint_v3): ~30% smaller per tensor, read 3x faster, read back bit
+     (ckptwatch.verify.fingerprint_v3): 20-30% smaller, read ~3x faster, read back bit
      for bit as v2.
   v2 (written with version=2): FINGERPRINT_MAGIC; a zlib stream holding a JSON header (the
      checkpoint, and per tensor its metadata and sample stride); a zlib stream of the statistics

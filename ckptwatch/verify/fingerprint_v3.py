@@ -8,7 +8,7 @@ After FINGERPRINT_MAGIC_V3:
         rank u16[N], dims i64[sum of ranks]
         extra_bytes i64[N]      bytes on disk less elements x the dtype's width (0 for numbers)
         stride u8[K]            log2 of each sketch's stride (K: tensors with a sketch)
-        width u8[K]             how its sample is stored (_WIDTHS)
+        width u8[K]             how its sample is stored (F32 ... U8 below)
         name, display, known    front-coded: shared-prefix length u32, suffix length u32, suffixes
     uint32 n, zlib(statistics)  for the S tensors with statistics, as columns:
         count - elements, nan, inf, zeros   i64[S] each (zero_fraction = zeros / count where that is
@@ -19,8 +19,9 @@ After FINGERPRINT_MAGIC_V3:
         l2                      the difference, in units in the last place, from
                                 sqrt(n std^2 + n mean^2) (n finite values): usually 0 or 1
     digests                     the first 128 bits of each blake3 digest, 16 bytes a sketch
-    uint32 n, zlib(top bytes)   the most significant byte of every sample value (sign and exponent:
-                                they compress), then the other bytes, raw
+    uint32 n, deflate(top bytes)  the samples, grouped by width (F32 first; tensor order within a
+                                group): the most significant byte of every value (sign and
+                                exponent: they compress, Huffman-coded), then the other bytes, raw
 Every multi-byte column is stored byte-plane by byte-plane (all first bytes, then all second
 bytes, ...): the high bytes of small integers and the exponents of floats then compress to little.
 Everything is exact: reading gives the TensorInfo, TensorStats and TensorSketch that v2 gives,
