@@ -19,7 +19,6 @@ its rank (kernels, vectors). The layer is the name without its last component.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Mapping
@@ -46,11 +45,22 @@ _STEP_COUNTERS = ("global_step", "iterations", "iter")
 def group_of(display: str, shape: tuple[int, ...]) -> str:
     """The kind of variable, from its name (else its rank): what a tensor with little
     history of its own borrows from."""
-    return _group_of(display.rsplit("/", 1)[-1], len(shape) >= 2)
+    key = (display, len(shape) >= 2)
+    group = _GROUP_CACHE.get(key)
+    if group is None:
+        if len(_GROUP_CACHE) >= _CACHE_LIMIT:  # a worker lives long: bounded, refilled by the next checkpoint
+            _GROUP_CACHE.clear()
+        group = _GROUP_CACHE[key] = _group_of(display.rsplit("/", 1)[-1], key[1])
+    return group
 
 
-@functools.lru_cache(maxsize=4096)
-def _group_of(last: str, matrix: bool) -> str:  # checkpoints repeat a few leaf names thousands of times
+# (display name, rank >= 2) -> group: one regex search per name and process, not one per
+# tensor and call (a checkpoint of 10,000 tensors asks 20,000 times per verification)
+_GROUP_CACHE: dict[tuple[str, bool], str] = {}
+_CACHE_LIMIT = 1 << 17
+
+
+def _group_of(last: str, matrix: bool) -> str:
     leaf = last.removesuffix(":0").split(" ")[0].lower()
     for group, pattern in _GROUPS:
         if pattern.search(leaf):
@@ -103,40 +113,70 @@ def is_floating(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "complex"))
 
 
-def compared(policy: Policy, results: list[TensorResult]) -> list[TensorResult]:
+def compared(policy: Policy, results: list[TensorResult], settings: Settings | None = None) -> list[TensorResult]:
     kinds = policy.compared_kinds()
+    settings = settings or Settings(policy)
     return [
         t for t in results
         if t.stats is not None and t.kind in kinds and is_floating(t.dtype)
-        and not policy.settings_for(t.name, t.display)["exclude"]
+        and not settings(t.name, t.display)["exclude"]
     ]  # fmt: skip
 
 
+class Settings:
+    """`policy.settings_for(name, display)`, computed once per tensor; for a policy without globs
+    (no exclude, frozen or overrides) every tensor's are the same, and one dict serves them all.
+    The dicts handed out are shared: read them, never change them."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        plain = not (policy.exclude or policy.frozen or policy.overrides)
+        self._plain = policy.settings_for("", "") if plain else None
+        self._cache: dict[tuple[str, str], dict] = {}
+
+    def __call__(self, name: str, display: str) -> dict:
+        if self._plain is not None:
+            return self._plain
+        s = self._cache.get((name, display))
+        if s is None:
+            s = self._cache[(name, display)] = self.policy.settings_for(name, display)
+        return s
+
+
 def measure(
-    policy: Policy, results: list[TensorResult], previous_stats: Mapping[str, TensorStats | ReferenceStats]
+    policy: Policy,
+    results: list[TensorResult],
+    previous_stats: Mapping[str, TensorStats | ReferenceStats],
+    settings: Settings | None = None,
 ) -> list[Change]:
-    """The change of every compared tensor that has a previous."""
-    tensors = [t for t in compared(policy, results) if "previous" in t.drift and t.name in previous_stats]
+    """The change of every compared tensor that has a previous. The engine measures once and
+    hands the list to the rules (ckptwatch.verify.judge) and the history (record_history)."""
+    tensors = []
+    for t in compared(policy, results, settings):
+        p = previous_stats.get(t.name) if "previous" in t.drift else None
+        if p is not None:
+            display = t.display
+            tensors.append((t, p, group_of(display, t.shape), display.rsplit("/", 1)[0] if "/" in display else ""))
     layer_rms: dict[str, float] = {}
-    for t in tensors:
-        p = previous_stats[t.name]
-        if group_of(t.display, t.shape) != MOVING and p.count:
+    for _, p, group, layer in tensors:
+        if group != MOVING and p.count:
             rms = p.l2 / math.sqrt(p.count)
-            layer_rms[layer_of(t.display)] = max(layer_rms.get(layer_of(t.display), 0.0), rms)
+            layer_rms[layer] = max(layer_rms.get(layer, 0.0), rms)
     out = []
-    for t in tensors:
-        p, stats, d = previous_stats[t.name], t.stats, t.drift["previous"]
+    min_rms = policy.min_reference_rms
+    for t, p, group, layer in tensors:
+        stats, d = t.stats, t.drift["previous"]
         assert stats is not None
         root_n = math.sqrt(max(p.count, 1))
-        floor = root_n * max(layer_rms.get(layer_of(t.display), 0.0), policy.min_reference_rms)
+        floor = root_n * max(layer_rms.get(layer, 0.0), min_rms)
         scale = max(p.l2, floor, TINY_NORM)
         # relative_l2 divides by ||previous|| (by ||candidate|| when that is ~0): undo it
         diff = d.relative_l2 * (p.l2 if p.l2 > TINY_NORM else stats.l2)
-        absolute = root_n * policy.min_reference_rms
+        absolute = root_n * min_rms
         out.append(
             Change(
                 t,
-                group_of(t.display, t.shape),
+                group,
                 value=diff / scale,
                 growth=stats.l2 / scale,
                 shrink=p.l2 / max(stats.l2, absolute, TINY_NORM),
@@ -193,12 +233,15 @@ def record_history(
     steps: Steps,
     history: History | None,
     compared: bool,
+    changes: list[Change] | None = None,
 ) -> None:
     """The history the report was judged against ({"entries", "tensors"}), and what this checkpoint
-    adds to it if it passes (a checkpoint compared with a previous one, in the training profile)."""
+    adds to it if it passes (a checkpoint compared with a previous one, in the training profile).
+    `changes`: measure()'s, when the caller has them (the rules used the same)."""
     report.history = {"entries": len(history), "tensors": len(history.names)} if history is not None else None
     if compared and policy.profile == "training":
-        changes = measure(policy, results, previous_stats)
+        if changes is None:
+            changes = measure(policy, results, previous_stats)
         report.history_entry = history_entry(
             changes,
             steps,

@@ -30,7 +30,7 @@ from ckptwatch.formats.base import CHUNK_ELEMENTS, READ_ERRORS, TensorInfo, deco
 from ckptwatch.formats.layout import RELOCATED_CHECK
 from ckptwatch.policy import Policy
 from ckptwatch.verify import structure
-from ckptwatch.verify.change import record_history, training_steps
+from ckptwatch.verify.change import Settings, measure, record_history, training_steps
 from ckptwatch.verify.drift import Drift, PairSums, ReferenceStats
 from ckptwatch.verify.fingerprint import FingerprintSource
 from ckptwatch.verify.history import History
@@ -292,10 +292,10 @@ class Engine:
         compared = policy.compared_kinds()
         severity = "fail" if policy.profile == "replica" else "warn"
 
+        settings = Settings(policy)  # policy.settings_for, once per tensor
+
         def structural(ts: list[TensorInfo]) -> list[TensorInfo]:
-            return [
-                t for t in ts if t.kind in compared and not policy.settings_for(t.name, t.label)["exclude"]
-            ]  # fmt: skip
+            return [t for t in ts if t.kind in compared and not settings(t.name, t.label)["exclude"]]
 
         for role, src in (("previous", previous), ("golden", golden)):
             if src is None:
@@ -351,13 +351,15 @@ class Engine:
                 if (
                     ref.role in o.sums
                     and res.kind in compared
-                    and not policy.settings_for(res.name, res.display)["exclude"]
+                    and not settings(res.name, res.display)["exclude"]
                 ):
                     total.add(o.sums[ref.role])
             global_drift[ref.role] = total.drift() if total.count else None
         previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
         steps = training_steps(results, previous_stats, cand.step, previous.step if previous is not None else None)
-        findings += evaluate(policy, results, global_drift, previous_stats, self.options.history, steps)
+        # each tensor's change vs previous, measured once: for the rules and for the run's history
+        changes = measure(policy, results, previous_stats, settings) if policy.profile == "training" else None
+        findings += evaluate(policy, results, global_drift, previous_stats, self.options.history, steps, changes)
         t_end = time.perf_counter()
         report = Report(
             checkpoint=_source_meta(cand),
@@ -374,7 +376,9 @@ class Engine:
                 "total_seconds": round(t_end - t0, 4),
             },
         )
-        record_history(report, policy, results, previous_stats, steps, self.options.history, previous is not None)
+        record_history(
+            report, policy, results, previous_stats, steps, self.options.history, previous is not None, changes
+        )
         prints = [(i, o.result.stats, o.sketch) for i, o in zip(infos, outcomes, strict=True)]
         return report, prints
 

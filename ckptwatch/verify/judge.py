@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ckptwatch.policy import Policy
-from ckptwatch.verify.change import MOVING, Change, Steps, measure
+from ckptwatch.verify.change import MOVING, Change, Settings, Steps, measure
 from ckptwatch.verify.drift import Drift, ReferenceStats
 from ckptwatch.verify.history import Expected, History
 from ckptwatch.verify.report import Finding, TensorResult
@@ -82,9 +82,14 @@ def training_findings(
     global_drift: dict[str, Drift | None],
     history: History | None = None,
     steps: Steps | None = None,
+    changes: list[Change] | None = None,
+    settings: Settings | None = None,
 ) -> list[Finding]:
-    """The training profile's findings vs previous (golden is ckptwatch.verify.rules')."""
-    changes = measure(policy, results, previous_stats)
+    """The training profile's findings vs previous (golden is ckptwatch.verify.rules').
+    `changes`: measure()'s, when the caller has them; `settings`: the policy's per tensor."""
+    settings = settings or Settings(policy)
+    if changes is None:
+        changes = measure(policy, results, previous_stats, settings)
     judge = _Judge(policy, history if history is not None and len(history) else None, steps or Steps())
     gap = judge.steps.gap
     expected = judge.history.expected([c.name for c in changes], gap) if judge.history else {}
@@ -98,7 +103,7 @@ def training_findings(
     trained = [c for c in changes if c.group != MOVING] or changes
     all_unchanged = bool(trained) and prev is not None and all(c.unchanged for c in trained)
     for c in changes:
-        s = policy.settings_for(c.name, c.result.display)
+        s = settings(c.name, c.result.display)
         if c.unchanged or (all_unchanged and c.group == MOVING):
             if not all_unchanged and not s["frozen"]:
                 out.append(_frozen(judge, c))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ckptwatch.policy import Policy  # schema only: the daemon validates it without numba
-from ckptwatch.verify.change import Steps, is_floating
+from ckptwatch.verify.change import Change, Settings, Steps, is_floating
 from ckptwatch.verify.drift import Drift, ReferenceStats
 from ckptwatch.verify.history import History
 from ckptwatch.verify.judge import training_findings
@@ -41,12 +41,17 @@ def evaluate(
     previous_stats: Mapping[str, TensorStats | ReferenceStats],
     history: History | None = None,
     steps: Steps | None = None,
+    changes: list[Change] | None = None,
 ) -> list[Finding]:
     """Findings from drift and statistics. `previous_stats` maps candidate tensor
     names to the previous checkpoint's TensorStats (for norm growth and resets);
-    `history` is the run's (ckptwatch.verify.history), `steps` the training steps."""
+    `history` is the run's (ckptwatch.verify.history), `steps` the training steps;
+    `changes` each tensor's change vs previous (ckptwatch.verify.change.measure), when the
+    caller has them already (the engine measures once, for the rules and the history)."""
     findings: list[Finding] = []
     kinds = policy.compared_kinds()
+    settings = Settings(policy)
+    replica, max_abs = policy.profile == "replica", policy.max_abs_value
     for t in results:
         if t.stats is None:
             continue
@@ -64,11 +69,11 @@ def evaluate(
             )
         if t.kind not in kinds or not is_floating(t.dtype):
             continue  # integer tensors (step counters, id tables) change by design or never
-        s = policy.settings_for(t.name, t.display)
+        s = settings(t.name, t.display)
         if s["exclude"]:
             continue
         peak = max(abs(t.stats.min), abs(t.stats.max))
-        if peak > policy.max_abs_value:
+        if peak > max_abs:
             findings.append(
                 Finding(
                     "fail",
@@ -81,12 +86,12 @@ def evaluate(
                     basis="policy: max_abs_value",
                 )
             )
-        if policy.profile == "replica":
+        if replica:
             findings += _replica_findings(t, s)
-        else:
+        elif s["max_golden_drift"] is not None:
             findings += _golden_findings(t, s)
     if policy.profile == "training":
-        findings += training_findings(policy, results, previous_stats, global_drift, history, steps)
+        findings += training_findings(policy, results, previous_stats, global_drift, history, steps, changes, settings)
     findings += _global_golden(policy, global_drift.get("golden"))
     return findings
 
