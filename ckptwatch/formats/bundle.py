@@ -13,7 +13,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+import functools
 from typing import BinaryIO
 
 import crc32c
@@ -31,10 +31,11 @@ from ckptwatch.formats.base import (
     checked_size,
 )
 from ckptwatch.formats.dtypes import NUMERIC_DTYPES
+from ckptwatch.formats.entries import decode_entries
 from ckptwatch.formats.files import NotRegularFile, check_regular, open_regular
 from ckptwatch.formats.known import bundle_names
 from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
-from ckptwatch.formats.names import OBJECT_GRAPH_KEY, display_name, kind_of, step_from_path
+from ckptwatch.formats.names import OBJECT_GRAPH_KEY, named, step_from_path
 from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
 from ckptwatch.formats.sliced import Part, SliceMismatch, resolve_slices, stream_sliced
 from ckptwatch.formats.table import TableError, unmask_crc
@@ -54,6 +55,20 @@ _RUN_DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}  # f
 MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 
+@functools.lru_cache(maxsize=4)
+def _graph_naming(graph: bytes, wanted: frozenset[str]) -> dict[str, tuple[str, bool, str]]:
+    """key -> (the object path shown, whether only the optimizer holds it, the Keras name or ""),
+    for the keys in `wanted` (the non-meta tensors listed) that the object graph reaches. Once
+    per graph: the checkpoints of a run (a candidate and its previous, every save the daemon
+    sees) store the same graph and list the same keys."""
+    paths = key_paths(graph)
+    chosen = {name: preferred_path(paths[name]) for name in paths if name in wanted}
+    known = bundle_names(paths, {name: path for name, (path, _) in chosen.items()})
+    return {
+        name: ("/".join(path), optimizer_only, known.get(name, "")) for name, (path, optimizer_only) in chosen.items()
+    }
+
+
 class BundleSource:
     """A TF bundle opened for verification. See `CheckpointSource`."""
 
@@ -63,7 +78,7 @@ class BundleSource:
         self.step = step_from_path(prefix) if format == "tf-bundle" else None
         self.problems: list[IntegrityProblem] = []
         self._entries: dict[str, BundleEntry] = {}
-        self._infos: list[TensorInfo] = []
+        self._infos: list[TensorInfo] = []  # set once the index and the object graph are read
         # Data shards opened once (on first read) and read with pread, shared by the engine's
         # threads: no open/stat per tensor. shard id -> (file, its size when opened).
         self._shards: dict[int, tuple[BinaryIO, int]] = {}
@@ -80,20 +95,26 @@ class BundleSource:
                 "integrity.index",
                 f"{index_path}: index file missing" + (f" ({len(shards)} data shard(s) present)" if shards else ""),
             ) from None
+        # what tensors() lists, per key in index order: [name, dtype, shape, nbytes, kind, display,
+        # known], made into TensorInfo once the object graph has named them
+        self._rows: list[list] = []
         self._load_index(index_path)
         if self.step is None:
             self.step = self._stored_step()
         self._apply_object_graph()
+        self._infos = [TensorInfo(*row) for row in self._rows]
+        del self._rows
         self._files = FileSet([index_path] + [shard_path(prefix, k, self.num_shards) for k in range(self.num_shards)])
         self._check_files()
 
     # -- opening -------------------------------------------------------------
 
     def _load_index(self, index_path: str) -> None:
-        index = read_index(index_path)
+        index = read_index(index_path, decode=decode_entries)
         self.num_shards, self.big_endian = index.num_shards, index.big_endian
+        add = self._add
         for name, entry in index.entries:
-            self._add(name, entry)
+            add(name, entry)
         self._parts: dict[str, list[Part]] = {}
         for name, entry in [(n, e) for n, e in self._entries.items() if e.slices]:
             if entry.sliced:
@@ -121,30 +142,27 @@ class BundleSource:
         if OBJECT_GRAPH_KEY not in self._entries:
             return
         try:
-            paths = key_paths(decode_scalar_string(self.read_string_bytes(OBJECT_GRAPH_KEY)))
+            graph = decode_scalar_string(self.read_string_bytes(OBJECT_GRAPH_KEY))
+            wanted = frozenset(row[0] for row in self._rows if row[4] != META)
+            naming = _graph_naming(graph, wanted)
         except (IntegrityError, TableError) as e:
             problem = e.problem if isinstance(e, IntegrityError) else None
             self.problems.append(
                 problem or IntegrityProblem("integrity.index", f"unreadable object graph: {e}", OBJECT_GRAPH_KEY)
             )
             return
-        chosen = {i.name: preferred_path(paths[i.name]) for i in self._infos if i.name in paths and i.kind != META}
-        known = bundle_names(paths, {name: path for name, (path, _) in chosen.items()})
-        infos = []
-        for info in self._infos:
-            if info.name in chosen:
-                path, optimizer_only = chosen[info.name]
-                kind = info.kind
-                if kind == OPTIMIZER and not optimizer_only:
-                    kind = WEIGHT
-                elif kind == WEIGHT and optimizer_only:
-                    kind = OPTIMIZER
-                display = "/".join(path) or info.display
-                info = TensorInfo(
-                    info.name, info.dtype, info.shape, info.nbytes, kind, display, known.get(info.name, "")
-                )  # what dataclasses.replace gives, without its cost per field
-            infos.append(info)
-        self._infos = infos
+        for row in self._rows:
+            named_by_graph = naming.get(row[0])
+            if named_by_graph is None:
+                continue
+            display, optimizer_only, known = named_by_graph
+            kind = row[4]
+            if kind == OPTIMIZER and not optimizer_only:
+                row[4] = WEIGHT
+            elif kind == WEIGHT and optimizer_only:
+                row[4] = OPTIMIZER
+            row[5] = display or row[5]
+            row[6] = known
 
     def object_graph(self) -> list | None:
         """The TrackableObjectGraph's nodes (object_graph.GraphNode), or None for a
@@ -157,8 +175,8 @@ class BundleSource:
             raise IntegrityError("integrity.index", f"unreadable object graph: {e}", OBJECT_GRAPH_KEY) from None
 
     def _add(self, name: str, entry: BundleEntry) -> None:
-        dtype_name = DTYPE_NAMES.get(entry.dtype, f"dtype{entry.dtype}")
-        kind = kind_of(name)
+        dtype_name = DTYPE_NAMES.get(entry.dtype) or f"dtype{entry.dtype}"
+        kind, display = named(name)
         if dtype_name not in NUMERIC_DTYPES:
             kind = META
         elif entry.shape and min(entry.shape) < 0:
@@ -167,7 +185,7 @@ class BundleSource:
             )
             return  # unreadable: not listed, so references report it missing too
         self._entries[name] = entry
-        self._infos.append(TensorInfo(name, dtype_name, entry.shape, max(entry.size, 0), kind, display_name(name)))
+        self._rows.append([name, dtype_name, entry.shape, max(entry.size, 0), kind, display, ""])
 
     def _resolve_slices(self, name: str, entry: BundleEntry, stored: list[BundleEntry]) -> None:
         itemsize = NUMERIC_DTYPES.get(DTYPE_NAMES.get(entry.dtype, ""), np.dtype(np.uint8)).itemsize
@@ -175,11 +193,13 @@ class BundleSource:
             parts = resolve_slices(entry, stored, itemsize)
         except SliceMismatch as e:
             self.problems.append(IntegrityProblem("integrity.sliced", str(e), name))
-            self._infos = [i for i in self._infos if i.name != name]
+            self._rows = [row for row in self._rows if row[0] != name]
             return
         self._parts[name] = parts
         total = sum(p.entry.size for p in parts)
-        self._infos = [replace(i, nbytes=total) if i.name == name else i for i in self._infos]
+        for row in self._rows:
+            if row[0] == name:
+                row[3] = total
 
     def _check_files(self) -> None:
         """Every data file the header claims is there and regular. Bounded by the files that

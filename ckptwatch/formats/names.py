@@ -54,6 +54,21 @@ def display_name(name: str) -> str:
     return base
 
 
+def named(name: str) -> tuple[str, str]:
+    """(kind_of(name), display_name(name)), worked out once per name and process: the
+    checkpoints a process opens (a candidate and its previous, every save of a run the daemon
+    sees) share their keys, thousands of them."""
+    got = _NAMED.get(name)
+    if got is None:
+        if len(_NAMED) >= _NAMED_LIMIT:  # bounded: a long-lived worker sees many runs
+            _NAMED.clear()
+        got = _NAMED[name] = (kind_of(name), display_name(name))
+    return got
+
+
+_NAMED: dict[str, tuple[str, str]] = {}
+_NAMED_LIMIT = 1 << 17
+
 _STEP_RE = re.compile(r"(?:^|[-_.])(\d+)(?:\.weights)?(?:\.h5|\.hdf5|\.keras)?$")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -288,11 +288,18 @@ class BundleIndex:
     slices: dict[str, list[BundleEntry]] = field(default_factory=dict)  # parent name -> its stored slices
 
 
-def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
+def read_index(
+    index_path: str,
+    header_only: bool = False,
+    decode: Callable[[list[memoryview]], list[BundleEntry | None]] | None = None,
+) -> BundleIndex:
     """Read and check `<prefix>.index`: every block (checksums, key order) and the header.
     With header_only, only what the header needs is read and checked (the footer, the index
     block and the first data block, whose first entry the header is): bounded work whatever
     the file claims, for the daemon's main process, which wants the shard count alone.
+    `decode` (ckptwatch.formats.entries.decode_entries): decodes the tensor entries' values
+    together, giving None for any it leaves to `parse_entry`; the result is the same, errors
+    included (the same error, about the same entry, as entry by entry).
     Raises IntegrityError("integrity.index", ...) saying what is wrong (NotRegularFile for a
     FIFO or device), OSError when the file cannot be read."""
     with open_regular(index_path) as f:
@@ -304,6 +311,8 @@ def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
         if header_only:
             return _read_header(f, size, index_path)
         data = f.read(size)
+    if decode is not None:
+        return _read_index_together(data, index_path, decode)
     index, header_seen, key = BundleIndex(), False, b""
     try:
         for key, value in iter_table(data):
@@ -316,6 +325,43 @@ def read_index(index_path: str, header_only: bool = False) -> BundleIndex:
                     index.slices.setdefault(parent, []).append(parse_entry(value))
             else:
                 index.entries.append((key.decode("utf-8", "replace"), parse_entry(value)))
+    except TableError as e:
+        where = f" (after entry {key.decode('utf-8', 'replace')!r})" if key else ""
+        raise IntegrityError("integrity.index", f"{index_path}: {e}{where}") from None
+    if not header_seen:
+        raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
+    return _checked_shards(index, index_path)
+
+
+def _read_index_together(
+    data: bytes, index_path: str, decode: Callable[[list[memoryview]], list[BundleEntry | None]]
+) -> BundleIndex:
+    """read_index with the tensor entries decoded by `decode`, all at once. The table is read to
+    its end or its first error first; then the entries are taken in order as read_index takes
+    them, so that the first error in that order is the one raised."""
+    items: list[tuple[bytes, memoryview]] = []
+    failed: TableError | None = None
+    try:
+        items.extend(iter_table(data))
+    except TableError as e:
+        failed = e
+    tensor_values = [value for key, value in items if key and key[:1] != b"\x00"]
+    decoded = iter(decode(tensor_values))
+    index, header_seen, key = BundleIndex(), False, b""
+    try:
+        for key, value in items:
+            if key == b"":
+                index.num_shards, index.big_endian = parse_header(value)
+                header_seen = True
+            elif key[:1] == b"\x00":
+                parent = slice_key_name(key)
+                if parent is not None:
+                    index.slices.setdefault(parent, []).append(parse_entry(value))
+            else:
+                entry = next(decoded)
+                index.entries.append((key.decode("utf-8", "replace"), entry if entry is not None else parse_entry(value)))
+        if failed is not None:
+            raise failed
     except TableError as e:
         where = f" (after entry {key.decode('utf-8', 'replace')!r})" if key else ""
         raise IntegrityError("integrity.index", f"{index_path}: {e}{where}") from None
