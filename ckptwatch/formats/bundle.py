@@ -9,11 +9,11 @@ checking the CRC32C when the last chunk has been read.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-import functools
 from typing import BinaryIO
 
 import crc32c

@@ -359,7 +359,9 @@ def _read_index_together(
                     index.slices.setdefault(parent, []).append(parse_entry(value))
             else:
                 entry = next(decoded)
-                index.entries.append((key.decode("utf-8", "replace"), entry if entry is not None else parse_entry(value)))
+                if entry is None:  # left to the general decoder: it says what is wrong, if anything
+                    entry = parse_entry(value)
+                index.entries.append((key.decode("utf-8", "replace"), entry))
         if failed is not None:
             raise failed
     except TableError as e:

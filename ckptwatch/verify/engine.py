@@ -348,11 +348,7 @@ class Engine:
             total = PairSums()
             for o in outcomes:
                 res = o.result
-                if (
-                    ref.role in o.sums
-                    and res.kind in compared
-                    and not settings(res.name, res.display)["exclude"]
-                ):
+                if ref.role in o.sums and res.kind in compared and not settings(res.name, res.display)["exclude"]:
                     total.add(o.sums[ref.role])
             global_drift[ref.role] = total.drift() if total.count else None
         previous_stats = {o.result.name: o.ref_stats["previous"] for o in outcomes if "previous" in o.ref_stats}
