@@ -253,7 +253,7 @@ class History:
         if not rows:
             return {}
         scaled = self.arrays["change"][rows].astype(np.float64) * self.scale_to(gap)
-        stats = {self.names[r]: _series(row) for r, row in zip(rows, scaled, strict=True)}
+        stats = {self.names[r]: e for r, e in zip(rows, _series_of_rows(scaled), strict=True)}
         return {name: e for name, e in stats.items() if e is not None}
 
     def pooled(self, names: list[str], gap: float | None) -> Expected | None:
@@ -368,6 +368,56 @@ def _series(scaled: np.ndarray) -> Expected | None:
         sigma = 1.4826 * float(np.median(np.abs(steps - trend))) / math.sqrt(2)
         level += max(trend, 0.0)
     return Expected(len(values), math.exp(level), float(values.max()), sigma)
+
+
+def _series_of_rows(scaled: np.ndarray) -> list[Expected | None]:
+    """_series of each row of `scaled`, all rows at once: the same numbers, bit for bit (the
+    same elementwise log and differences, medians picked from sorted values as np.median
+    picks them, the scalar arithmetic in Python floats as _series does it). A history of
+    10,000 tensors costs milliseconds, not half a second of numpy calls per tensor."""
+    n, width = scaled.shape
+    out: list[Expected | None] = [None] * n
+    if n == 0 or width == 0:
+        return out
+    valid = np.isfinite(scaled) & (scaled > 0)
+    count = valid.sum(axis=1)
+    logs = np.full(scaled.shape, np.nan)
+    logs[valid] = np.log(scaled[valid])
+    maxima = np.where(valid, scaled, -np.inf).max(axis=1)
+    # the newest RECENT logs of each row, oldest first, right-aligned (NaN before them)
+    from_end = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1]  # 1 at the newest value
+    keep = valid & (from_end <= RECENT)
+    r, c = np.nonzero(keep)
+    recent = np.full((n, RECENT), np.nan)
+    recent[r, RECENT - from_end[r, c]] = logs[r, c]
+    latest = np.minimum(count, LATEST)
+    levels = _medians(recent[:, RECENT - LATEST :], latest)
+    steps = np.diff(recent, axis=1)  # the newest min(count, RECENT) - 1 are steps, NaN before
+    moves = np.maximum(np.minimum(count, RECENT) - 1, 0)
+    trends = _medians(steps, moves)
+    spreads = _medians(np.abs(steps - trends[:, None]), moves)
+    for i, (k, level, trend, spread, top) in enumerate(
+        zip(count.tolist(), levels.tolist(), trends.tolist(), spreads.tolist(), maxima.tolist(), strict=True)
+    ):
+        if not k:
+            continue
+        sigma = 0.0
+        if min(k, RECENT) >= 3:
+            sigma = 1.4826 * spread / math.sqrt(2)
+            level += max(trend, 0.0)
+        out[i] = Expected(k, math.exp(level), top, sigma)
+    return out
+
+
+def _medians(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per row, np.median of its `counts` non-NaN values (NaN where it has none): the middle
+    value, or the mean of the two middle ones ((a + b) / 2, as np.mean gives it)."""
+    ordered = np.sort(values, axis=1)  # NaN last
+    k = np.maximum(counts, 1)[:, None]
+    lo = np.take_along_axis(ordered, (k - 1) // 2, axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, k // 2, axis=1)[:, 0]
+    out = np.where(k[:, 0] % 2 == 1, lo, (lo + hi) / 2)
+    return np.where(counts > 0, out, np.nan)
 
 
 def _pool(scaled: np.ndarray) -> Expected | None:
