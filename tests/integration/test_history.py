@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ckptwatch.formats import bundle as bundle_module
+from ckptwatch.formats import names as names_module
+from ckptwatch.policy import Override, Policy
+from ckptwatch.verify import engine
+from ckptwatch.verify.change import Change, Settings
+from ckptwatch.verify.engine import verify_paths
+from ckptwatch.verify.history import Expected, History, _series
 from ckptwatch.verify.request import VerifyRequest
+from ckptwatch.verify.verification import verify_checkpoint
 from tests.integration.test_one_sequence import WorkerProcess
 from tests.simulated_run import HIDDEN, simulate
 
@@ -140,3 +148,89 @@ def test_a_state_dir_that_cannot_take_the_workers_files_costs_no_verdict(worker,
     infos = {f["check"]: f["message"] for f in result.report["findings"] if f["severity"] == "info"}
     assert "cannot write" in infos["integrity.fingerprint"], infos
     assert list(tmp_path.iterdir()) == [blocker]
+
+
+# -- issue 15: the serial Python before and after reading, made cheap, must judge the same ------------
+
+
+def _judged_run(written: WrittenRun, tmp_path: Path, tag: str, policy: Policy) -> tuple[list[dict], list[dict]]:
+    """The daemon's sequence in this process: each checkpoint against the last one and the history
+    so far, then the noisy one; the reports (without their times) and the history files' arrays."""
+    reports, files = [], []
+    history, previous = None, None
+    for i, prefix in enumerate([*written.prefixes, written.noisy]):
+        if prefix == written.noisy:
+            previous = written.prefixes[-2]
+        out = tmp_path / f"{tag}-{i}.npz"
+        request = VerifyRequest(
+            prefix, previous, policy=policy, history=history, history_out=str(out), history_required=False
+        )
+        verification = verify_checkpoint(request)
+        report = verification.report.to_dict()
+        for key in ("created", "timings", "tool"):
+            report.pop(key)
+        reports.append(report)
+        if verification.history:
+            with np.load(out, allow_pickle=False) as z:
+                files.append({k: (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files})
+            history = str(out)
+        previous = prefix
+    return reports, files
+
+
+def _one_by_one(self: History, names: list[str], gap: float | None) -> dict[str, Expected]:
+    """History.expected as it was: _series tensor by tensor."""
+    rows = [self.index[n] for n in names if n in self.index]
+    scaled = self.arrays["change"][rows].astype(np.float64) * self.scale_to(gap)
+    stats = {self.names[r]: _series(row) for r, row in zip(rows, scaled, strict=True)}
+    return {name: e for name, e in stats.items() if e is not None}
+
+
+POLICIES = {
+    "default": Policy(),
+    "strict": Policy(min_history=2, max_jump=0.005, max_norm_growth=1.001, history_tolerance=0.5),
+    "globs": Policy(
+        exclude=["*layer_with_weights-3/bias*"],
+        frozen=["*beta*"],
+        overrides=[Override(pattern="*kernel*", max_jump=0.001), Override(pattern="*gamma*", exclude=True)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_run_is_judged_the_same_as_tensor_by_tensor(
+    written: WrittenRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Reports (findings and their messages, drift, tensors) and history files, bit for bit, as
+    with every shortcut taken out: the history's expectations tensor by tensor, each tensor's
+    change measured anew by the rules and by the history, the policy's settings asked per call,
+    the index decoded entry by entry and names worked out per checkpoint."""
+    policy = POLICIES[name]
+    fast = _judged_run(written, tmp_path, "fast", policy)
+    monkeypatch.setattr(History, "expected", _one_by_one)
+    monkeypatch.setattr(engine, "measure", lambda *args, **kwargs: None)  # the rules and the history measure
+    monkeypatch.setattr(Settings, "__call__", lambda self, n, d: self.policy.settings_for(n, d))
+    monkeypatch.setattr(bundle_module, "decode_entries", lambda values: [None] * len(values))
+    monkeypatch.setattr(names_module, "_NAMED_LIMIT", 0)  # nothing kept
+    bundle_module._graph_naming.cache_clear()
+    slow = _judged_run(written, tmp_path, "slow", policy)
+    assert fast[0] == slow[0]
+    assert fast[1] == slow[1]
+    findings = {(f["check"], f.get("basis")) for report in fast[0] for f in report["findings"]}
+    assert ("drift.jump", "history") in findings  # judged by the history, with its expectations
+
+
+def test_each_change_is_measured_once(written: WrittenRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules and the run's history share one measurement of each tensor's change (today's
+    main measured every tensor twice per verification)."""
+    made = []
+    init = Change.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(args[0].name if args else kwargs["result"].name)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Change, "__init__", counted)
+    report, _ = verify_paths(written.prefixes[3], written.prefixes[2])
+    assert report.history_entry is not None
+    assert len(made) == len(set(made)) == len(report.history_entry.tensors) > 0
