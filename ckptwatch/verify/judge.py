@@ -109,9 +109,10 @@ def training_findings(
                 out.append(_frozen(judge, c))
             continue
         clear = _clear_cut(policy, c, previous_stats[c.name])
-        out += clear
-        if any(f.check == "drift.jump" for f in clear):
-            continue
+        if clear:
+            out += clear
+            if any(f.check == "drift.jump" for f in clear):
+                continue
         own = expected.get(c.name)
         if own is not None and own.count >= policy.min_history:
             out += _judged(judge, c, own, "history", f"this tensor's last {own.count} changes")
