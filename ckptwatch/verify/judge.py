@@ -95,8 +95,9 @@ def training_findings(
     expected = judge.history.expected([c.name for c in changes], gap) if judge.history else {}
     groups: dict[str, list[str]] = {}
     pools: dict[str, Expected | None] = {}
-    for c in changes:
-        groups.setdefault(c.group, []).append(c.name)
+    if judge.history is not None:  # the groups pool the history of tensors with little of their own
+        for c in changes:
+            groups.setdefault(c.group, []).append(c.name)
     out: list[Finding] = []
     prev = global_drift.get("previous")
     # moving statistics follow the data even when the optimizer does not move (a warm-up from 0)
