@@ -129,6 +129,8 @@ def measure(out: str, repeat: int) -> dict:
     times: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        for p in paths.values():  # untimed warm-up: --compare's child is a fresh process every round
+            verify_checkpoint(VerifyRequest(p["candidate"], p["previous"], fingerprint_out=os.path.join(tmp, "w.fp")))
         for _ in range(repeat):
             for kind, p in paths.items():
                 cand, prev = p["candidate"], p["previous"]
