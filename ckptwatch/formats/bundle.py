@@ -314,6 +314,7 @@ class BundleSource:
         chunk_elements: int = CHUNK_ELEMENTS,
         run_bytes: int = RUN_BYTES,
         announce: Callable[[str], None] | None = None,
+        keep: bool = False,
     ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int]]]]:
         """Many small tensors at once, for the engine's fast path: float32/float64 tensors of one
         chunk or less that lie back to back in one shard are read with one pread per run (up to
@@ -323,7 +324,9 @@ class BundleSource:
         tensors it leaves out (any other kind, a shape or size that does not add up, a checksum
         that does not match, a read that failed) are left to `read`, which says what is wrong,
         exactly as for any tensor. `announce` gets each tensor's name before its run is read (the
-        CLI's reading child names the tensors it was reading if native code kills it)."""
+        CLI's reading child names the tensors it was reading if native code kills it). `keep`:
+        each run is read into a buffer of its own, which the caller may keep (the engine reads a
+        reference's tensors of a batch this way before the candidate's)."""
         pending: list[tuple[int, BundleEntry]] = []
         run_dtype: np.dtype | None = None
         run_fd = run_end = -1
@@ -333,9 +336,12 @@ class BundleSource:
                 return None
             first = pending[0][1].offset
             total = run_end - first
-            buf = getattr(self._local, "buf", None)
-            if buf is None or len(buf) < total:
-                buf = self._local.buf = bytearray(max(total, run_bytes))
+            if keep:
+                buf = np.empty(total, dtype=np.uint8)  # not zeroed: preadv fills it
+            else:
+                buf = getattr(self._local, "buf", None)
+                if buf is None or len(buf) < total:
+                    buf = self._local.buf = bytearray(max(total, run_bytes))
             view = memoryview(buf)[:total]
             if announce is not None:
                 for i, _ in pending:

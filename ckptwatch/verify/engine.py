@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import blake3
 import numpy as np
 
 from ckptwatch.errors import CheckpointNotFound, CheckpointUnreadable, UnsupportedFormat
@@ -36,7 +37,7 @@ from ckptwatch.verify.fingerprint import FingerprintSource
 from ckptwatch.verify.history import History
 from ckptwatch.verify.report import ROLES, Finding, Report, TensorResult, unverified_report
 from ckptwatch.verify.rules import evaluate
-from ckptwatch.verify.sketch import SketchBuilder, TensorSketch, estimate_sums
+from ckptwatch.verify.sketch import SAMPLE_SIZE, SketchBuilder, TensorSketch, estimate_sums
 from ckptwatch.verify.stats import StatsAccumulator, TensorStats, chunk_stats, stats_kernels
 
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
@@ -193,6 +194,10 @@ class Engine:
                         bad.role,
                     )
                 )
+        return self._finish(info, refs, s, out)
+
+    def _finish(self, info: TensorInfo, refs: list[_Ref], s: dict, out: _TensorOutcome) -> _TensorOutcome:
+        """A read tensor's estimates against fingerprints, then its drift against each reference."""
         for ref in refs:
             if ref.is_fingerprint and info.name in ref.pairs:
                 self._estimate(info, ref, s, out)
@@ -205,19 +210,31 @@ class Engine:
         return out
 
     def _batch(self, cand: CheckpointSource, infos: list[TensorInfo], refs: list[_Ref]) -> list[_TensorOutcome]:
-        """The outcomes of consecutive tensors. Small tensors compared with nothing (no reference
-        pairs them, no sketch wanted) go through the reader's `read_runs` where it has one: one
-        read per run of tensors and one kernel call for their statistics, the same numbers as
-        `_tensor`'s. Any tensor that path leaves (a non-finite value, a checksum that does not
-        match, another dtype) goes through `_tensor`, which says what is wrong."""
+        """The outcomes of consecutive tensors. Small float tensors go through the reader's
+        `read_runs` where it has one: one read per run of tensors stored back to back, and per
+        tensor one kernel call on its slice for its statistics, one for its drift against each
+        checkpoint reference (whose tensors are read in runs of their own first), its sketch from
+        the same slice: the very numbers `_tensor` gives. Any tensor that path leaves (a
+        non-finite value, a checksum that does not match on either side, another dtype, a
+        reference without `read_runs` or whose tensor it left) goes through `_tensor`, which says
+        what is wrong."""
         read_runs = getattr(cand, "read_runs", None)
-        if read_runs is None or self._wants_sketch or len(infos) < 2:
+        if read_runs is None or len(infos) < 2:
             return [self._tensor(cand, i, refs) for i in infos]
+        live = [r for r in refs if not r.is_fingerprint]
+        simple = [
+            k
+            for k, i in enumerate(infos)
+            if i.numeric and all(getattr(r.source, "read_runs", None) is not None or i.name not in r.pairs for r in live)
+        ]
+        ref_slices = [self._reference_slices(r, [infos[k].name for k in simple]) for r in live]
         outcomes: list[_TensorOutcome | None] = [None] * len(infos)
-        simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in refs)]
         progress = self.options.progress
         runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements, announce=progress)
-        moments = stats_kernels().moments_finite
+        kernels = stats_kernels()
+        moments = kernels.moments_finite
+        wants_sketch = self._wants_sketch
+        settings_for = self.policy.settings_for
         for x, members in runs:
             starts = np.array([a for _, a, _ in members], dtype=np.int64)
             ends = np.array([b for _, _, b in members], dtype=np.int64)
@@ -229,22 +246,79 @@ class Engine:
             bounds = bounds[:-1] if ends[-1] == x.size else bounds
             mins = np.minimum.reduceat(x, bounds)[0::2].tolist()
             maxs = np.maximum.reduceat(x, bounds)[0::2].tolist()
+            if wants_sketch:  # SketchBuilder's values: at sample_positions(n), as float64, tensor after tensor
+                samples = kernels.run_samples(x, starts, ends, SAMPLE_SIZE)
+                raw = x.view(np.uint8)
+                itemsize = x.itemsize
+            taken = 0
             for (j, a, b), (s, zeros, m2, m3, m4), mn, mx in zip(members, sums, mins, maxs, strict=True):
+                n = b - a
+                first, taken = taken, taken + min(n, SAMPLE_SIZE)
                 if not math.isfinite(s + m4):
                     continue  # NaN/Inf (or x^4 overflowed): _tensor counts them exactly
-                if mn == 0.0 or mx == 0.0:  # a signed zero: the sign numpy's own min/max give
-                    mn, mx = float(x[a:b].min()), float(x[a:b].max())
                 k = simple[j]
                 info = infos[k]
+                c = x[a:b]
                 result = TensorResult(
                     info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known
                 )
-                result.stats = chunk_stats(b - a, s, zeros, m2, m3, m4, mn, mx)
-                outcomes[k] = _TensorOutcome(result)
+                out = _TensorOutcome(result)
+                settings = settings_for(info.name, info.label)
+                if not self._pair_slices(info, c, live, ref_slices, settings, out):
+                    continue  # a reference's tensor that runs did not give: _tensor reads both
+                if mn == 0.0 or mx == 0.0:  # a signed zero: the sign numpy's own min/max give
+                    mn, mx = float(c.min()), float(c.max())
+                result.stats = chunk_stats(n, s, zeros, m2, m3, m4, mn, mx)
+                if wants_sketch:
+                    digest = blake3.blake3(raw[a * itemsize : b * itemsize].data).hexdigest()
+                    out.sketch = TensorSketch("blake3:" + digest, samples[first:taken], n)
+                outcomes[k] = self._finish(info, refs, settings, out)
         for k, info in enumerate(infos):
             if outcomes[k] is None:
                 outcomes[k] = self._tensor(cand, info, refs)
         return outcomes  # type: ignore[return-value]
+
+    def _reference_slices(self, ref: _Ref, names: list[str]) -> dict[str, np.ndarray]:
+        """The reference tensors paired with these candidate tensors that its `read_runs` reads
+        (in its own storage order, each run into a buffer of its own), by reference name."""
+        read_runs = getattr(ref.source, "read_runs", None)
+        wanted = list(dict.fromkeys(ref.pairs[n] for n in names if n in ref.pairs))
+        if read_runs is None or not wanted:
+            return {}
+        storage_key = getattr(ref.source, "storage_key", None)
+        if storage_key is not None:
+            wanted.sort(key=storage_key)
+        slices = {}
+        for x, members in read_runs(wanted, self.options.chunk_elements, keep=True):
+            for j, a, b in members:
+                slices[wanted[j]] = x[a:b]
+        return slices
+
+    @staticmethod
+    def _pair_slices(
+        info: TensorInfo,
+        c: np.ndarray,
+        live: list[_Ref],
+        ref_slices: list[dict[str, np.ndarray]],
+        s: dict,
+        out: _TensorOutcome,
+    ) -> bool:
+        """_stream's PairSums and reference statistics for a tensor read whole (one chunk) on
+        each side; False when a reference's tensor is not there as one of the same dtype and
+        length (unreadable, damaged, left to `read`)."""
+        atol, rtol = s["atol"], s["rtol"]
+        for ref, slices in zip(live, ref_slices, strict=True):
+            ref_name = ref.pairs.get(info.name)
+            if ref_name is None:
+                continue
+            r = slices.get(ref_name)
+            if r is None or r.dtype != c.dtype or r.size != c.size:
+                return False
+            sums = PairSums()
+            sums.update(c, r, atol, rtol)
+            out.ref_stats[ref.role] = sums.reference_stats()
+            out.sums[ref.role] = sums
+        return True
 
     def _stream(self, cand: CheckpointSource, info: TensorInfo, live: list[_Ref], s: dict, out: _TensorOutcome) -> None:
         ch = self.options.chunk_elements
@@ -331,8 +405,8 @@ class Engine:
             with ThreadPoolExecutor(threads, thread_name_prefix="ckptwatch-verify") as pool:
                 batches = pool.map(lambda batch: self._batch(cand, batch, refs), _batches(work, threads))
                 done = [o for batch in batches for o in batch]
-        else:
-            done = self._batch(cand, work, refs)
+        else:  # batches all the same: a reference's tensors are held a batch at a time
+            done = [o for batch in _batches(work, 1) for o in self._batch(cand, batch, refs)]
         outcomes: list[_TensorOutcome] = [done[0]] * len(infos) if done else []
         for k, o in zip(order, done, strict=True):
             outcomes[k] = o

@@ -186,3 +186,70 @@ def as_float(chunk: np.ndarray) -> np.ndarray:
     if chunk.dtype.byteorder == ">":
         return chunk.astype(chunk.dtype.newbyteorder("=")).astype(np.float64)
     return chunk.astype(np.float64)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _jitter(n, i):  # pragma: no cover - compiled
+    """sketch.sample_positions' u for element i of n: splitmix64 of i ^ (n * 0xD1B54A32D192ED03),
+    its top 53 bits over 2^53 (uint64 arithmetic wraps modulo 2^64, as numpy's does)."""
+    z = np.uint64(i) ^ (np.uint64(n) * np.uint64(0xD1B54A32D192ED03))
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    # < 2^53: exact through int64 (a cheaper conversion than uint64's); times 2^-53 is exact too
+    return np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _positions_into(out, n, m):  # pragma: no cover - compiled
+    """out[:m] = sketch.sample_positions(n, m) for n > m: the same integer and float64 operations
+    (u * width is one IEEE multiply, truncated; no fastmath), element by element. Stratum i
+    starts at (i * n) // m; the next one's start is this one's end, so one division each (a
+    shift when m is a power of two: the same floor for these non-negative values)."""
+    shift = -1
+    if m & (m - 1) == 0:
+        shift = 0
+        while (1 << shift) < m:
+            shift += 1
+    start = np.int64(0)
+    for i in range(m):
+        nxt = ((i + 1) * n) >> shift if shift >= 0 else ((i + 1) * n) // m
+        width = nxt - start
+        out[i] = start + min(np.int64(_jitter(n, i) * width), width - 1)
+        start = nxt
+
+
+@njit(nogil=True, cache=True)
+def sample_positions(n, m):  # pragma: no cover - compiled
+    """sketch.sample_positions(n, m), compiled: one loop instead of some twenty numpy passes."""
+    if n <= m:
+        return np.arange(n).astype(np.int64)
+    out = np.empty(m, np.int64)
+    _positions_into(out, n, m)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def run_samples(x, starts, ends, m):  # pragma: no cover - compiled
+    """The sketch samples of the tensors x[starts[k]:ends[k]] (a run of small tensors), one after
+    the other as float64: per tensor its values at sample_positions(n, m), min(n, m) of them."""
+    total = 0
+    for k in range(starts.size):
+        total += min(ends[k] - starts[k], m)
+    out = np.empty(total, np.float64)
+    pos = np.empty(m, np.int64)
+    o = 0
+    for k in range(starts.size):
+        a = starts[k]
+        n = ends[k] - a
+        if n <= m:
+            for i in range(n):
+                out[o + i] = np.float64(x[a + i])
+            o += n
+        else:
+            _positions_into(pos, n, m)
+            for i in range(m):
+                out[o + i] = np.float64(x[a + pos[i]])
+            o += m
+    return out
