@@ -337,12 +337,12 @@ class BundleSource:
             first = pending[0][1].offset
             total = run_end - first
             if keep:
-                buf = np.empty(total, dtype=np.uint8)  # not zeroed: preadv fills it
+                view = np.empty(total, dtype=np.uint8).data  # its own, not zeroed: preadv fills it
             else:
                 buf = getattr(self._local, "buf", None)
                 if buf is None or len(buf) < total:
                     buf = self._local.buf = bytearray(max(total, run_bytes))
-            view = memoryview(buf)[:total]
+                view = memoryview(buf)[:total]
             if announce is not None:
                 for i, _ in pending:
                     announce(names[i])
@@ -360,7 +360,7 @@ class BundleSource:
                 b = a + entry.size
                 if entry.crc32c is None or unmask_crc(entry.crc32c) == crc32c.crc32c(view[a:b]):
                     members.append((i, a // size, b // size))
-            return (np.frombuffer(buf, dtype=run_dtype, count=total // size), members) if members else None
+            return (np.frombuffer(view, dtype=run_dtype), members) if members else None
 
         chunk_limit = max(1, chunk_elements)
         for i, name in enumerate(names):

@@ -222,11 +222,8 @@ class Engine:
         if read_runs is None or len(infos) < 2:
             return [self._tensor(cand, i, refs) for i in infos]
         live = [r for r in refs if not r.is_fingerprint]
-        simple = [
-            k
-            for k, i in enumerate(infos)
-            if i.numeric and all(getattr(r.source, "read_runs", None) is not None or i.name not in r.pairs for r in live)
-        ]
+        unrunnable = [r for r in live if getattr(r.source, "read_runs", None) is None]
+        simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in unrunnable)]
         ref_slices = [self._reference_slices(r, [infos[k].name for k in simple]) for r in live]
         outcomes: list[_TensorOutcome | None] = [None] * len(infos)
         progress = self.options.progress
