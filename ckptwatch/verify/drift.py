@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ckptwatch.verify.stats import stats_kernels
+
 TINY_NORM = 1e-12
 
 
@@ -87,8 +89,7 @@ class PairSums:
         self.ref_zeros += other.ref_zeros
 
     def update(self, cand: np.ndarray, ref: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -> None:
-        from ckptwatch.verify import kernels  # numba loads on first use: the daemon's main process never does
-
+        kernels = stats_kernels()  # numba loads on first use: the daemon's main process never does
         c, r = kernels.as_float(cand), kernels.as_float(ref)
         if c.dtype != r.dtype:
             c, r = c.astype(np.float64), r.astype(np.float64)

@@ -22,7 +22,7 @@ import blake3
 import numpy as np
 
 from ckptwatch.verify.drift import PairSums
-from ckptwatch.verify.stats import TensorStats
+from ckptwatch.verify.stats import TensorStats, stats_kernels
 
 SAMPLE_SIZE = 1024
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -93,7 +93,7 @@ class SketchBuilder:
 
     def __init__(self, count: int, m: int = SAMPLE_SIZE):
         self.count = count
-        self.positions = sample_positions(count, m)
+        self.positions = stats_kernels().sample_positions(count, m)  # sample_positions(count, m), compiled
         self.values = np.zeros(self.positions.size, dtype=np.float64)
         self.hasher = blake3.blake3()
         self.offset = 0
