@@ -224,15 +224,12 @@ class Engine:
         live = [r for r in refs if not r.is_fingerprint]
         unrunnable = [r for r in live if getattr(r.source, "read_runs", None) is None]
         simple = [k for k, i in enumerate(infos) if i.numeric and not any(i.name in r.pairs for r in unrunnable)]
-        ref_slices = [self._reference_slices(r, [infos[k].name for k in simple]) for r in live]
         outcomes: list[_TensorOutcome | None] = [None] * len(infos)
-        progress = self.options.progress
-        runs = read_runs([infos[k].name for k in simple], self.options.chunk_elements, announce=progress)
         kernels = stats_kernels()
         moments = kernels.moments_finite
         wants_sketch = self._wants_sketch
         settings_for = self.policy.settings_for
-        for x, members in runs:
+        for group, x, members, ref_slices in self._runs(read_runs, infos, simple, live):
             starts = np.array([a for _, a, _ in members], dtype=np.int64)
             ends = np.array([b for _, _, b in members], dtype=np.int64)
             # one kernel call per tensor, on its own slice: the very loop `_tensor` runs (a kernel
@@ -253,31 +250,56 @@ class Engine:
                 first, taken = taken, taken + min(n, SAMPLE_SIZE)
                 if not math.isfinite(s + m4):
                     continue  # NaN/Inf (or x^4 overflowed): _tensor counts them exactly
-                k = simple[j]
+                k = group[j]
                 info = infos[k]
                 c = x[a:b]
                 result = TensorResult(
                     info.name, info.label, info.kind, info.dtype, info.shape, info.nbytes, known=info.known
                 )
                 out = _TensorOutcome(result)
-                settings = settings_for(info.name, info.label)
-                if not self._pair_slices(info, c, live, ref_slices, settings, out):
-                    continue  # a reference's tensor that runs did not give: _tensor reads both
+                if refs:
+                    settings = settings_for(info.name, info.label)
+                    if not self._pair_slices(info, c, live, ref_slices, settings, out):
+                        continue  # a reference's tensor that runs did not give: _tensor reads both
                 if mn == 0.0 or mx == 0.0:  # a signed zero: the sign numpy's own min/max give
                     mn, mx = float(c.min()), float(c.max())
                 result.stats = chunk_stats(n, s, zeros, m2, m3, m4, mn, mx)
                 if wants_sketch:
                     digest = blake3.blake3(raw[a * itemsize : b * itemsize].data).hexdigest()
                     out.sketch = TensorSketch("blake3:" + digest, samples[first:taken], n)
-                outcomes[k] = self._finish(info, refs, settings, out)
+                outcomes[k] = self._finish(info, refs, settings, out) if refs else out
         for k, info in enumerate(infos):
             if outcomes[k] is None:
                 outcomes[k] = self._tensor(cand, info, refs)
         return outcomes  # type: ignore[return-value]
 
+    def _runs(
+        self, read_runs: Callable, infos: list[TensorInfo], simple: list[int], live: list[_Ref]
+    ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, int, int]], list[dict[str, np.ndarray]]]]:
+        """The candidate's runs of the tensors infos[k] for k in `simple`: (the group of indices
+        the members' positions refer to, the run's values, its members, per live reference its
+        tensors paired with the group's). Against references the tensors go in groups of about
+        GROUP_BYTES, each reference's part read just before the candidate's: both stay in the
+        CPU's cache while the kernels compare them."""
+        progress, ch = self.options.progress, self.options.chunk_elements
+        groups: list[list[int]] = [simple]
+        if live:
+            groups, size = [], 0
+            for k in simple:
+                if not groups or size + infos[k].nbytes > GROUP_BYTES:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(k)
+                size += infos[k].nbytes
+        for group in groups:
+            names = [infos[k].name for k in group]
+            ref_slices = [self._reference_slices(r, names) for r in live]
+            for x, members in read_runs(names, ch, announce=progress):
+                yield group, x, members, ref_slices
+
     def _reference_slices(self, ref: _Ref, names: list[str]) -> dict[str, np.ndarray]:
         """The reference tensors paired with these candidate tensors that its `read_runs` reads
-        (in its own storage order, each run into a buffer of its own), by reference name."""
+        (in its own storage order, into its arena: valid until the next group), by name."""
         read_runs = getattr(ref.source, "read_runs", None)
         wanted = list(dict.fromkeys(ref.pairs[n] for n in names if n in ref.pairs))
         if read_runs is None or not wanted:
@@ -451,6 +473,7 @@ class Engine:
 
 
 BATCH_BYTES = 16 << 20  # tensors handed to a thread together: one task per ~16 MB, not one per tensor
+GROUP_BYTES = 1 << 20  # _batch against references: tensors read on both sides, then compared, together
 
 
 def _batches(infos: list[TensorInfo], threads: int) -> list[list[TensorInfo]]:
