@@ -301,3 +301,20 @@ def test_sample_positions_compiled_are_the_formula() -> None:
     want = [x[a:b][sample_positions(int(b - a))].astype(np.float64) for a, b in zip(starts, ends, strict=True)]
     assert values.tobytes() == np.concatenate(want).tobytes()
     assert engine.SAMPLE_SIZE == SAMPLE_SIZE
+
+
+def test_kept_runs_stay_valid_until_the_next_kept_read(pair: Pair) -> None:
+    """read_runs(keep=True) lays a call's runs one after the other in an arena of the thread's
+    (grown as needed, reused by the next call): every slice of one call is still the tensor's
+    bytes when the call is over, while the plain buffer holds only the last run."""
+    src = BundleSource(pair.previous)
+    names = sorted((i.name for i in src.tensors()), key=src.storage_key)
+    for run_bytes in (4096, 1 << 20):
+        kept = {names[j]: x[a:b] for x, m in src.read_runs(names, run_bytes=run_bytes, keep=True) for j, a, b in m}
+        assert len(kept) >= COUNT - 10
+        for _ in src.read_runs(names, run_bytes=run_bytes):  # the other buffer: kept runs untouched
+            pass
+        for name, values in kept.items():
+            (whole,) = list(src.read(name))
+            assert values.tobytes() == whole.tobytes(), name
+    src.close()
