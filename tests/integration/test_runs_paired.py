@@ -253,7 +253,7 @@ def test_the_daemons_case_writes_the_same_fingerprint_and_history(
     pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
     """What the daemon's worker runs: against the previous checkpoint, writing the candidate's
-    fingerprint (v2 and v1) and the run's history; every byte written is the same."""
+    fingerprint (binary, v3 today, and v1 JSON) and the run's history; every byte written is the same."""
     outputs = {}
     for suffix in (".fp", ".json"):
         request = VerifyRequest(
