@@ -153,6 +153,7 @@ class Engine:
         self.policy = policy or Policy()
         self.options = options or Options()
         self._wants_sketch = self.options.sketch  # set per run: fingerprint references need sketches too
+        self._settings = Settings(self.policy)  # policy.settings_for, once per tensor (read them, never change them)
 
     # -- one tensor --------------------------------------------------------------
 
@@ -171,7 +172,7 @@ class Engine:
             except OSError as e:
                 out.findings.append(Finding("fail", "integrity.unreadable", str(_unreadable(e, info.name)), info.name))
             return out
-        s = self.policy.settings_for(info.name, info.label)
+        s = self._settings(info.name, info.label)
         live = [r for r in refs if info.name in r.pairs and not r.is_fingerprint]
         while True:
             try:
@@ -228,7 +229,7 @@ class Engine:
         kernels = stats_kernels()
         moments = kernels.moments_finite
         wants_sketch = self._wants_sketch
-        settings_for = self.policy.settings_for
+        settings_for = self._settings
         for group, x, members, ref_slices in self._runs(read_runs, infos, simple, live):
             starts = np.array([a for _, a, _ in members], dtype=np.int64)
             ends = np.array([b for _, _, b in members], dtype=np.int64)
@@ -385,7 +386,7 @@ class Engine:
         compared = policy.compared_kinds()
         severity = "fail" if policy.profile == "replica" else "warn"
 
-        settings = Settings(policy)  # policy.settings_for, once per tensor
+        settings = self._settings = Settings(policy)  # policy.settings_for, once per tensor
 
         def structural(ts: list[TensorInfo]) -> list[TensorInfo]:
             return [t for t in ts if t.kind in compared and not settings(t.name, t.label)["exclude"]]
