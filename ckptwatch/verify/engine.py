@@ -294,8 +294,13 @@ class Engine:
                 size += infos[k].nbytes
         for group in groups:
             names = [infos[k].name for k in group]
+            announce = progress
+            if live and progress is not None:  # named before the references' part is read: a reader
+                for name in names:  # that hangs there names them (the CLI's time limit says which)
+                    progress(name)
+                announce = None
             ref_slices = [self._reference_slices(r, names) for r in live]
-            for x, members in read_runs(names, ch, announce=progress):
+            for x, members in read_runs(names, ch, announce=announce):
                 yield group, x, members, ref_slices
 
     def _reference_slices(self, ref: _Ref, names: list[str]) -> dict[str, np.ndarray]:
