@@ -308,10 +308,17 @@ class Engine:
         storage_key = getattr(ref.source, "storage_key", None)
         if storage_key is not None:
             wanted.sort(key=storage_key)
-        slices = {}
+        slices, held = {}, 0
         for x, members in read_runs(wanted, self.options.chunk_elements, keep=True):
             for j, a, b in members:
                 slices[wanted[j]] = x[a:b]
+            held += x.nbytes
+            if held > GROUP_BYTES:
+                # the group is sized by what the candidate's tensors claim: a candidate that claims
+                # less than the reference holds (0 bytes, say) must not make this arena hold the
+                # whole reference, nor one file's bytes many times over (entries that overlap).
+                # The tensors left out go through _tensor, which gives the same numbers.
+                break
         return slices
 
     @staticmethod

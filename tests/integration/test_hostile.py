@@ -401,6 +401,28 @@ def test_a_gzip_fingerprint_bomb(run_python, bombs, tmp_path: Path) -> None:
     assert verdict == "error" and "decompression bomb" in message, result
 
 
+def test_a_reference_whose_tensors_overlap_costs_what_its_file_holds(run_python, tmp_path: Path) -> None:
+    """The runs against a reference (Engine._batch) group the candidate's tensors by the sizes
+    the candidate claims; a candidate that claims 0 bytes for tensors its previous checkpoint
+    holds whole put them all in one group, and the reference's tensors of a group are all
+    read into one arena. A previous checkpoint whose 1,200 entries all name the same 256 KiB
+    would hold 300 MB there from a file of 256 KiB."""
+    n, elements = 1200, 1 << 16
+    data = np.arange(elements, dtype="<f4").tobytes()
+    names = [f"w{i:04d}".encode() for i in range(n)]
+    crc = crc32c.crc32c(data)
+    previous = hostile.bundle(
+        tmp_path / "previous", "ckpt-1", [(k, bundle_entry([elements], 0, len(data), crc)) for k in names], data=data
+    )
+    candidate = hostile.bundle(
+        tmp_path / "candidate", "ckpt-2", [(k, bundle_entry([elements], 0, 0, crc)) for k in names], data=data
+    )
+    result = _peak(run_python, candidate, previous)
+    assert result["rss_mb"] < RSS_LIMIT_MB, result
+    verdict, findings = result["outcome"]
+    assert verdict == "fail" and any(c.startswith("integrity.") for c, _ in findings), findings
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_member_chunks_reads_honest_members_and_refuses_damage(tmp_path: Path, method: int) -> None:
     from ckptwatch.formats.zipmember import MemberError, member_chunks
