@@ -443,7 +443,7 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
     for i, f in enumerate(flags.tolist()):
         shape = tuple(dims_l[at : at + ranks_l[i]])
         at += ranks_l[i]
-        size = math.prod(shape)
+        size = math.prod(shape) if ranks_l[i] <= 64 else _elements(shape)
         nbytes = size * _ITEMSIZE.get(dtypes_l[i], 0) + extra_l[i]
         if nbytes < 0 or size >= 1 << 63:
             raise ValueError(f"{names[i]}: a negative size, or 2**63 elements and more")
@@ -490,6 +490,19 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
         start = ends[j]
         sketches[names[i]] = TensorSketch(f"blake3:{digests[32 * j : 32 * j + 32]}", sample, sizes[i], 1 << s)
     return Decoded(checkpoint, infos, stats, sketches)
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    """math.prod(shape), or 2**63 as soon as the product reaches it: a long shape of huge
+    dimensions multiplied out as Python integers (millions of bits) takes seconds per tensor."""
+    if 0 in shape:
+        return 0
+    size = 1
+    for d in shape:
+        size *= d
+        if size >= 1 << 63:
+            return 1 << 63
+    return size
 
 
 _RAW = {F32: "<f4", F64: "<f8", F16: "<f2", BF16: "<u2", I8: "i1", U8: "u1"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 import zlib
 from pathlib import Path
 
@@ -327,3 +328,22 @@ def test_v2_statistics_out_of_their_domain_are_refused(tmp_path: Path, what: str
         fp.FingerprintSource(str(target))
     target.write_bytes(_v2_with_stats(data, lambda s: s.__setitem__((2, 0), -0.0)))  # a count of -0.0 is 0
     assert fp.FingerprintSource(str(target)).stats(V3_NAMES[2]).count == 0
+
+
+def test_a_v3_shape_of_many_huge_dimensions_is_refused_at_once(v3_file: bytes, tmp_path: Path) -> None:
+    """A rank-65,535 shape of 2**62-sized dimensions is 512 KB of header that deflates to almost
+    nothing; multiplying it out as Python integers (millions of bits) took ~20 s per tensor."""
+    p = _split(v3_file)
+    rank = 65535
+    dims = np.full(rank, 1 << 62, dtype=np.int64)
+    p["rank"] = np.array(p["rank"]).copy()
+    first = int(p["rank"][0])
+    p["rank"][0] = rank
+    p["dims"] = np.concatenate([dims, np.asarray(p["dims"])[first:]])
+    target = tmp_path / "wide.fp"
+    target.write_bytes(_join(p))
+    assert target.stat().st_size < 64 << 10
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError, match="2\\*\\*63 elements"):
+        fp.FingerprintSource(str(target))
+    assert time.monotonic() - t0 < 2.0
