@@ -423,6 +423,40 @@ def test_a_reference_whose_tensors_overlap_costs_what_its_file_holds(run_python,
     assert verdict == "fail" and any(c.startswith("integrity.") for c, _ in findings), findings
 
 
+@pytest.mark.parametrize("length", [96 << 10, 256 << 10])
+def test_long_names_are_not_kept_from_one_checkpoint_to_the_next(tmp_path: Path, length: int) -> None:
+    """A worker verifies checkpoint after checkpoint: what it remembers per tensor name (kind,
+    display, group) must not keep a hostile file's names, whatever their length, once it is done.
+    Forty checkpoints of four 256 KB names each kept 40 MB there (a count of names bounded, not
+    their bytes)."""
+    import gc
+    import tracemalloc
+
+    def one(k: int) -> None:
+        entries = [
+            (f"{k:03d}{j}/".encode() + b"n" * length, bundle_entry([4], 16 * j, 16, crc32c.crc32c(hostile.VALUES)))
+            for j in range(4)
+        ]
+        prefix = hostile.bundle(tmp_path / f"c{k}", "ckpt-1", entries, data=hostile.VALUES * 4)
+        report, _ = verify_paths(prefix, previous=prefix)
+        assert [f.check for f in report.findings] == ["drift.unchanged"]  # read, compared, judged
+        hostile.remove_tree(tmp_path / f"c{k}")
+
+    one(0)  # warmed up: kernels compiled, modules loaded
+    tracemalloc.start()
+    try:
+        one(1)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(2, 42):
+            one(k)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 12 << 20, f"{grown >> 20} MB kept after 40 checkpoints"
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_member_chunks_reads_honest_members_and_refuses_damage(tmp_path: Path, method: int) -> None:
     from ckptwatch.formats.zipmember import MemberError, member_chunks
