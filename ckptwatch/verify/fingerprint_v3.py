@@ -206,9 +206,11 @@ def _zero_fraction(zeros: np.ndarray, count: np.ndarray) -> np.ndarray:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
+def encode(magic: bytes, checkpoint: dict, entries: list, header_limit=None) -> bytes | None:
     """The v3 bytes of (info, stats or None, sketch or None) entries: columns gathered with one
-    comprehension each, a Python loop only over what each sketch needs (its stride and digest)."""
+    comprehension each, a Python loop only over what each sketch needs (its stride and digest).
+    None when the header inflates to more than `header_limit(size of the file)`: the reader
+    would refuse it as a decompression bomb (columns of names and shapes alone compress past it)."""
     n = len(entries)
     infos = [e[0] for e in entries]
     names = [i.name for i in infos]
@@ -274,7 +276,7 @@ def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
     top, rest = samples
     z = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)  # signs and exponents: no repeats
     packed_top = z.compress(top) + z.flush()  # to find, a skewed alphabet; 10x faster than LZ77, smaller
-    return b"".join(
+    out = b"".join(
         [
             magic,
             len(packed_header).to_bytes(4, "little"),
@@ -287,6 +289,7 @@ def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
             rest,
         ]
     )
+    return None if header_limit is not None and len(header) > header_limit(len(out)) else out
 
 
 def _stats_columns(rows: list[tuple], sizes: list[int]) -> bytes:
