@@ -401,16 +401,18 @@ def test_a_gzip_fingerprint_bomb(run_python, bombs, tmp_path: Path) -> None:
     assert verdict == "error" and "decompression bomb" in message, result
 
 
-def test_a_reference_whose_tensors_overlap_costs_what_its_file_holds(run_python, tmp_path: Path) -> None:
+@pytest.mark.parametrize("checksums", ["valid", "wrong"])
+def test_a_reference_whose_tensors_overlap_costs_what_it_holds(run_python, tmp_path: Path, checksums: str) -> None:
     """The runs against a reference (Engine._batch) group the candidate's tensors by the sizes
     the candidate claims; a candidate that claims 0 bytes for tensors its previous checkpoint
     holds whole put them all in one group, and the reference's tensors of a group are all
     read into one arena. A previous checkpoint whose 1,200 entries all name the same 256 KiB
-    would hold 300 MB there from a file of 256 KiB."""
+    would hold 300 MB there from a file of 256 KiB; so would one whose tensors' checksums are
+    wrong (each run read, then left to `read`, its room in the arena never given back)."""
     n, elements = 1200, 1 << 16
     data = np.arange(elements, dtype="<f4").tobytes()
     names = [f"w{i:04d}".encode() for i in range(n)]
-    crc = crc32c.crc32c(data)
+    crc = crc32c.crc32c(data) ^ (checksums == "wrong")
     previous = hostile.bundle(
         tmp_path / "previous", "ckpt-1", [(k, bundle_entry([elements], 0, len(data), crc)) for k in names], data=data
     )
