@@ -200,6 +200,14 @@ def _typed(value, types, what: str):
 
 
 def _tensor_info(t: dict) -> TensorInfo:
+    info = _tensor_info_of(t)
+    if len(info.shape) > 64 and fingerprint_v3.elements(info.shape) >= 1 << 63:
+        # refused before anything multiplies it out: a long shape of huge dimensions takes seconds
+        raise ValueError(f"{info.name}: 2**63 elements and more")
+    return info
+
+
+def _tensor_info_of(t: dict) -> TensorInfo:
     name, dtype, kind, shape, nbytes = t["name"], t["dtype"], t["kind"], t["shape"], t["bytes"]
     display, known = t.get("display", ""), t.get("display_name", "")
     if (  # what every fingerprint ckptwatch wrote holds: checked in one expression

@@ -446,7 +446,7 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
     for i, f in enumerate(flags.tolist()):
         shape = tuple(dims_l[at : at + ranks_l[i]])
         at += ranks_l[i]
-        size = math.prod(shape) if ranks_l[i] <= 64 else _elements(shape)
+        size = math.prod(shape) if ranks_l[i] <= 64 else elements(shape)
         nbytes = size * _ITEMSIZE.get(dtypes_l[i], 0) + extra_l[i]
         if nbytes < 0 or size >= 1 << 63:
             raise ValueError(f"{names[i]}: a negative size, or 2**63 elements and more")
@@ -495,7 +495,7 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
     return Decoded(checkpoint, infos, stats, sketches)
 
 
-def _elements(shape: tuple[int, ...]) -> int:
+def elements(shape: tuple[int, ...]) -> int:
     """math.prod(shape), or 2**63 as soon as the product reaches it: a long shape of huge
     dimensions multiplied out as Python integers (millions of bits) takes seconds per tensor."""
     if 0 in shape:

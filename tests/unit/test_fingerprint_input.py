@@ -347,3 +347,29 @@ def test_a_v3_shape_of_many_huge_dimensions_is_refused_at_once(v3_file: bytes, t
     with pytest.raises(IntegrityError, match="2\\*\\*63 elements"):
         fp.FingerprintSource(str(target))
     assert time.monotonic() - t0 < 2.0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_v1_or_v2_shape_of_many_huge_dimensions_is_refused_at_once(tmp_path: Path, version: int) -> None:
+    """A like shape in a v1 document or a v2 header (45,000 dimensions: 0.9 MB of JSON, within
+    the inflation allowed): its element count, multiplied out to check the sample, took ~10 s
+    per tensor."""
+    tensor = {"name": "x", "dtype": "float32", "kind": "weight", "shape": [1 << 62] * 45000, "bytes": 0}
+    if version == 1:
+        tensor |= {"hash": "blake3:00", "sample": {"dtype": "float32", "data": ""}}
+        doc = {"schema": fp.SCHEMA, "checkpoint": {}, "tensors": [tensor]}
+        data = gzip.compress(json.dumps(doc).encode())
+    else:
+        tensor |= {"sample": 1024}
+        doc = {"schema": fp.SCHEMA_V2, "checkpoint": {}, "tensors": [tensor]}
+        header, stats = zlib.compress(json.dumps(doc).encode(), 9), zlib.compress(b"")
+        data = b"".join(
+            [FINGERPRINT_MAGIC, len(header).to_bytes(4, "little"), header, len(stats).to_bytes(4, "little"), stats]
+        )
+    target = tmp_path / ("wide.json.gz" if version == 1 else "wide.fp")
+    target.write_bytes(data)
+    assert target.stat().st_size < 64 << 10
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError, match="not a readable fingerprint"):
+        fp.FingerprintSource(str(target))
+    assert time.monotonic() - t0 < 2.0
