@@ -467,7 +467,10 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
         dtype=np.int64,
     )
     total = int(m.sum())
-    top = _section(cur, "samples", total)
+    packed_top = cur.take(int.from_bytes(cur.take(4), "little"))
+    # written Huffman-coded only (encode): at least a bit a byte. More than 8x is not ckptwatch's,
+    # and would let a few bytes of LZ77 stand for gigabytes of float64 samples (8 bytes a value)
+    top = inflate(packed_top, min(total, 8 * len(packed_top) + 64), "samples")
     if len(top) != total:
         raise ValueError(f"samples of {len(top)} values, the header describes {total}")
     elem_width = np.repeat(widths, m)

@@ -373,3 +373,44 @@ def test_a_v1_or_v2_shape_of_many_huge_dimensions_is_refused_at_once(tmp_path: P
     with pytest.raises(IntegrityError, match="not a readable fingerprint"):
         fp.FingerprintSource(str(target))
     assert time.monotonic() - t0 < 2.0
+
+
+V3_SAMPLE_BOMB = """
+import sys
+from ckptwatch.formats.base import IntegrityError
+from ckptwatch.verify.fingerprint import FingerprintSource
+try:
+    FingerprintSource(sys.argv[1])
+    outcome = "read"
+except IntegrityError as e:
+    outcome = str(e)
+print(outcome)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) >> 10)
+"""
+
+
+def test_v3_samples_that_deflate_past_what_the_writer_makes_are_refused(
+    run_python, v3_file: bytes, tmp_path: Path
+) -> None:
+    """The samples' top bytes are written Huffman-coded only (at least a bit a byte): a
+    section that inflates more than 8x was not written by ckptwatch. 100,000 sketches of
+    1,024 one-byte samples whose top bytes are LZ77'd zeros: a 1.7 MB file that read as
+    800 MB of float64 samples (2 GB at its peak)."""
+    n = 100_000
+    q = _split(v3_file)
+    q["doc"]["tensors"] = n
+    q["doc"]["kinds"], q["doc"]["dtypes"] = ["weight"], ["float32"]
+    q["flags"] = np.full(n, v3.SKETCH, np.uint8)
+    q["kind"] = q["dtype"] = np.zeros(n, np.uint16)
+    q["rank"], q["dims"], q["extra"] = np.ones(n, np.uint16), np.full(n, 2048, np.int64), np.zeros(n, np.int64)
+    q["strides"], q["widths"] = np.zeros(n, np.uint8), np.full(n, v3.U8, np.uint8)
+    q["names"] = (np.array([0] + [1] * (n - 1)), np.array([1] * n), b"x" * n)
+    q["stats"], q["digests"], q["top"], q["rest"] = b"", b"\0" * (v3.DIGEST * n), b"\0" * (1024 * n), b""
+    target = tmp_path / "samples.fp"
+    target.write_bytes(_join(q))
+    assert target.stat().st_size < 2 << 20
+    r = run_python(V3_SAMPLE_BOMB, str(target))
+    assert r.returncode == 0, r.stderr[-2000:]
+    outcome, peak_mb = r.stdout.strip().splitlines()[-2:]
+    assert "decompression bomb" in outcome
+    assert int(peak_mb) < 250, peak_mb
