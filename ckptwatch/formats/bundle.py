@@ -337,14 +337,16 @@ class BundleSource:
         def flush() -> tuple[np.ndarray, list[tuple[int, int, int]]] | None:
             if not pending:
                 return None
+            nonlocal kept
             first = pending[0][1].offset
             total = run_end - first
+            start = kept  # where this run lies in the arena (keep): given back when nothing of it is kept
             if keep:
-                nonlocal kept
                 arena = getattr(self._local, "arena", None)
                 if arena is None or kept + total > len(arena):  # a larger one; earlier runs keep the old
                     arena = self._local.arena = bytearray(max(total, 2 * len(arena or b""), run_bytes))
                     kept = 0
+                start = kept
                 view = memoryview(arena)[kept : kept + total]
                 kept += total
             else:
@@ -360,6 +362,7 @@ class BundleSource:
             except OSError:
                 got = -1
             if got != total:
+                kept = start
                 return None
             assert run_dtype is not None
             size = run_dtype.itemsize
@@ -369,7 +372,10 @@ class BundleSource:
                 b = a + entry.size
                 if entry.crc32c is None or unmask_crc(entry.crc32c) == crc32c.crc32c(view[a:b]):
                     members.append((i, a // size, b // size))
-            return (np.frombuffer(view, dtype=run_dtype), members) if members else None
+            if not members:
+                kept = start
+                return None
+            return np.frombuffer(view, dtype=run_dtype), members
 
         chunk_limit = max(1, chunk_elements)
         for i, name in enumerate(names):

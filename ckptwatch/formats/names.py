@@ -58,16 +58,26 @@ def named(name: str) -> tuple[str, str]:
     """(kind_of(name), display_name(name)), worked out once per name and process: the
     checkpoints a process opens (a candidate and its previous, every save of a run the daemon
     sees) share their keys, thousands of them."""
+    global _named_chars
     got = _NAMED.get(name)
     if got is None:
-        if len(_NAMED) >= _NAMED_LIMIT:  # bounded: a long-lived worker sees many runs
+        got = (kind_of(name), display_name(name))
+        chars = len(name) + len(got[1])
+        if chars > _NAMED_CHARS // 64:
+            return got  # a name this long is not a run's: not kept (a hostile file's, likely)
+        # bounded in names and in characters: a long-lived worker sees many runs, and hostile files
+        if len(_NAMED) >= _NAMED_LIMIT or _named_chars + chars > _NAMED_CHARS:
             _NAMED.clear()
-        got = _NAMED[name] = (kind_of(name), display_name(name))
+            _named_chars = 0
+        _NAMED[name] = got
+        _named_chars += chars
     return got
 
 
 _NAMED: dict[str, tuple[str, str]] = {}
 _NAMED_LIMIT = 1 << 17
+_NAMED_CHARS = 4 << 20  # the names' and displays' characters kept, together
+_named_chars = 0
 
 _STEP_RE = re.compile(r"(?:^|[-_.])(\d+)(?:\.weights)?(?:\.h5|\.hdf5|\.keras)?$")
 

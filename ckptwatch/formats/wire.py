@@ -336,20 +336,17 @@ def read_index(
 def _read_index_together(
     data: bytes, index_path: str, decode: Callable[[list[memoryview]], list[BundleEntry | None]]
 ) -> BundleIndex:
-    """read_index with the tensor entries decoded by `decode`, all at once. The table is read to
-    its end or its first error first; then the entries are taken in order as read_index takes
-    them, so that the first error in that order is the one raised."""
-    items: list[tuple[bytes, memoryview]] = []
-    failed: TableError | None = None
-    try:
-        items.extend(iter_table(data))
-    except TableError as e:
-        failed = e
-    tensor_values = [value for key, value in items if key and key[:1] != b"\x00"]
-    decoded = iter(decode(tensor_values))
+    """read_index with the tensor entries decoded by `decode`, DECODE_TOGETHER at a time (so
+    that what is held besides the entries made is one batch's keys, values and columns, not the
+    whole index's). Each batch's entries are taken in order as read_index takes them, the batch
+    read before a table error first: the first error in that order is the one raised."""
     index, header_seen, key = BundleIndex(), False, b""
-    try:
-        for key, value in items:
+    pending: list[tuple[bytes, memoryview]] = []
+
+    def settle() -> None:
+        nonlocal header_seen, key
+        decoded = iter(decode([value for k, value in pending if k and k[:1] != b"\x00"]))
+        for key, value in pending:
             if key == b"":
                 index.num_shards, index.big_endian = parse_header(value)
                 header_seen = True
@@ -362,6 +359,18 @@ def _read_index_together(
                 if entry is None:  # left to the general decoder: it says what is wrong, if anything
                     entry = parse_entry(value)
                 index.entries.append((key.decode("utf-8", "replace"), entry))
+        pending.clear()
+
+    try:
+        failed: TableError | None = None
+        try:
+            for item in iter_table(data):
+                pending.append(item)
+                if len(pending) >= DECODE_TOGETHER:
+                    settle()
+        except TableError as e:
+            failed = e
+        settle()
         if failed is not None:
             raise failed
     except TableError as e:
@@ -370,6 +379,9 @@ def _read_index_together(
     if not header_seen:
         raise IntegrityError("integrity.index", f"{index_path}: no bundle header entry")
     return _checked_shards(index, index_path)
+
+
+DECODE_TOGETHER = 1 << 14  # index entries per call of read_index's `decode`
 
 
 def _read_header(f: BinaryIO, size: int, index_path: str) -> BundleIndex:

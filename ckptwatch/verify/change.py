@@ -45,12 +45,19 @@ _STEP_COUNTERS = ("global_step", "iterations", "iter")
 def group_of(display: str, shape: tuple[int, ...]) -> str:
     """The kind of variable, from its name (else its rank): what a tensor with little
     history of its own borrows from."""
+    global _cached_chars
     key = (display, len(shape) >= 2)
     group = _GROUP_CACHE.get(key)
     if group is None:
-        if len(_GROUP_CACHE) >= _CACHE_LIMIT:  # a worker lives long: bounded, refilled by the next checkpoint
+        group = _group_of(display.rsplit("/", 1)[-1], key[1])
+        if len(display) > _CACHE_CHARS // 64:
+            return group  # a name this long is not a run's: not kept (a hostile file's, likely)
+        # a worker lives long: bounded in names and characters, refilled by the next checkpoint
+        if len(_GROUP_CACHE) >= _CACHE_LIMIT or _cached_chars + len(display) > _CACHE_CHARS:
             _GROUP_CACHE.clear()
-        group = _GROUP_CACHE[key] = _group_of(display.rsplit("/", 1)[-1], key[1])
+            _cached_chars = 0
+        _GROUP_CACHE[key] = group
+        _cached_chars += len(display)
     return group
 
 
@@ -58,6 +65,8 @@ def group_of(display: str, shape: tuple[int, ...]) -> str:
 # tensor and call (a checkpoint of 10,000 tensors asks 20,000 times per verification)
 _GROUP_CACHE: dict[tuple[str, bool], str] = {}
 _CACHE_LIMIT = 1 << 17
+_CACHE_CHARS = 4 << 20  # the display names' characters kept
+_cached_chars = 0
 
 
 def _group_of(last: str, matrix: bool) -> str:

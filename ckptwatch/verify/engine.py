@@ -295,17 +295,26 @@ class Engine:
         for group in groups:
             names = [infos[k].name for k in group]
             announce = progress
-            if live and progress is not None:  # named before the references' part is read: a reader
-                for name in names:  # that hangs there names them (the CLI's time limit says which)
-                    progress(name)
-                announce = None
-            ref_slices = [self._reference_slices(r, names) for r in live]
+            if progress is not None and live:
+                # each candidate tensor named once, before its reference's part or its own is read
+                # (a reader stuck in a reference's tensor is reported reading it, not "opening")
+                announced: set[str] = set()
+
+                def announce(name: str, announced: set[str] = announced) -> None:
+                    if name not in announced:
+                        announced.add(name)
+                        progress(name)
+
+            ref_slices = [self._reference_slices(r, names, announce) for r in live]
             for x, members in read_runs(names, ch, announce=announce):
                 yield group, x, members, ref_slices
 
-    def _reference_slices(self, ref: _Ref, names: list[str]) -> dict[str, np.ndarray]:
+    def _reference_slices(
+        self, ref: _Ref, names: list[str], announce: Callable[[str], None] | None = None
+    ) -> dict[str, np.ndarray]:
         """The reference tensors paired with these candidate tensors that its `read_runs` reads
-        (in its own storage order, into its arena: valid until the next group), by name."""
+        (in its own storage order, into its arena: valid until the next group), by name.
+        `announce` gets the candidate tensors' names before their reference's part is read."""
         read_runs = getattr(ref.source, "read_runs", None)
         wanted = list(dict.fromkeys(ref.pairs[n] for n in names if n in ref.pairs))
         if read_runs is None or not wanted:
@@ -313,10 +322,28 @@ class Engine:
         storage_key = getattr(ref.source, "storage_key", None)
         if storage_key is not None:
             wanted.sort(key=storage_key)
-        slices = {}
-        for x, members in read_runs(wanted, self.options.chunk_elements, keep=True):
+        tell = None
+        if announce is not None:
+            paired: dict[str, list[str]] = {}
+            for n in names:
+                if n in ref.pairs:
+                    paired.setdefault(ref.pairs[n], []).append(n)
+
+            def tell(ref_name: str) -> None:
+                for n in paired[ref_name]:
+                    announce(n)
+
+        slices, held = {}, 0
+        for x, members in read_runs(wanted, self.options.chunk_elements, keep=True, announce=tell):
             for j, a, b in members:
                 slices[wanted[j]] = x[a:b]
+            held += x.nbytes
+            if held > GROUP_BYTES:
+                # the group is sized by what the candidate's tensors claim: a candidate that claims
+                # less than the reference holds (0 bytes, say) must not make this arena hold the
+                # whole reference, nor one file's bytes many times over (entries that overlap).
+                # The tensors left out go through _tensor, which gives the same numbers.
+                break
         return slices
 
     @staticmethod

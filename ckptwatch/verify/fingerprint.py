@@ -97,7 +97,9 @@ WRITTEN_VERSIONS = (2, 3)  # what `encode` writes (v1 is the JSON of a name endi
 def encode(checkpoint: dict, entries: list, version: int = 3) -> bytes:
     """The bytes of a binary fingerprint in format `version`."""
     if version == 3:
-        return fingerprint_v3.encode(FINGERPRINT_MAGIC_V3, checkpoint, entries)
+        data = fingerprint_v3.encode(FINGERPRINT_MAGIC_V3, checkpoint, entries, _inflation_limit)
+        # None: a header the reader would refuse as a bomb (nothing but names and shapes): v2 holds it
+        return data if data is not None else _v2(checkpoint, entries)
     if version == 2:
         return _v2(checkpoint, entries)
     raise ValueError(f"no fingerprint format v{version}")
@@ -198,6 +200,14 @@ def _typed(value, types, what: str):
 
 
 def _tensor_info(t: dict) -> TensorInfo:
+    info = _tensor_info_of(t)
+    if len(info.shape) > 64 and fingerprint_v3.elements(info.shape) >= 1 << 63:
+        # refused before anything multiplies it out: a long shape of huge dimensions takes seconds
+        raise ValueError(f"{info.name}: 2**63 elements and more")
+    return info
+
+
+def _tensor_info_of(t: dict) -> TensorInfo:
     name, dtype, kind, shape, nbytes = t["name"], t["dtype"], t["kind"], t["shape"], t["bytes"]
     display, known = t.get("display", ""), t.get("display_name", "")
     if (  # what every fingerprint ckptwatch wrote holds: checked in one expression
@@ -275,6 +285,11 @@ def _inflate(payload: bytes) -> bytes:
     return data
 
 
+def _inflation_limit(size: int) -> int:
+    """The most a v3 file of `size` bytes may inflate its header to (the writer keeps to it)."""
+    return min(MAX_FINGERPRINT_BYTES, MAX_INFLATION * size + (1 << 20))
+
+
 def _read_document(path: str) -> bytes:
     """The JSON text of a fingerprint file (gunzipped when it is gzip), inflated with a
     counted limit: never more than MAX_FINGERPRINT_BYTES, nor MAX_INFLATION times the file
@@ -310,8 +325,7 @@ class FingerprintSource:
         try:
             raw = _read_document(path)
             if raw.startswith(FINGERPRINT_MAGIC_V3):
-                limit = min(MAX_FINGERPRINT_BYTES, MAX_INFLATION * len(raw) + (1 << 20))
-                decoded = fingerprint_v3.decode(raw[len(FINGERPRINT_MAGIC_V3) :], limit)
+                decoded = fingerprint_v3.decode(raw[len(FINGERPRINT_MAGIC_V3) :], _inflation_limit(len(raw)))
                 self.checkpoint = decoded.checkpoint
                 self._infos, self._stats, self._sketches = decoded.infos, decoded.stats, decoded.sketches
                 self.step = self.checkpoint.get("step")

@@ -206,9 +206,11 @@ def _zero_fraction(zeros: np.ndarray, count: np.ndarray) -> np.ndarray:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
+def encode(magic: bytes, checkpoint: dict, entries: list, header_limit=None) -> bytes | None:
     """The v3 bytes of (info, stats or None, sketch or None) entries: columns gathered with one
-    comprehension each, a Python loop only over what each sketch needs (its stride and digest)."""
+    comprehension each, a Python loop only over what each sketch needs (its stride and digest).
+    None when the header inflates to more than `header_limit(size of the file)`: the reader
+    would refuse it as a decompression bomb (columns of names and shapes alone compress past it)."""
     n = len(entries)
     infos = [e[0] for e in entries]
     names = [i.name for i in infos]
@@ -274,7 +276,7 @@ def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
     top, rest = samples
     z = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)  # signs and exponents: no repeats
     packed_top = z.compress(top) + z.flush()  # to find, a skewed alphabet; 10x faster than LZ77, smaller
-    return b"".join(
+    out = b"".join(
         [
             magic,
             len(packed_header).to_bytes(4, "little"),
@@ -287,6 +289,7 @@ def encode(magic: bytes, checkpoint: dict, entries: list) -> bytes:
             rest,
         ]
     )
+    return None if header_limit is not None and len(header) > header_limit(len(out)) else out
 
 
 def _stats_columns(rows: list[tuple], sizes: list[int]) -> bytes:
@@ -443,7 +446,7 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
     for i, f in enumerate(flags.tolist()):
         shape = tuple(dims_l[at : at + ranks_l[i]])
         at += ranks_l[i]
-        size = math.prod(shape)
+        size = math.prod(shape) if ranks_l[i] <= 64 else elements(shape)
         nbytes = size * _ITEMSIZE.get(dtypes_l[i], 0) + extra_l[i]
         if nbytes < 0 or size >= 1 << 63:
             raise ValueError(f"{names[i]}: a negative size, or 2**63 elements and more")
@@ -464,7 +467,10 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
         dtype=np.int64,
     )
     total = int(m.sum())
-    top = _section(cur, "samples", total)
+    packed_top = cur.take(int.from_bytes(cur.take(4), "little"))
+    # written Huffman-coded only (encode): at least a bit a byte. More than 8x is not ckptwatch's,
+    # and would let a few bytes of LZ77 stand for gigabytes of float64 samples (8 bytes a value)
+    top = inflate(packed_top, min(total, 8 * len(packed_top) + 64), "samples")
     if len(top) != total:
         raise ValueError(f"samples of {len(top)} values, the header describes {total}")
     elem_width = np.repeat(widths, m)
@@ -490,6 +496,19 @@ def _decode(payload: bytes, header_limit: int) -> Decoded:
         start = ends[j]
         sketches[names[i]] = TensorSketch(f"blake3:{digests[32 * j : 32 * j + 32]}", sample, sizes[i], 1 << s)
     return Decoded(checkpoint, infos, stats, sketches)
+
+
+def elements(shape: tuple[int, ...]) -> int:
+    """math.prod(shape), or 2**63 as soon as the product reaches it: a long shape of huge
+    dimensions multiplied out as Python integers (millions of bits) takes seconds per tensor."""
+    if 0 in shape:
+        return 0
+    size = 1
+    for d in shape:
+        size *= d
+        if size >= 1 << 63:
+            return 1 << 63
+    return size
 
 
 _RAW = {F32: "<f4", F64: "<f8", F16: "<f2", BF16: "<u2", I8: "i1", U8: "u1"}

@@ -401,6 +401,64 @@ def test_a_gzip_fingerprint_bomb(run_python, bombs, tmp_path: Path) -> None:
     assert verdict == "error" and "decompression bomb" in message, result
 
 
+@pytest.mark.parametrize("checksums", ["valid", "wrong"])
+def test_a_reference_whose_tensors_overlap_costs_what_it_holds(run_python, tmp_path: Path, checksums: str) -> None:
+    """The runs against a reference (Engine._batch) group the candidate's tensors by the sizes
+    the candidate claims; a candidate that claims 0 bytes for tensors its previous checkpoint
+    holds whole put them all in one group, and the reference's tensors of a group are all
+    read into one arena. A previous checkpoint whose 1,200 entries all name the same 256 KiB
+    would hold 300 MB there from a file of 256 KiB; so would one whose tensors' checksums are
+    wrong (each run read, then left to `read`, its room in the arena never given back)."""
+    n, elements = 1200, 1 << 16
+    data = np.arange(elements, dtype="<f4").tobytes()
+    names = [f"w{i:04d}".encode() for i in range(n)]
+    crc = crc32c.crc32c(data) ^ (checksums == "wrong")
+    previous = hostile.bundle(
+        tmp_path / "previous", "ckpt-1", [(k, bundle_entry([elements], 0, len(data), crc)) for k in names], data=data
+    )
+    candidate = hostile.bundle(
+        tmp_path / "candidate", "ckpt-2", [(k, bundle_entry([elements], 0, 0, crc)) for k in names], data=data
+    )
+    result = _peak(run_python, candidate, previous)
+    assert result["rss_mb"] < RSS_LIMIT_MB, result
+    verdict, findings = result["outcome"]
+    assert verdict == "fail" and any(c.startswith("integrity.") for c, _ in findings), findings
+
+
+@pytest.mark.parametrize("length", [96 << 10, 256 << 10])
+def test_long_names_are_not_kept_from_one_checkpoint_to_the_next(tmp_path: Path, length: int) -> None:
+    """A worker verifies checkpoint after checkpoint: what it remembers per tensor name (kind,
+    display, group) must not keep a hostile file's names, whatever their length, once it is done.
+    Forty checkpoints of four 256 KB names each kept 40 MB there (a count of names bounded, not
+    their bytes)."""
+    import gc
+    import tracemalloc
+
+    def one(k: int) -> None:
+        entries = [
+            (f"{k:03d}{j}/".encode() + b"n" * length, bundle_entry([4], 16 * j, 16, crc32c.crc32c(hostile.VALUES)))
+            for j in range(4)
+        ]
+        prefix = hostile.bundle(tmp_path / f"c{k}", "ckpt-1", entries, data=hostile.VALUES * 4)
+        report, _ = verify_paths(prefix, previous=prefix)
+        assert [f.check for f in report.findings] == ["drift.unchanged"]  # read, compared, judged
+        hostile.remove_tree(tmp_path / f"c{k}")
+
+    one(0)  # warmed up: kernels compiled, modules loaded
+    tracemalloc.start()
+    try:
+        one(1)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(2, 42):
+            one(k)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 12 << 20, f"{grown >> 20} MB kept after 40 checkpoints"
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_member_chunks_reads_honest_members_and_refuses_damage(tmp_path: Path, method: int) -> None:
     from ckptwatch.formats.zipmember import MemberError, member_chunks

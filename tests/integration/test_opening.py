@@ -169,3 +169,30 @@ def test_a_bundle_opens_the_same_as_entry_by_entry(written: list[str], monkeypat
     slow = [_opened(p) for p in written]
     assert fast == slow + slow
     assert any(info.known or info.display != info.name for info in fast[0][0])  # the object graph named them
+
+
+PEAK = """
+import sys
+from ckptwatch.formats.entries import decode_entries
+from ckptwatch.formats.wire import read_index
+index = read_index(sys.argv[1], decode=decode_entries if sys.argv[2] == "together" else None)
+assert len(index.entries) == int(sys.argv[3])
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) >> 10)
+"""
+
+
+def test_decoding_together_costs_no_more_memory_than_one_by_one(run_python, tmp_path: Path) -> None:
+    """An index may hold half a million entries in a few MB (empty values, keys sharing their
+    prefixes). Decoding them together held every entry's key and value (and numpy's columns of
+    them all) at once: twice the memory of decoding them one by one, a GB for 4 MB."""
+    from tests.wire import HEADER, raw_table
+
+    n = 500_000
+    path = tmp_path / "many.index"
+    path.write_bytes(raw_table([(b"", HEADER)] + [(b"k%07d" % i, b"") for i in range(n)], 16, 4000))
+    peaks = {}
+    for how in ("alone", "together"):
+        r = run_python(PEAK, str(path), how, str(n))
+        assert r.returncode == 0, r.stderr[-2000:]
+        peaks[how] = int(r.stdout.split()[-1])
+    assert peaks["together"] < peaks["alone"] * 1.2 + 20, peaks

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 import zlib
 from pathlib import Path
 
@@ -327,3 +328,89 @@ def test_v2_statistics_out_of_their_domain_are_refused(tmp_path: Path, what: str
         fp.FingerprintSource(str(target))
     target.write_bytes(_v2_with_stats(data, lambda s: s.__setitem__((2, 0), -0.0)))  # a count of -0.0 is 0
     assert fp.FingerprintSource(str(target)).stats(V3_NAMES[2]).count == 0
+
+
+def test_a_v3_shape_of_many_huge_dimensions_is_refused_at_once(v3_file: bytes, tmp_path: Path) -> None:
+    """A rank-65,535 shape of 2**62-sized dimensions is 512 KB of header that deflates to almost
+    nothing; multiplying it out as Python integers (millions of bits) took ~20 s per tensor."""
+    p = _split(v3_file)
+    rank = 65535
+    dims = np.full(rank, 1 << 62, dtype=np.int64)
+    p["rank"] = np.array(p["rank"]).copy()
+    first = int(p["rank"][0])
+    p["rank"][0] = rank
+    p["dims"] = np.concatenate([dims, np.asarray(p["dims"])[first:]])
+    target = tmp_path / "wide.fp"
+    target.write_bytes(_join(p))
+    assert target.stat().st_size < 64 << 10
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError, match="2\\*\\*63 elements"):
+        fp.FingerprintSource(str(target))
+    assert time.monotonic() - t0 < 2.0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_v1_or_v2_shape_of_many_huge_dimensions_is_refused_at_once(tmp_path: Path, version: int) -> None:
+    """A like shape in a v1 document or a v2 header (45,000 dimensions: 0.9 MB of JSON, within
+    the inflation allowed): its element count, multiplied out to check the sample, took ~10 s
+    per tensor."""
+    tensor = {"name": "x", "dtype": "float32", "kind": "weight", "shape": [1 << 62] * 45000, "bytes": 0}
+    if version == 1:
+        tensor |= {"hash": "blake3:00", "sample": {"dtype": "float32", "data": ""}}
+        doc = {"schema": fp.SCHEMA, "checkpoint": {}, "tensors": [tensor]}
+        data = gzip.compress(json.dumps(doc).encode())
+    else:
+        tensor |= {"sample": 1024}
+        doc = {"schema": fp.SCHEMA_V2, "checkpoint": {}, "tensors": [tensor]}
+        header, stats = zlib.compress(json.dumps(doc).encode(), 9), zlib.compress(b"")
+        data = b"".join(
+            [FINGERPRINT_MAGIC, len(header).to_bytes(4, "little"), header, len(stats).to_bytes(4, "little"), stats]
+        )
+    target = tmp_path / ("wide.json.gz" if version == 1 else "wide.fp")
+    target.write_bytes(data)
+    assert target.stat().st_size < 64 << 10
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError, match="not a readable fingerprint"):
+        fp.FingerprintSource(str(target))
+    assert time.monotonic() - t0 < 2.0
+
+
+V3_SAMPLE_BOMB = """
+import sys
+from ckptwatch.formats.base import IntegrityError
+from ckptwatch.verify.fingerprint import FingerprintSource
+try:
+    FingerprintSource(sys.argv[1])
+    outcome = "read"
+except IntegrityError as e:
+    outcome = str(e)
+print(outcome)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) >> 10)
+"""
+
+
+def test_v3_samples_that_deflate_past_what_the_writer_makes_are_refused(
+    run_python, v3_file: bytes, tmp_path: Path
+) -> None:
+    """The samples' top bytes are written Huffman-coded only (at least a bit a byte): a
+    section that inflates more than 8x was not written by ckptwatch. 100,000 sketches of
+    1,024 one-byte samples whose top bytes are LZ77'd zeros: a 1.7 MB file that read as
+    800 MB of float64 samples (2 GB at its peak)."""
+    n = 100_000
+    q = _split(v3_file)
+    q["doc"]["tensors"] = n
+    q["doc"]["kinds"], q["doc"]["dtypes"] = ["weight"], ["float32"]
+    q["flags"] = np.full(n, v3.SKETCH, np.uint8)
+    q["kind"] = q["dtype"] = np.zeros(n, np.uint16)
+    q["rank"], q["dims"], q["extra"] = np.ones(n, np.uint16), np.full(n, 2048, np.int64), np.zeros(n, np.int64)
+    q["strides"], q["widths"] = np.zeros(n, np.uint8), np.full(n, v3.U8, np.uint8)
+    q["names"] = (np.array([0] + [1] * (n - 1)), np.array([1] * n), b"x" * n)
+    q["stats"], q["digests"], q["top"], q["rest"] = b"", b"\0" * (v3.DIGEST * n), b"\0" * (1024 * n), b""
+    target = tmp_path / "samples.fp"
+    target.write_bytes(_join(q))
+    assert target.stat().st_size < 2 << 20
+    r = run_python(V3_SAMPLE_BOMB, str(target))
+    assert r.returncode == 0, r.stderr[-2000:]
+    outcome, peak_mb = r.stdout.strip().splitlines()[-2:]
+    assert "decompression bomb" in outcome
+    assert int(peak_mb) < 250, peak_mb

@@ -203,3 +203,18 @@ def test_a_sketch_that_does_not_fit_its_tensor_is_left_out_not_a_broken_file(tmp
     read = _read(tmp_path / "a.fp", fp.encode({}, made, 3))
     assert read.sketch("w") is None and read.sketch("x") is None and read.stats("w") == read.stats("x") == stats
     assert read.sketch("y") is not None
+
+
+def test_a_header_that_compresses_very_well_is_still_written_readable(tmp_path: Path) -> None:
+    """The reader refuses a header inflating past MAX_INFLATION times the file (a decompression
+    bomb). Columns of a checkpoint with nothing but names and shapes (string tensors, no
+    statistics or samples) compress past that: the writer must not write what it then refuses
+    as a bomb; v2 holds them, read back as they were."""
+    made = [
+        (TensorInfo(NAME.format(i=i, var="value"), "string", (1,) * 60, 0, META, "", ""), None, None)
+        for i in range(5000)
+    ]
+    path = tmp_path / "strings.fp"
+    fp.write_fingerprint(str(path), CHECKPOINT, made)
+    back = fp.FingerprintSource(str(path))
+    assert back.tensors() == [info for info, _, _ in made]
