@@ -9,7 +9,6 @@ checking the CRC32C when the last chunk has been read.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections import Counter
@@ -36,7 +35,7 @@ from ckptwatch.formats.files import NotRegularFile, check_regular, open_regular
 from ckptwatch.formats.known import bundle_names
 from ckptwatch.formats.layout import INDEX_SUFFIX, data_shards, shard_path, temp_leftovers
 from ckptwatch.formats.names import OBJECT_GRAPH_KEY, named, step_from_path
-from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, preferred_path
+from ckptwatch.formats.object_graph import decode_scalar_string, key_paths, parse_nodes, per_graph, preferred_path
 from ckptwatch.formats.sliced import Part, SliceMismatch, resolve_slices, stream_sliced
 from ckptwatch.formats.table import TableError, unmask_crc
 from ckptwatch.formats.wire import DTYPE_NAMES, BundleEntry, check_entry_crc, read_index
@@ -55,7 +54,7 @@ _RUN_DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}  # f
 MISSING_NAMED = 8  # missing data shards named one by one; more are counted in one finding
 
 
-@functools.lru_cache(maxsize=4)
+@per_graph
 def _graph_naming(graph: bytes, wanted: frozenset[str]) -> dict[str, tuple[str, bool, str]]:
     """key -> (the object path shown, whether only the optimizer holds it, the Keras name or ""),
     for the keys in `wanted` (the non-meta tensors listed) that the object graph reaches. Once

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ckptwatch.formats.table import TableError, read_varint
 from ckptwatch.formats.wire import as_bytes, as_int, fields
@@ -53,7 +55,30 @@ def _copy(node: GraphNode) -> GraphNode:
     return GraphNode(list(node.children), list(node.attributes), list(node.slots))
 
 
-@functools.lru_cache(maxsize=4)
+T = TypeVar("T")
+
+# A worker keeps what it made of the last few graphs (a run's checkpoints share theirs), but only
+# of graphs up to this size: a 10,000-variable model's is ~1 MB; a larger one (hostile, or a
+# model of ~40,000 variables and more) is parsed again each time rather than kept between files.
+CACHED_GRAPH_BYTES = 4 << 20
+CACHED_GRAPHS = 4
+
+
+def per_graph(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn(graph, *rest)` remembered for the last CACHED_GRAPHS graphs of at most
+    CACHED_GRAPH_BYTES; computed afresh (and not kept) for a larger graph."""
+    cached = functools.lru_cache(maxsize=CACHED_GRAPHS)(fn)
+
+    @functools.wraps(fn)
+    def call(graph: bytes, *rest: Any) -> T:
+        return cached(graph, *rest) if len(graph) <= CACHED_GRAPH_BYTES else fn(graph, *rest)
+
+    call.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    call.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return call
+
+
+@per_graph
 def _parsed(graph: bytes) -> tuple[GraphNode, ...]:
     """parse_nodes, once per distinct graph: the checkpoints of a run (a candidate and its
     previous, every save the daemon sees) store the same graph, and a model of 10,000
@@ -100,7 +125,7 @@ def key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
     return {key: list(paths) for key, paths in _key_paths(bytes(graph)).items()}
 
 
-@functools.lru_cache(maxsize=4)
+@per_graph
 def _key_paths(graph: bytes) -> dict[str, list[tuple[str, ...]]]:
     nodes = [(n.children, [key for _, key in n.attributes], n.slots) for n in _parsed(graph)]
     if not nodes:
