@@ -131,3 +131,18 @@ def save_scaler_model(tf, path: str | Path) -> str:
 
     tf.saved_model.save(Scaler(), str(path))
     return str(path)
+
+
+def skip_unless_namespaces(namespace_cmd: list[str], probe: str, what: str, tools: tuple[str, ...] = ()) -> None:
+    """Skip the test unless this machine lets root run `probe` (a shell line) in new namespaces
+    (`namespace_cmd`, an `unshare ... sh -c` prefix): `what` says what the probe does."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to {what} in a new namespace")
+    for tool in ("unshare", *tools):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} (util-linux) is not installed")
+    done = subprocess.run([*namespace_cmd, probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot {what} here: {done.stderr.strip()}")

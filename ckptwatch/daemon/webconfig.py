@@ -132,13 +132,20 @@ def load_web_config(path: str) -> WebConfig:
         files.append(full)
         return full
 
-    tls = data.get("tls_server_config")
-    if tls is not None:
-        if not isinstance(tls, dict):
-            raise _fail(path, "tls_server_config", "must be a mapping")
-        unknown = set(tls) - _TLS_KEYS - _IGNORED_TLS_KEYS
+    def section(name: str, known: set[str] | frozenset[str]) -> dict | None:
+        """data[name]: None when absent; a mapping of `known` keys, else UsageError."""
+        value = data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise _fail(path, name, "must be a mapping")
+        unknown = set(value) - known
         if unknown:
-            raise _fail(path, f"tls_server_config.{sorted(unknown)[0]}", "unknown key")
+            raise _fail(path, f"{name}.{sorted(unknown)[0]}", "unknown key")
+        return value
+
+    tls = section("tls_server_config", _TLS_KEYS | _IGNORED_TLS_KEYS)
+    if tls is not None:
         ignored = sorted(set(tls) & _IGNORED_TLS_KEYS)
         if ignored:
             log.warning("web config keys ignored (Python's TLS library chooses these)", keys=ignored, file=path)
@@ -186,13 +193,8 @@ def load_web_config(path: str) -> WebConfig:
         ctx.verify_mode = _CLIENT_AUTH[auth_type]
         config.context = ctx
 
-    http = data.get("http_server_config")
+    http = section("http_server_config", _HTTP_KEYS | _IGNORED_HTTP_KEYS)
     if http is not None:
-        if not isinstance(http, dict):
-            raise _fail(path, "http_server_config", "must be a mapping")
-        unknown = set(http) - _HTTP_KEYS - _IGNORED_HTTP_KEYS
-        if unknown:
-            raise _fail(path, f"http_server_config.{sorted(unknown)[0]}", "unknown key")
         headers = http.get("headers") or {}
         if not isinstance(headers, dict):
             raise _fail(path, "http_server_config.headers", "must be a mapping of header name to value")

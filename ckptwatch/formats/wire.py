@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ckptwatch.formats.base import IntegrityError
 from ckptwatch.formats.files import open_regular
@@ -141,78 +141,10 @@ def parse_shape(buf: memoryview) -> tuple[int, ...]:
     return tuple(dims)
 
 
-_ENTRY_VARINTS = {0x08: 0, 0x18: 2, 0x20: 3, 0x28: 4}  # tag -> slot: dtype, shard_id, offset, size
-
-
 def parse_entry(buf: memoryview) -> BundleEntry:
-    """A BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices.
-
-    What TF writes (one-byte tags, no slices, a shape of plain dims) is decoded in one loop
-    without a generator; anything else, or anything that does not add up, goes to the general
-    decoder (`_parse_entry`), which says what is wrong."""
-    v: list[Any] = [0, (), 0, 0, 0, None]  # dtype, shape, shard_id, offset, size, crc32c
-    pos, end = 0, len(buf)
-    while pos < end:
-        tag = buf[pos]
-        pos += 1
-        slot = _ENTRY_VARINTS.get(tag)
-        if slot is not None:
-            value = shift = 0
-            while True:
-                if pos >= end or shift > 63:
-                    return _parse_entry(buf)
-                b = buf[pos]
-                pos += 1
-                value |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-            v[slot] = value if slot < 3 else signed64(value)
-        elif tag == 0x35:  # crc32c, fixed32
-            if pos + 4 > end:
-                return _parse_entry(buf)
-            v[5] = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16 | buf[pos + 3] << 24
-            pos += 4
-        elif tag == 0x12 and pos < end and buf[pos] < 0x80:  # shape, shorter than 128 bytes
-            stop = pos + 1 + buf[pos]
-            pos += 1
-            if stop > end:
-                return _parse_entry(buf)
-            dims = []
-            while pos < stop:  # Dim {size: varint}, each shorter than 128 bytes
-                if buf[pos] != 0x12 or pos + 1 >= stop:
-                    return _parse_entry(buf)
-                dim_end = pos + 2 + buf[pos + 1]
-                pos += 2
-                if dim_end > stop or buf[pos - 1] >= 0x80:
-                    return _parse_entry(buf)
-                size = 0
-                if pos < dim_end:
-                    if buf[pos] != 0x08:
-                        return _parse_entry(buf)
-                    pos += 1
-                    value = shift = 0
-                    while True:
-                        if pos >= dim_end or shift > 63:
-                            return _parse_entry(buf)
-                        b = buf[pos]
-                        pos += 1
-                        value |= (b & 0x7F) << shift
-                        if b < 0x80:
-                            break
-                        shift += 7
-                    if pos != dim_end:
-                        return _parse_entry(buf)
-                    size = signed64(value)
-                dims.append(size)
-            v[1] = tuple(dims)
-        else:
-            return _parse_entry(buf)
-    return BundleEntry(v[0], v[1], v[2], v[3], v[4], v[5])
-
-
-def _parse_entry(buf: memoryview) -> BundleEntry:
-    """parse_entry for any BundleEntryProto the wire format allows."""
+    """A BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices. (An index's
+    entries as TF writes them are decoded together by formats/entries.py; this decodes one
+    entry of any layout the wire format allows, and the ones that leaves.)"""
     kw: dict = {}
     for number, wire, value in fields(buf):
         if number == 1 and wire == 0:

@@ -101,19 +101,27 @@ def test_the_published_checkpoint_file_is_readable_by_another_user(tf, daemon_fa
     assert not ok and "PermissionError" in why, why
 
 
-def test_sigterm_drains_the_verification_in_flight_and_writes_the_termination_log(
-    daemon_factory, tmp_path, big_checkpoint
-):
+def _busy_daemon(daemon_factory, tmp_path, big_checkpoint, drain_seconds: float):
+    """A daemon with `drain_seconds` and a termination log, its only worker verifying ckpt-1 (a
+    large checkpoint): (daemon, run dir, termination log, ckpt-1, the worker)."""
     run = tmp_path / "run"
     run.mkdir()
     termination_log = tmp_path / "termination-log"
     termination_log.write_text("")  # the kubelet creates it; the daemon writes only to one that exists
     d = daemon_factory(
-        [{"name": "run", "path": str(run)}], daemon={"drain_seconds": 60, "termination_log": str(termination_log)}
+        [{"name": "run", "path": str(run)}],
+        daemon={"drain_seconds": drain_seconds, "termination_log": str(termination_log)},
     )
     big = install(big_checkpoint, run, "ckpt-1")
     d.wait_for("verification started", checkpoint=big)
     (worker,) = d.workers()
+    return d, run, termination_log, big, worker
+
+
+def test_sigterm_drains_the_verification_in_flight_and_writes_the_termination_log(
+    daemon_factory, tmp_path, big_checkpoint
+):
+    d, run, termination_log, big, worker = _busy_daemon(daemon_factory, tmp_path, big_checkpoint, drain_seconds=60)
     t0 = time.monotonic()
     with paused(worker):  # certainly still running when SIGTERM comes
         last = install(big_checkpoint, run, "ckpt-2")  # the last save before the trainer exited: queued
@@ -143,16 +151,7 @@ def test_sigterm_drains_the_verification_in_flight_and_writes_the_termination_lo
 
 
 def test_a_drain_that_runs_out_of_time_aborts_and_says_so(daemon_factory, tmp_path, big_checkpoint):
-    run = tmp_path / "run"
-    run.mkdir()
-    termination_log = tmp_path / "termination-log"
-    termination_log.write_text("")
-    d = daemon_factory(
-        [{"name": "run", "path": str(run)}], daemon={"drain_seconds": 1, "termination_log": str(termination_log)}
-    )
-    big = install(big_checkpoint, run, "ckpt-1")
-    d.wait_for("verification started", checkpoint=big)
-    (worker,) = d.workers()
+    d, _, termination_log, big, worker = _busy_daemon(daemon_factory, tmp_path, big_checkpoint, drain_seconds=1)
     t0 = time.monotonic()
     with paused(worker):  # stuck for longer than the budget
         d.signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
+from tests.tools import skip_unless_namespaces
 
 NOBODY = 65534
 NEW_NAMESPACES = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"]
@@ -54,27 +54,10 @@ print(json.dumps({"verdict": report.verdict, "tensors": report.checkpoint["tenso
 """
 
 
-def _namespaces_available() -> str | None:
-    """Why this machine cannot run the test, or None."""
-    if os.geteuid() != 0:
-        return "needs root to make a mount namespace and switch to nobody"
-    for tool in ("unshare", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"{tool} (util-linux) is not installed"
-    probe = subprocess.run(
-        [*NEW_NAMESPACES, "mount -o remount,hidepid=invisible /proc"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        return f"cannot remount /proc with hidepid=invisible here: {probe.stderr.strip()}"
-    return None
-
-
 def test_a_deleted_candidate_is_read_through_held_files_with_proc_hidepid_invisible(tf):
-    why = _namespaces_available()
-    if why is not None:
-        pytest.skip(why)
+    skip_unless_namespaces(
+        NEW_NAMESPACES, "mount -o remount,hidepid=invisible /proc", "remount /proc hidepid=invisible", ("setpriv",)
+    )
     root = Path(tempfile.mkdtemp(prefix="ckptwatch-protectproc-", dir="/tmp"))
     try:
         run = root / "run"

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
+from tests.tools import skip_unless_namespaces
 
 FILL = """
 import json, os, sys
@@ -51,25 +51,12 @@ state.close()
 """
 
 
-def _tmpfs_available(where: str) -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to mount a tmpfs in a new mount namespace"
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        return f"cannot mount a tmpfs here: {probe.stderr.strip()}"
-    return None
-
-
 def test_a_state_disk_that_fills_up_is_reported_full_and_written_back_after(tmp_path):
     state_dir = Path(tempfile.mkdtemp(prefix="ckptwatch-full-"))
     try:
-        why = _tmpfs_available(str(state_dir))
-        if why is not None:
-            pytest.skip(why)
+        skip_unless_namespaces(
+            ["unshare", "--mount", "sh", "-c"], f"mount -t tmpfs -o size=64k tmpfs {state_dir}", "mount a tmpfs"
+        )
         repo = str(Path(__file__).resolve().parents[2])
         # a filler that leaves ~280 KiB: the database and its journal run out of room within a few records
         inner = (
